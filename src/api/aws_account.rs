@@ -1,0 +1,133 @@
+//! `AwsAccount`: a target account registered by a platform admin, with the guardrails tenants must
+//! stay inside.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A target AWS account in which CrossAccountRoles may create IAM roles, how the operator reaches it,
+/// and the limits every tenant role in it must respect.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "crossaccount.io",
+    version = "v1alpha1",
+    kind = "AwsAccount",
+    doc = "A target AWS account registered by a platform admin: how the operator reaches it and the guardrails every CrossAccountRole in it must respect.",
+    shortname = "awsacct",
+    category = "aws",
+    status = "AwsAccountStatus",
+    printcolumn(name = "Account", type_ = "string", json_path = ".spec.accountId"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Caller",
+        type_ = "string",
+        json_path = ".status.callerArn",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsAccountSpec {
+    /// The 12-digit ID of the target account. Immutable: register another account with a new
+    /// AwsAccount.
+    #[schemars(regex(pattern = r"^[0-9]{12}$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("accountId is immutable; create a new AwsAccount for another account"))]
+    pub account_id: String,
+
+    /// ARN of a role in the target account that the operator assumes to manage IAM there. Omit it
+    /// only when the target account is the operator's own account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}$"))]
+    pub management_role_arn: Option<String>,
+
+    /// External ID to pass when assuming the management role, if its trust policy requires one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Go's regexp (used by the apiserver) caps repeat counts at 1000, so the length is separate.
+    #[schemars(regex(pattern = r"^[\w+=,.@:/-]+$"), length(min = 2, max = 1224))]
+    pub management_external_id: Option<String>,
+
+    /// Namespaces whose CrossAccountRoles may use this account: listed by name, or matched by a
+    /// label selector on the Namespace. A CrossAccountRole in any other namespace is refused with
+    /// reason NotPermitted. Empty means no namespace is allowed.
+    #[serde(default)]
+    pub allowed_namespaces: AllowedNamespaces,
+
+    /// Glob patterns (`*` matches any run of characters) of managed policy ARNs that tenants may
+    /// attach, e.g. `arn:aws:iam::aws:policy/ReadOnlyAccess` or `arn:aws:iam::aws:policy/*`. Empty
+    /// means none; `["*"]` means any.
+    #[serde(default)]
+    #[schemars(length(max = 100))]
+    pub allowed_policy_arns: Vec<String>,
+
+    /// Whether tenants may put inline policies on their roles.
+    #[serde(default)]
+    pub allow_inline_policies: bool,
+
+    /// Glob patterns of principal ARNs that tenants may add to a role's trust policy
+    /// (`spec.trust.principals`) or grant (`spec.grants`). Empty means none.
+    #[serde(default)]
+    #[schemars(length(max = 100))]
+    pub allowed_trust_principals: Vec<String>,
+
+    /// Permissions boundary applied to every role created in this account. Tenants cannot remove
+    /// or change it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^arn:aws[a-z-]*:iam::([0-9]{12}|aws):policy/[\w+=,.@/-]{1,512}$"
+    ))]
+    pub permissions_boundary_arn: Option<String>,
+
+    /// Prefix every managed role name starts with, e.g. `k8s-`. Default: no prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[\w+=,.@-]{1,32}$"))]
+    pub role_name_prefix: Option<String>,
+
+    /// IAM path of every managed role, starting and ending with `/`. Default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/([!-~]{1,510}/)?$"))]
+    pub role_path: Option<String>,
+
+    /// Upper bound, in seconds, for the maximum session duration of roles and for minted
+    /// sessions in this account (900-43200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 900, max = 43200))]
+    pub max_session_duration_seconds: Option<i32>,
+}
+
+/// Which namespaces may use an AwsAccount. A namespace is allowed when it is named in `names` or
+/// matches `selector`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedNamespaces {
+    /// Names of allowed namespaces.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Label selector on Namespace objects; matching namespaces are allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Observed state of an AwsAccount.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsAccountStatus {
+    /// The generation of the spec that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The identity the operator acts as in the target account (GetCallerIdentity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_arn: Option<String>,
+    /// `Ready`: the management identity was verified in the target account.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}

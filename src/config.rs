@@ -1,0 +1,123 @@
+//! Command-line flags of the operator binary, each with an environment-variable fallback.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// Kubernetes operator that keeps cross-account IAM roles and temporary STS credentials in sync with
+/// CrossAccountRole objects.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "cross-account-operator", version, about)]
+pub struct Config {
+    /// Name of this cluster. It is part of every managed role's ownership tags and external ID, so
+    /// it must be unique among the clusters that share an AWS account.
+    #[arg(long, env = "CLUSTER_NAME")]
+    pub cluster_name: String,
+
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// How many objects are reconciled at once.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+
+    /// How often every object is checked against AWS to correct drift (jittered), e.g. `10m`.
+    #[arg(long, env = "RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+
+    /// Run only while holding a coordination.k8s.io Lease, so that one of several replicas works.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader-election Lease. Default: the namespace the operator runs in
+    /// (POD_NAMESPACE), else `default`.
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_ID",
+        default_value = "cross-account-operator"
+    )]
+    pub leader_election_id: String,
+
+    /// ARN to trust as the operator's principal instead of the one derived from
+    /// GetCallerIdentity. Needed when the operator runs on a role with a path, because an
+    /// assumed-role ARN drops the path.
+    #[arg(long, env = "OPERATOR_ROLE_ARN")]
+    pub operator_role_arn: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `info,cross_account_operator=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+/// How log lines are written.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Parses durations such as `90s`, `10m`, `1h` or `250ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit: write e.g. `30s`, `10m` or `1h`"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a whole number, e.g. `10m`"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{text}`: use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("10").unwrap_err().contains("no unit"));
+        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn flags_are_consistent() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let config = Config::try_parse_from(["op", "--cluster-name", "dev"]).unwrap();
+        assert_eq!(config.concurrency, 8);
+        assert_eq!(config.resync_interval, Duration::from_secs(600));
+        assert!(!config.leader_elect);
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+}

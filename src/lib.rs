@@ -1,0 +1,11 @@
+//! cross-account-operator: manages cross-account IAM roles and temporary STS credentials from
+//! Kubernetes custom resources.
+
+pub mod api;
+pub mod config;
+pub mod crds;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod startup;
+pub mod telemetry;
