@@ -27,3 +27,117 @@ impl StartupError {
         }
     }
 }
+
+/// What kind of failure an AWS call had; decides between retrying, waiting and giving up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsErrorKind {
+    /// The entity does not exist (IAM `NoSuchEntity`).
+    NotFound,
+    /// The caller may not do this (or its credentials are not accepted).
+    AccessDenied,
+    /// AWS asked us to slow down.
+    Throttled,
+    /// The entity exists already (IAM `EntityAlreadyExists`).
+    AlreadyExists,
+    /// AWS rejected the input (malformed policy, validation error).
+    Invalid,
+    /// A quota was hit (e.g. too many attached policies).
+    LimitExceeded,
+    /// A server error, timeout or network failure: worth retrying.
+    Transient,
+    /// Anything else.
+    Other,
+}
+
+impl AwsErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AwsErrorKind::NotFound => "not_found",
+            AwsErrorKind::AccessDenied => "access_denied",
+            AwsErrorKind::Throttled => "throttled",
+            AwsErrorKind::AlreadyExists => "already_exists",
+            AwsErrorKind::Invalid => "invalid",
+            AwsErrorKind::LimitExceeded => "limit_exceeded",
+            AwsErrorKind::Transient => "transient",
+            AwsErrorKind::Other => "error",
+        }
+    }
+}
+
+/// A failed AWS API call. The message is AWS's own (it names ARNs, never credentials).
+#[derive(Error, Debug)]
+#[error("AWS {service} {operation} failed: {message}{}", request_id.as_ref().map(|id| format!(" (request ID {id})")).unwrap_or_default())]
+pub struct AwsError {
+    pub service: &'static str,
+    pub operation: &'static str,
+    pub kind: AwsErrorKind,
+    // Boxed strings keep the error small: it travels in every Result of the reconcile path.
+    pub code: Option<Box<str>>,
+    pub message: Box<str>,
+    pub request_id: Option<Box<str>>,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl AwsError {
+    pub fn category(&self) -> &'static str {
+        match self.kind {
+            AwsErrorKind::NotFound => "AwsNotFound",
+            AwsErrorKind::AccessDenied => "AwsAccessDenied",
+            AwsErrorKind::Throttled => "AwsThrottled",
+            AwsErrorKind::AlreadyExists => "AwsAlreadyExists",
+            AwsErrorKind::Invalid => "AwsInvalidInput",
+            AwsErrorKind::LimitExceeded => "AwsLimitExceeded",
+            AwsErrorKind::Transient => "AwsUnavailable",
+            AwsErrorKind::Other => "AwsError",
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.kind == AwsErrorKind::NotFound
+    }
+
+    /// Classifies an AWS error from its code and HTTP status.
+    pub fn classify(code: Option<&str>, status: Option<u16>) -> AwsErrorKind {
+        match code {
+            Some("NoSuchEntity" | "NoSuchEntityException" | "NotFound") => AwsErrorKind::NotFound,
+            Some(
+                "AccessDenied"
+                | "AccessDeniedException"
+                | "InvalidClientTokenId"
+                | "SignatureDoesNotMatch"
+                | "ExpiredToken"
+                | "UnrecognizedClientException",
+            ) => AwsErrorKind::AccessDenied,
+            Some(
+                "Throttling"
+                | "ThrottlingException"
+                | "RequestLimitExceeded"
+                | "TooManyRequestsException"
+                | "RequestThrottled",
+            ) => AwsErrorKind::Throttled,
+            Some("EntityAlreadyExists") => AwsErrorKind::AlreadyExists,
+            Some(
+                "MalformedPolicyDocument"
+                | "ValidationError"
+                | "InvalidInput"
+                | "InvalidParameterValue"
+                | "PackedPolicyTooLarge",
+            ) => AwsErrorKind::Invalid,
+            Some("LimitExceeded") => AwsErrorKind::LimitExceeded,
+            Some(
+                "ServiceFailure"
+                | "InternalFailure"
+                | "ServiceUnavailable"
+                | "ConcurrentModification",
+            ) => AwsErrorKind::Transient,
+            _ => match status {
+                Some(403) => AwsErrorKind::AccessDenied,
+                Some(404) => AwsErrorKind::NotFound,
+                Some(429) => AwsErrorKind::Throttled,
+                Some(500..) | None => AwsErrorKind::Transient,
+                Some(_) => AwsErrorKind::Other,
+            },
+        }
+    }
+}

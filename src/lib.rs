@@ -2,10 +2,12 @@
 //! Kubernetes custom resources.
 
 pub mod api;
+pub mod aws;
 pub mod config;
 pub mod crds;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod reconcile;
 pub mod startup;
 pub mod telemetry;

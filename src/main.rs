@@ -1,15 +1,28 @@
 //! The operator binary: config -> telemetry -> clients -> controllers + HTTP server, until SIGTERM.
 
-use anyhow::Context;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use aws_config::BehaviorVersion;
 use clap::Parser;
 use tokio::sync::watch;
 
-use cross_account_operator::{config::Config, http, metrics::Metrics, startup, telemetry};
+use cross_account_operator::{
+    aws::{AccountApi, Aws, principal_from_caller, sdk::SdkAws},
+    config::Config,
+    http,
+    metrics::Metrics,
+    reconcile::{self, Context, OperatorIdentity, account_controller::arn_account},
+    startup, telemetry,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init(config.log_format, &config.log_filter)?;
+    if config.leader_elect {
+        bail!("--leader-elect is not supported by this version yet; run a single replica");
+    }
 
     let client = kube::Client::try_default()
         .await
@@ -17,25 +30,58 @@ async fn main() -> anyhow::Result<()> {
     startup::ensure_crds_installed(&client).await?;
 
     let metrics = Metrics::new();
+    let aws = SdkAws::new(
+        aws_config::defaults(BehaviorVersion::latest()).load().await,
+        metrics.clone(),
+    );
+    let caller = aws.source().caller_arn().await.context(
+        "cannot determine the operator's own AWS identity (sts:GetCallerIdentity); check its AWS credentials",
+    )?;
+    let operator = OperatorIdentity {
+        cluster_name: config.cluster_name.clone(),
+        source_account_id: arn_account(&caller).unwrap_or_default().to_owned(),
+        principal_arn: config
+            .operator_role_arn
+            .clone()
+            .unwrap_or_else(|| principal_from_caller(&caller)),
+    };
+    tracing::info!(principal = %operator.principal_arn, account = %operator.source_account_id, "operator identity");
+
     let readiness = http::Readiness::default();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut server_stop = stop_rx.clone();
     let server = http::serve(
         config.http_addr,
         readiness.clone(),
-        metrics,
-        stopped(stop_rx),
+        metrics.clone(),
+        async move {
+            let _ = server_stop.wait_for(|stop| *stop).await;
+        },
     )
     .await
     .with_context(|| format!("cannot listen on {} (--http-addr)", config.http_addr))?;
     let server = tokio::spawn(server);
 
-    readiness.set(true);
+    let ctx = Arc::new(Context::new(
+        client,
+        aws,
+        operator,
+        metrics,
+        config.resync_interval,
+    ));
+    let controllers = tokio::spawn(reconcile::run(
+        ctx,
+        config.concurrency,
+        readiness.clone(),
+        stop_rx,
+    ));
     tracing::info!(cluster = %config.cluster_name, "cross-account-operator started");
 
     shutdown_signal().await?;
     tracing::info!("shutting down");
     readiness.set(false);
     let _ = stop_tx.send(true);
+    controllers.await?;
     server.await??;
     tracing::info!("stopped");
     Ok(())
@@ -49,8 +95,4 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         res = tokio::signal::ctrl_c() => res?,
     }
     Ok(())
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
 }

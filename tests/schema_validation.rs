@@ -10,6 +10,10 @@ use kube::{
 };
 use serde_json::{Value, json};
 
+/// The CrossAccountRoles here name an AwsAccount that does not exist, so that a running operator
+/// leaves AWS alone (it reports AccountNotReady).
+const NO_ACCOUNT: &str = "schema-test-no-such-account";
+
 fn role(name: &str, spec: Value) -> DynamicObject {
     serde_json::from_value(json!({
         "apiVersion": "crossaccount.io/v1alpha1",
@@ -59,8 +63,8 @@ async fn invalid_cross_account_roles_are_rejected_naming_the_field() {
         &role(
             "valid",
             json!({
-                "accountRef": "target",
-                "roleName": "CrossAccountSignin",
+                "accountRef": NO_ACCOUNT,
+                "roleName": "SchemaValid",
                 "policies": {"managed": ["arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess"]},
                 "grants": [{"user": "devTest"}],
                 "credentials": {"durationSeconds": 900, "refreshPercent": 50},
@@ -204,14 +208,14 @@ async fn immutable_cross_account_role_fields_cannot_change() {
         &PostParams::default(),
         &role(
             "fixed",
-            json!({"accountRef": "target", "roleName": "Fixed"}),
+            json!({"accountRef": NO_ACCOUNT, "roleName": "Fixed"}),
         ),
     )
     .await
     .unwrap();
     api.create(
         &PostParams::default(),
-        &role("derived", json!({"accountRef": "target"})),
+        &role("derived", json!({"accountRef": NO_ACCOUNT})),
     )
     .await
     .unwrap();

@@ -1,0 +1,492 @@
+//! The AWS SDK implementation of [`Aws`] and [`AccountApi`]. Every request is counted in
+//! `crossaccount_aws_requests_total` and every failure classified into an [`AwsError`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    future::Future,
+    sync::{Arc, Mutex},
+};
+
+use aws_config::SdkConfig;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_iam::{error::ProvideErrorMetadata, types::Tag};
+use aws_smithy_runtime_api::client::{orchestrator::HttpResponse, result::SdkError};
+use serde_json::Value;
+
+use super::{AccountAccess, AccountApi, Aws, Change, ObservedRole, Principal, policy};
+use crate::{
+    error::{AwsError, AwsErrorKind},
+    metrics::{AwsRequestLabels, Metrics},
+};
+
+/// Session name the operator uses when it assumes a management role.
+const MANAGEMENT_SESSION_NAME: &str = "cross-account-operator";
+
+/// IAM and STS clients of one account.
+#[derive(Clone)]
+pub struct SdkAccount {
+    iam: aws_sdk_iam::Client,
+    sts: aws_sdk_sts::Client,
+    metrics: Arc<Metrics>,
+}
+
+/// The SDK-backed [`Aws`]: the operator's own configuration for the source account, and one cached
+/// client per target account built on an assume-role credentials provider (which refreshes its
+/// credentials before they expire).
+pub struct SdkAws {
+    base: SdkConfig,
+    source: SdkAccount,
+    targets: Mutex<HashMap<AccountAccess, SdkAccount>>,
+    metrics: Arc<Metrics>,
+}
+
+impl SdkAws {
+    pub fn new(base: SdkConfig, metrics: Arc<Metrics>) -> Self {
+        let source = SdkAccount::new(&base, metrics.clone());
+        Self {
+            base,
+            source,
+            targets: Mutex::default(),
+            metrics,
+        }
+    }
+}
+
+impl SdkAccount {
+    fn new(config: &SdkConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            iam: aws_sdk_iam::Client::new(config),
+            sts: aws_sdk_sts::Client::new(config),
+            metrics,
+        }
+    }
+
+    /// Awaits one SDK call, counts it, and turns its error into an [`AwsError`].
+    async fn call<T, E>(
+        &self,
+        service: &'static str,
+        operation: &'static str,
+        request: impl Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    ) -> Result<T, AwsError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let result = request
+            .await
+            .map_err(|err| to_aws_error(service, operation, err));
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind.as_str(),
+        };
+        self.metrics
+            .aws_requests
+            .get_or_create(&AwsRequestLabels {
+                service,
+                operation,
+                outcome,
+            })
+            .inc();
+        if let Err(e) = &result {
+            tracing::debug!(service, operation, code = ?e.code, request_id = ?e.request_id, "AWS request failed");
+        }
+        result
+    }
+
+    /// `Ok(None)` for a NotFound error.
+    fn absent_if_not_found<T>(result: Result<T, AwsError>) -> Result<Option<T>, AwsError> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn attached_policies(&self, role: &str) -> Result<BTreeSet<String>, AwsError> {
+        let mut arns = BTreeSet::new();
+        let mut marker = None;
+        loop {
+            let page = self
+                .call(
+                    "iam",
+                    "ListAttachedRolePolicies",
+                    self.iam
+                        .list_attached_role_policies()
+                        .role_name(role)
+                        .set_marker(marker.take())
+                        .send(),
+                )
+                .await?;
+            arns.extend(
+                page.attached_policies()
+                    .iter()
+                    .filter_map(|p| p.policy_arn().map(str::to_owned)),
+            );
+            match (page.is_truncated(), page.marker()) {
+                (true, Some(next)) => marker = Some(next.to_owned()),
+                _ => return Ok(arns),
+            }
+        }
+    }
+
+    async fn inline_policies(&self, role: &str) -> Result<BTreeMap<String, Value>, AwsError> {
+        let mut names = Vec::new();
+        let mut marker = None;
+        loop {
+            let page = self
+                .call(
+                    "iam",
+                    "ListRolePolicies",
+                    self.iam
+                        .list_role_policies()
+                        .role_name(role)
+                        .set_marker(marker.take())
+                        .send(),
+                )
+                .await?;
+            names.extend(page.policy_names().iter().cloned());
+            match (page.is_truncated(), page.marker()) {
+                (true, Some(next)) => marker = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        let mut policies = BTreeMap::new();
+        for name in names {
+            let out = self
+                .call(
+                    "iam",
+                    "GetRolePolicy",
+                    self.iam
+                        .get_role_policy()
+                        .role_name(role)
+                        .policy_name(&name)
+                        .send(),
+                )
+                .await?;
+            policies.insert(name, parse_observed(out.policy_document()));
+        }
+        Ok(policies)
+    }
+}
+
+/// A document read from IAM; one that does not parse compares unequal to anything desired, so the
+/// plan rewrites it.
+fn parse_observed(text: &str) -> Value {
+    policy::parse_document(text).unwrap_or(Value::Null)
+}
+
+fn to_aws_error<E>(
+    service: &'static str,
+    operation: &'static str,
+    err: SdkError<E, HttpResponse>,
+) -> AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let request_id = err.raw_response().and_then(|r| {
+        r.headers()
+            .get("x-amzn-requestid")
+            .or_else(|| r.headers().get("x-amz-request-id"))
+            .map(str::to_owned)
+    });
+    let code = err.code().map(str::to_owned);
+    let message = match (err.message(), &err) {
+        (Some(m), _) => m.to_owned(),
+        (None, SdkError::DispatchFailure(_)) => "could not reach AWS (network error)".to_owned(),
+        (None, SdkError::TimeoutError(_)) => "request timed out".to_owned(),
+        (None, _) => match (&code, status) {
+            (Some(code), _) => code.clone(),
+            (None, Some(status)) => format!("HTTP status {status}"),
+            (None, None) => "no response".to_owned(),
+        },
+    };
+    AwsError {
+        service,
+        operation,
+        kind: AwsError::classify(code.as_deref(), status),
+        code: code.map(Into::into),
+        message: message.into(),
+        request_id: request_id.map(Into::into),
+        source: Some(Box::new(err)),
+    }
+}
+
+fn iam_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
+    tags.iter()
+        .map(|(k, v)| {
+            Tag::builder()
+                .key(k)
+                .value(v)
+                .build()
+                .expect("key and value are set")
+        })
+        .collect()
+}
+
+impl AccountApi for SdkAccount {
+    async fn caller_arn(&self) -> Result<String, AwsError> {
+        let out = self
+            .call(
+                "sts",
+                "GetCallerIdentity",
+                self.sts.get_caller_identity().send(),
+            )
+            .await?;
+        Ok(out.arn().unwrap_or_default().to_owned())
+    }
+
+    async fn get_role(&self, name: &str) -> Result<Option<ObservedRole>, AwsError> {
+        let out = self
+            .call("iam", "GetRole", self.iam.get_role().role_name(name).send())
+            .await;
+        let Some(out) = Self::absent_if_not_found(out)? else {
+            return Ok(None);
+        };
+        let Some(role) = out.role() else {
+            return Ok(None);
+        };
+        Ok(Some(ObservedRole {
+            arn: role.arn().to_owned(),
+            path: role.path().to_owned(),
+            description: role
+                .description()
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned),
+            max_session_duration: role.max_session_duration().unwrap_or(3600),
+            trust_policy: parse_observed(role.assume_role_policy_document().unwrap_or_default()),
+            permissions_boundary: role
+                .permissions_boundary()
+                .and_then(|b| b.permissions_boundary_arn())
+                .map(str::to_owned),
+            tags: role
+                .tags()
+                .iter()
+                .map(|t| (t.key().to_owned(), t.value().to_owned()))
+                .collect(),
+            managed_policies: self.attached_policies(name).await?,
+            inline_policies: self.inline_policies(name).await?,
+        }))
+    }
+
+    async fn get_principal_policy(
+        &self,
+        principal: &Principal,
+        policy_name: &str,
+    ) -> Result<Option<Value>, AwsError> {
+        let document = match principal {
+            Principal::User(user) => {
+                let out = self
+                    .call(
+                        "iam",
+                        "GetUserPolicy",
+                        self.iam
+                            .get_user_policy()
+                            .user_name(user)
+                            .policy_name(policy_name)
+                            .send(),
+                    )
+                    .await;
+                Self::absent_if_not_found(out)?.map(|o| o.policy_document().to_owned())
+            }
+            Principal::Role(role) => {
+                let out = self
+                    .call(
+                        "iam",
+                        "GetRolePolicy",
+                        self.iam
+                            .get_role_policy()
+                            .role_name(role)
+                            .policy_name(policy_name)
+                            .send(),
+                    )
+                    .await;
+                Self::absent_if_not_found(out)?.map(|o| o.policy_document().to_owned())
+            }
+        };
+        Ok(document.map(|d| parse_observed(&d)))
+    }
+
+    async fn apply(&self, change: &Change) -> Result<(), AwsError> {
+        let op = change.operation();
+        let iam = &self.iam;
+        match change {
+            Change::CreateRole {
+                role,
+                path,
+                trust_policy,
+                description,
+                max_session_duration,
+                permissions_boundary,
+                tags,
+            } => {
+                let request = iam
+                    .create_role()
+                    .role_name(role)
+                    .path(path)
+                    .assume_role_policy_document(policy::to_text(trust_policy))
+                    .set_description(description.clone())
+                    .set_max_session_duration(*max_session_duration)
+                    .set_permissions_boundary(permissions_boundary.clone())
+                    .set_tags(Some(iam_tags(tags)));
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::UpdateTrustPolicy { role, trust_policy } => {
+                let request = iam
+                    .update_assume_role_policy()
+                    .role_name(role)
+                    .policy_document(policy::to_text(trust_policy));
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::UpdateRole {
+                role,
+                description,
+                max_session_duration,
+            } => {
+                let request = iam
+                    .update_role()
+                    .role_name(role)
+                    .description(description)
+                    .max_session_duration(*max_session_duration);
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::PutPermissionsBoundary { role, arn } => {
+                let request = iam
+                    .put_role_permissions_boundary()
+                    .role_name(role)
+                    .permissions_boundary(arn);
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::DeletePermissionsBoundary { role } => {
+                let request = iam.delete_role_permissions_boundary().role_name(role);
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::TagRole { role, tags } => {
+                let request = iam
+                    .tag_role()
+                    .role_name(role)
+                    .set_tags(Some(iam_tags(tags)));
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::UntagRole { role, keys } => {
+                let request = iam
+                    .untag_role()
+                    .role_name(role)
+                    .set_tag_keys(Some(keys.clone()));
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::AttachPolicy { role, arn } => {
+                let request = iam.attach_role_policy().role_name(role).policy_arn(arn);
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::DetachPolicy { role, arn } => {
+                let request = iam.detach_role_policy().role_name(role).policy_arn(arn);
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::PutInlinePolicy {
+                role,
+                name,
+                document,
+            } => {
+                let request = iam
+                    .put_role_policy()
+                    .role_name(role)
+                    .policy_name(name)
+                    .policy_document(policy::to_text(document));
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::DeleteInlinePolicy { role, name } => {
+                let request = iam.delete_role_policy().role_name(role).policy_name(name);
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::DeleteRole { role } => {
+                let request = iam.delete_role().role_name(role);
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::PutGrant {
+                principal,
+                policy_name,
+                document,
+            } => {
+                let text = policy::to_text(document);
+                match principal {
+                    Principal::User(user) => {
+                        let request = iam
+                            .put_user_policy()
+                            .user_name(user)
+                            .policy_name(policy_name)
+                            .policy_document(text);
+                        self.call("iam", op, request.send()).await.map(drop)
+                    }
+                    Principal::Role(role) => {
+                        let request = iam
+                            .put_role_policy()
+                            .role_name(role)
+                            .policy_name(policy_name)
+                            .policy_document(text);
+                        self.call("iam", op, request.send()).await.map(drop)
+                    }
+                }
+            }
+            Change::DeleteGrant {
+                principal,
+                policy_name,
+            } => match principal {
+                Principal::User(user) => {
+                    let request = iam
+                        .delete_user_policy()
+                        .user_name(user)
+                        .policy_name(policy_name);
+                    self.call("iam", op, request.send()).await.map(drop)
+                }
+                Principal::Role(role) => {
+                    let request = iam
+                        .delete_role_policy()
+                        .role_name(role)
+                        .policy_name(policy_name);
+                    self.call("iam", op, request.send()).await.map(drop)
+                }
+            },
+        }
+    }
+}
+
+impl Aws for SdkAws {
+    type Account = SdkAccount;
+
+    fn source(&self) -> SdkAccount {
+        self.source.clone()
+    }
+
+    async fn target(&self, access: &AccountAccess) -> SdkAccount {
+        let Some(role_arn) = &access.management_role_arn else {
+            return self.source.clone();
+        };
+        if let Some(cached) = self.targets.lock().expect("lock").get(access) {
+            return cached.clone();
+        }
+        let mut provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+            .session_name(MANAGEMENT_SESSION_NAME)
+            .configure(&self.base);
+        if let Some(external_id) = &access.external_id {
+            provider = provider.external_id(external_id);
+        }
+        let provider = provider.build().await;
+        let config = self
+            .base
+            .to_builder()
+            .credentials_provider(SharedCredentialsProvider::new(provider))
+            .build();
+        let account = SdkAccount::new(&config, self.metrics.clone());
+        self.targets
+            .lock()
+            .expect("lock")
+            .entry(access.clone())
+            .or_insert(account)
+            .clone()
+    }
+}
+
+/// Whether an error is worth retrying with backoff (as opposed to a bad request or a denial).
+pub fn is_retryable(kind: AwsErrorKind) -> bool {
+    matches!(kind, AwsErrorKind::Throttled | AwsErrorKind::Transient)
+}

@@ -1,0 +1,42 @@
+//! Step 5 (AWS writes): carries out a plan in order, in the target account or (grants) the source
+//! account. Removing something already gone counts as done.
+
+use crate::{
+    aws::{AccountApi, Change},
+    error::AwsError,
+};
+
+/// Applies `changes` in order and stops at the first failure. Returns the changes that were made
+/// (for events) and the failure, if any.
+pub async fn apply_changes<A: AccountApi>(
+    target: &A,
+    source: &A,
+    changes: &[Change],
+) -> (Vec<Change>, Result<(), AwsError>) {
+    let mut applied = Vec::new();
+    for change in changes {
+        let account = if change.in_source_account() {
+            source
+        } else {
+            target
+        };
+        match account.apply(change).await {
+            Ok(()) => applied.push(change.clone()),
+            Err(e) if e.is_not_found() && is_removal(change) => {}
+            Err(e) => return (applied, Err(e)),
+        }
+    }
+    (applied, Ok(()))
+}
+
+fn is_removal(change: &Change) -> bool {
+    matches!(
+        change,
+        Change::DeleteRole { .. }
+            | Change::DetachPolicy { .. }
+            | Change::DeleteInlinePolicy { .. }
+            | Change::DeleteGrant { .. }
+            | Change::DeletePermissionsBoundary { .. }
+            | Change::UntagRole { .. }
+    )
+}

@@ -1,0 +1,119 @@
+//! The reconcilers. A CrossAccountRole goes through the pipeline
+//! validate -> desired -> observe -> plan -> apply -> status (one file each; `cleanup` on deletion),
+//! orchestrated by `role_controller`; `account_controller` verifies AwsAccounts.
+
+pub mod account_controller;
+pub mod apply;
+pub mod backoff;
+pub mod cleanup;
+pub mod desired;
+pub mod observe;
+pub mod plan;
+pub mod role_controller;
+pub mod status;
+pub mod validate;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use kube::{
+    Client,
+    runtime::events::{Recorder, Reporter},
+};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::{
+    api::names::FIELD_MANAGER, aws::Aws, error::AwsError, http::Readiness, metrics::Metrics,
+};
+pub use validate::OperatorIdentity;
+
+/// Everything a reconcile needs, shared by all reconciles.
+pub struct Context<A: Aws> {
+    pub client: Client,
+    pub aws: A,
+    pub operator: OperatorIdentity,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub backoff: backoff::PerObjectBackoff,
+    pub resync_interval: Duration,
+}
+
+impl<A: Aws> Context<A> {
+    pub fn new(
+        client: Client,
+        aws: A,
+        operator: OperatorIdentity,
+        metrics: Arc<Metrics>,
+        resync_interval: Duration,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Self {
+            client,
+            aws,
+            operator,
+            metrics,
+            recorder,
+            backoff: backoff::PerObjectBackoff::default(),
+            resync_interval,
+        }
+    }
+}
+
+/// A reconcile that failed and is retried with backoff.
+#[derive(Error, Debug)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error("Kubernetes API request failed: {context}")]
+    Kube {
+        context: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ReconcileError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReconcileError::Aws(e) => e.category(),
+            ReconcileError::Kube { .. } => "KubeError",
+        }
+    }
+
+    pub fn kube(context: &'static str) -> impl FnOnce(kube::Error) -> Self {
+        move |source| ReconcileError::Kube { context, source }
+    }
+}
+
+/// Runs both controllers until `shutdown` completes. `readiness` turns true once their caches
+/// have synced.
+pub async fn run<A: Aws>(
+    ctx: Arc<Context<A>>,
+    concurrency: u16,
+    readiness: Readiness,
+    stop: watch::Receiver<bool>,
+) {
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let (roles, roles_ready) =
+        role_controller::controller(ctx.clone(), concurrency, stopped(stop.clone()));
+    let (accounts, accounts_ready) =
+        account_controller::controller(ctx, concurrency, stopped(stop));
+    tokio::spawn(async move {
+        let _ = tokio::join!(roles_ready, accounts_ready);
+        readiness.set(true);
+        tracing::info!("caches synced; controllers running");
+    });
+    tokio::join!(
+        roles.for_each(|_| async {}),
+        accounts.for_each(|_| async {})
+    );
+}

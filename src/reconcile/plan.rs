@@ -1,0 +1,563 @@
+//! Step 4 (pure): the ordered, minimal list of IAM writes that turns what was observed into what
+//! is desired. An empty plan means AWS is in sync.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use super::desired::{DEFAULT_MAX_SESSION, DesiredRole, Owner};
+use crate::aws::{Change, ObservedRole, Principal, policy};
+
+/// What observe read: the role (if it exists) and the grant policy of each principal looked at.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    pub role: Option<ObservedRole>,
+    /// Grant policy document per principal; `None` when the principal lacks it.
+    pub grants: BTreeMap<Principal, Option<Value>>,
+}
+
+/// Whether the operator may manage an existing role for this owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// No role yet, or the role carries this owner's tags.
+    Owned,
+    /// The role has no ownership tags and the CR asks to adopt it.
+    Adopt,
+    /// Tagged for another object, or untagged without adoption: hands off.
+    Foreign(String),
+}
+
+/// Decides [`Ownership`] from the role's tags.
+pub fn ownership(role: Option<&ObservedRole>, owner: &Owner, adopt: bool) -> Ownership {
+    let Some(role) = role else {
+        return Ownership::Owned;
+    };
+    let wanted = owner.tags();
+    let ours = wanted.iter().all(|(k, v)| role.tags.get(k) == Some(v));
+    if ours {
+        return Ownership::Owned;
+    }
+    let tagged = wanted.keys().any(|k| role.tags.contains_key(k));
+    match (tagged, adopt) {
+        (false, true) => Ownership::Adopt,
+        (false, false) => Ownership::Foreign(format!(
+            "role {} exists without this operator's ownership tags; annotate the CrossAccountRole with crossaccount.io/adopt: \"true\" to take it over",
+            role.arn
+        )),
+        (true, _) => Ownership::Foreign(format!(
+            "role {} belongs to another CrossAccountRole ({}/{} in cluster {})",
+            role.arn,
+            role.tags
+                .get(super::super::api::names::tags::NAMESPACE)
+                .map_or("?", String::as_str),
+            role.tags
+                .get(super::super::api::names::tags::NAME)
+                .map_or("?", String::as_str),
+            role.tags
+                .get(super::super::api::names::tags::CLUSTER)
+                .map_or("?", String::as_str),
+        )),
+    }
+}
+
+/// The writes that bring AWS to `desired`. `previously_granted` are the principals an earlier
+/// reconcile granted (read from the role's trust policy); those no longer desired are revoked.
+pub fn plan_role_changes(
+    desired: &DesiredRole,
+    observed: &Observed,
+    previously_granted: &BTreeSet<Principal>,
+) -> Vec<Change> {
+    let role = desired.name.clone();
+    // Grants are revoked first: the trust policy's Grants statement is the record of what was
+    // granted, so it is rewritten only after the revocations succeeded.
+    let mut changes: Vec<Change> = previously_granted
+        .difference(&desired.grants)
+        .map(|principal| Change::DeleteGrant {
+            principal: principal.clone(),
+            policy_name: desired.grant_policy_name.clone(),
+        })
+        .collect();
+    let (attached, inline) = match &observed.role {
+        None => {
+            changes.push(Change::CreateRole {
+                role: role.clone(),
+                path: desired.path.clone(),
+                trust_policy: desired.trust_policy.clone(),
+                description: desired.description.clone(),
+                max_session_duration: (desired.max_session_duration != DEFAULT_MAX_SESSION)
+                    .then_some(desired.max_session_duration),
+                permissions_boundary: desired.permissions_boundary.clone(),
+                tags: desired.tags.clone(),
+            });
+            (BTreeSet::new(), BTreeMap::new())
+        }
+        Some(current) => {
+            plan_role_settings(desired, current, &mut changes);
+            (
+                current.managed_policies.clone(),
+                current.inline_policies.clone(),
+            )
+        }
+    };
+
+    for arn in desired.managed_policies.difference(&attached) {
+        changes.push(Change::AttachPolicy {
+            role: role.clone(),
+            arn: arn.clone(),
+        });
+    }
+    for (name, document) in &desired.inline_policies {
+        if !inline
+            .get(name)
+            .is_some_and(|current| policy::equivalent(current, document))
+        {
+            changes.push(Change::PutInlinePolicy {
+                role: role.clone(),
+                name: name.clone(),
+                document: document.clone(),
+            });
+        }
+    }
+    for principal in &desired.grants {
+        let current = observed.grants.get(principal).cloned().flatten();
+        if !current.is_some_and(|doc| policy::equivalent(&doc, &desired.grant_policy)) {
+            changes.push(Change::PutGrant {
+                principal: principal.clone(),
+                policy_name: desired.grant_policy_name.clone(),
+                document: desired.grant_policy.clone(),
+            });
+        }
+    }
+
+    // Policy removals last: new access is in place before old access goes.
+    for arn in attached.difference(&desired.managed_policies) {
+        changes.push(Change::DetachPolicy {
+            role: role.clone(),
+            arn: arn.clone(),
+        });
+    }
+    for name in inline
+        .keys()
+        .filter(|n| !desired.inline_policies.contains_key(*n))
+    {
+        changes.push(Change::DeleteInlinePolicy {
+            role: role.clone(),
+            name: name.clone(),
+        });
+    }
+    changes
+}
+
+fn plan_role_settings(desired: &DesiredRole, current: &ObservedRole, changes: &mut Vec<Change>) {
+    let role = &desired.name;
+    if !policy::equivalent(&current.trust_policy, &desired.trust_policy) {
+        changes.push(Change::UpdateTrustPolicy {
+            role: role.clone(),
+            trust_policy: desired.trust_policy.clone(),
+        });
+    }
+    if current.description != desired.description
+        || current.max_session_duration != desired.max_session_duration
+    {
+        changes.push(Change::UpdateRole {
+            role: role.clone(),
+            description: desired.description.clone().unwrap_or_default(),
+            max_session_duration: desired.max_session_duration,
+        });
+    }
+    match (&desired.permissions_boundary, &current.permissions_boundary) {
+        (Some(want), have) if have.as_ref() != Some(want) => {
+            changes.push(Change::PutPermissionsBoundary {
+                role: role.clone(),
+                arn: want.clone(),
+            })
+        }
+        (None, Some(_)) => changes.push(Change::DeletePermissionsBoundary { role: role.clone() }),
+        _ => {}
+    }
+    let to_tag: BTreeMap<String, String> = desired
+        .tags
+        .iter()
+        .filter(|(k, v)| current.tags.get(*k) != Some(v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !to_tag.is_empty() {
+        changes.push(Change::TagRole {
+            role: role.clone(),
+            tags: to_tag,
+        });
+    }
+    let to_untag: Vec<String> = current
+        .tags
+        .keys()
+        .filter(|k| !desired.tags.contains_key(*k))
+        .cloned()
+        .collect();
+    if !to_untag.is_empty() {
+        changes.push(Change::UntagRole {
+            role: role.clone(),
+            keys: to_untag,
+        });
+    }
+}
+
+/// The writes that remove a role and everything attached to it, and revoke `grants` (with
+/// `grant_policy_name`). Works from what was observed, so it needs no valid spec.
+pub fn plan_delete(
+    role_name: &str,
+    role: Option<&ObservedRole>,
+    grants: &BTreeSet<Principal>,
+    grant_policy_name: &str,
+) -> Vec<Change> {
+    let mut changes: Vec<Change> = grants
+        .iter()
+        .map(|principal| Change::DeleteGrant {
+            principal: principal.clone(),
+            policy_name: grant_policy_name.to_owned(),
+        })
+        .collect();
+    if let Some(role) = role {
+        changes.extend(
+            role.managed_policies
+                .iter()
+                .map(|arn| Change::DetachPolicy {
+                    role: role_name.to_owned(),
+                    arn: arn.clone(),
+                }),
+        );
+        changes.extend(
+            role.inline_policies
+                .keys()
+                .map(|name| Change::DeleteInlinePolicy {
+                    role: role_name.to_owned(),
+                    name: name.clone(),
+                }),
+        );
+        changes.push(Change::DeleteRole {
+            role: role_name.to_owned(),
+        });
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        aws::fake::FakeAccount,
+        reconcile::{
+            apply::apply_changes,
+            cleanup::delete_role,
+            desired::{desired_role, granted_principals},
+            observe::observe,
+            validate::{OperatorIdentity, ValidatedSpec},
+        },
+    };
+    use serde_json::json;
+
+    const SOURCE: &str = "123456789012";
+    const TARGET: &str = "111111111111";
+    const S3_READ: &str = "arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess";
+    const EC2_READ: &str = "arn:aws:iam::aws:policy/AmazonEC2ReadOnlyAccess";
+
+    fn operator() -> OperatorIdentity {
+        OperatorIdentity {
+            cluster_name: "dev".into(),
+            source_account_id: SOURCE.into(),
+            principal_arn: format!("arn:aws:iam::{SOURCE}:user/cross-account-operator"),
+        }
+    }
+
+    fn owner() -> Owner {
+        Owner {
+            cluster: "dev".into(),
+            namespace: "team-a".into(),
+            name: "signin".into(),
+        }
+    }
+
+    fn seed_spec() -> ValidatedSpec {
+        ValidatedSpec {
+            role_name: "CrossAccountSignin".into(),
+            role_path: "/".into(),
+            description: None,
+            max_session_duration: None,
+            managed_policies: BTreeSet::from([S3_READ.to_owned()]),
+            inline_policies: BTreeMap::new(),
+            trust_principals: BTreeSet::new(),
+            grants: BTreeSet::from([Principal::User("devTest".into())]),
+            tags: BTreeMap::new(),
+            permissions_boundary: None,
+            adopt: false,
+        }
+    }
+
+    struct World {
+        target: FakeAccount,
+        source: FakeAccount,
+    }
+
+    impl World {
+        fn new() -> Self {
+            Self {
+                target: FakeAccount::new(TARGET),
+                source: FakeAccount::new(SOURCE),
+            }
+        }
+
+        async fn plan(&self, spec: &ValidatedSpec) -> Vec<Change> {
+            let desired = desired_role(spec, &owner(), &operator(), TARGET);
+            let (observed, previous) = observe(
+                &self.target,
+                &self.source,
+                &desired.name,
+                &desired.grant_policy_name,
+                &desired.grants,
+                SOURCE,
+            )
+            .await
+            .unwrap();
+            plan_role_changes(&desired, &observed, &previous)
+        }
+
+        /// Plans and applies; returns the writes made, in order, as both fake accounts saw them.
+        async fn sync(&self, spec: &ValidatedSpec) -> Vec<Change> {
+            let changes = self.plan(spec).await;
+            let (applied, result) = apply_changes(&self.target, &self.source, &changes).await;
+            result.unwrap();
+            let seen = self.target.take_writes().len() + self.source.take_writes().len();
+            assert_eq!(seen, applied.len(), "every applied change reached AWS once");
+            applied
+        }
+    }
+
+    fn operations(changes: &[Change]) -> Vec<&'static str> {
+        changes.iter().map(Change::operation).collect()
+    }
+
+    #[tokio::test]
+    async fn seed_scenario_creates_then_is_idempotent() {
+        let world = World::new();
+        let spec = seed_spec();
+        let writes = world.sync(&spec).await;
+        assert_eq!(
+            operations(&writes),
+            ["CreateRole", "AttachRolePolicy", "PutUserPolicy"]
+        );
+
+        let role = world.target.role("CrossAccountSignin").unwrap();
+        assert_eq!(role.tags, owner().tags());
+        let statements = role.trust_policy["Statement"].as_array().unwrap();
+        assert_eq!(
+            statements[0]["Condition"]["StringEquals"]["sts:ExternalId"],
+            "crossaccount:dev:team-a:signin"
+        );
+        assert_eq!(
+            granted_principals(&role.trust_policy, SOURCE),
+            BTreeSet::from([Principal::User("devTest".into())])
+        );
+        let grant = world
+            .source
+            .principal_policy(
+                &Principal::User("devTest".into()),
+                &owner().grant_policy_name(),
+            )
+            .unwrap();
+        assert_eq!(grant["Statement"][0]["Resource"], role.arn);
+
+        assert!(
+            world.plan(&spec).await.is_empty(),
+            "planning against the applied result is empty"
+        );
+    }
+
+    #[tokio::test]
+    async fn updates_make_only_the_needed_writes() {
+        let world = World::new();
+        let mut spec = seed_spec();
+        spec.inline_policies.insert(
+            "read".into(),
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}),
+        );
+        world.sync(&spec).await;
+
+        spec.managed_policies = BTreeSet::from([EC2_READ.to_owned()]);
+        spec.inline_policies.insert(
+            "read".into(),
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*"}]}),
+        );
+        let writes = world.sync(&spec).await;
+        assert_eq!(
+            operations(&writes),
+            ["AttachRolePolicy", "PutRolePolicy", "DetachRolePolicy"]
+        );
+        assert!(world.plan(&spec).await.is_empty());
+
+        spec.grants = BTreeSet::from([Principal::Role("ci".into())]);
+        spec.tags.insert("team".into(), "a".into());
+        spec.description = Some("reads S3".into());
+        let writes = world.sync(&spec).await;
+        assert_eq!(
+            operations(&writes),
+            [
+                "DeleteUserPolicy",
+                "UpdateAssumeRolePolicy",
+                "UpdateRole",
+                "TagRole",
+                "PutRolePolicy"
+            ]
+        );
+        assert!(
+            world
+                .source
+                .principal_policy(
+                    &Principal::User("devTest".into()),
+                    &owner().grant_policy_name()
+                )
+                .is_none()
+        );
+        assert!(world.plan(&spec).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn drift_is_corrected_with_minimal_writes() {
+        let world = World::new();
+        let spec = seed_spec();
+        world.sync(&spec).await;
+        world.target.edit_role("CrossAccountSignin", |r| {
+            r.managed_policies.clear();
+            r.managed_policies.insert("arn:aws:iam::aws:policy/AdministratorAccess".into());
+            r.trust_policy = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]});
+            r.tags.insert("extra".into(), "x".into());
+        });
+        let writes = world.sync(&spec).await;
+        assert_eq!(
+            operations(&writes),
+            [
+                "UpdateAssumeRolePolicy",
+                "UntagRole",
+                "AttachRolePolicy",
+                "DetachRolePolicy"
+            ]
+        );
+        assert!(world.plan(&spec).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn semantically_equal_documents_cause_no_write() {
+        let world = World::new();
+        let spec = seed_spec();
+        world.sync(&spec).await;
+        // What IAM might hand back: statements reordered, single values as lists, keys reordered.
+        world.target.edit_role("CrossAccountSignin", |r| {
+            let mut doc = r.trust_policy.clone();
+            let statements = doc["Statement"].as_array_mut().unwrap();
+            statements.reverse();
+            for s in statements.iter_mut() {
+                if s["Action"].is_string() {
+                    s["Action"] = json!([s["Action"].clone()]);
+                }
+            }
+            r.trust_policy =
+                serde_json::from_str(&serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        });
+        assert!(world.plan(&spec).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn delete_removes_everything_and_tolerates_what_is_gone() {
+        let world = World::new();
+        let mut spec = seed_spec();
+        spec.inline_policies.insert(
+            "p".into(),
+            json!({"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}),
+        );
+        world.sync(&spec).await;
+        let (applied, result) = delete_role(
+            &world.target,
+            &world.source,
+            "CrossAccountSignin",
+            &owner(),
+            &BTreeSet::new(),
+            SOURCE,
+        )
+        .await;
+        result.unwrap();
+        assert_eq!(
+            operations(&applied),
+            [
+                "DeleteUserPolicy",
+                "DetachRolePolicy",
+                "DeleteRolePolicy",
+                "DeleteRole"
+            ]
+        );
+        assert!(world.target.role("CrossAccountSignin").is_none());
+        // Again, with everything gone (and a grant named by the spec that no longer exists).
+        let (applied, result) = delete_role(
+            &world.target,
+            &world.source,
+            "CrossAccountSignin",
+            &owner(),
+            &spec.grants,
+            SOURCE,
+        )
+        .await;
+        result.unwrap();
+        assert!(applied.is_empty());
+    }
+
+    #[tokio::test]
+    async fn roles_of_others_are_never_touched() {
+        let world = World::new();
+        world.sync(&seed_spec()).await;
+        world.target.take_writes();
+        let other = Owner {
+            namespace: "team-b".into(),
+            ..owner()
+        };
+        let role = world.target.role("CrossAccountSignin");
+        assert!(
+            matches!(ownership(role.as_ref(), &other, true), Ownership::Foreign(m) if m.contains("team-a/signin"))
+        );
+        let (applied, result) = delete_role(
+            &world.target,
+            &world.source,
+            "CrossAccountSignin",
+            &other,
+            &BTreeSet::new(),
+            SOURCE,
+        )
+        .await;
+        result.unwrap();
+        assert!(applied.is_empty());
+        assert!(world.target.role("CrossAccountSignin").is_some());
+
+        let mut untagged = role.unwrap();
+        untagged.tags.clear();
+        assert!(
+            matches!(ownership(Some(&untagged), &owner(), false), Ownership::Foreign(m) if m.contains("crossaccount.io/adopt"))
+        );
+        assert_eq!(ownership(Some(&untagged), &owner(), true), Ownership::Adopt);
+    }
+
+    #[tokio::test]
+    async fn adoption_tags_the_role_and_takes_it_over() {
+        let world = World::new();
+        let spec = seed_spec();
+        world.sync(&spec).await;
+        world
+            .target
+            .edit_role("CrossAccountSignin", |r| r.tags.clear());
+        let writes = world.sync(&spec).await;
+        assert_eq!(operations(&writes), ["TagRole"]);
+        assert_eq!(
+            ownership(
+                world.target.role("CrossAccountSignin").as_ref(),
+                &owner(),
+                false
+            ),
+            Ownership::Owned
+        );
+    }
+}
