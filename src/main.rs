@@ -1,9 +1,9 @@
 //! The operator binary: config -> telemetry -> clients -> controllers + HTTP server, until SIGTERM.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
-use aws_config::BehaviorVersion;
+use aws_config::{BehaviorVersion, timeout::TimeoutConfig};
 use clap::Parser;
 use tokio::sync::watch;
 

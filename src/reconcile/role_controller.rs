@@ -12,8 +12,9 @@ use kube::{
         Controller,
         controller::Action,
         events::{Event, EventType},
-        reflector::ObjectRef,
-        watcher,
+        Predicate, WatchStreamExt, predicates,
+        reflector::{self, ObjectRef},
+        watcher::{self, watcher},
     },
 };
 use serde_json::json;
@@ -51,11 +52,18 @@ pub fn controller<A: Aws>(
     impl Future<Output = ()> + Send,
 ) {
     let client = ctx.client.clone();
-    let controller = Controller::new(
-        Api::<CrossAccountRole>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let store = controller.store();
+    // Status-only updates (our own writes) do not trigger a reconcile: only spec (generation,
+    // which deletion also bumps) and annotation (adoption) changes do, besides resync.
+    let (store, writer) = reflector::store();
+    let trigger = watcher(Api::<CrossAccountRole>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            Default::default(),
+        );
+    let controller = Controller::for_stream(trigger, store.clone());
     let ready_store = store.clone();
     let stream = controller
         // A change to an AwsAccount (readiness, guardrails) re-queues the roles that use it.
