@@ -30,10 +30,18 @@ async fn main() -> anyhow::Result<()> {
     startup::ensure_crds_installed(&client).await?;
 
     let metrics = Metrics::new();
-    let aws = SdkAws::new(
-        aws_config::defaults(BehaviorVersion::latest()).load().await,
-        metrics.clone(),
-    );
+    // Bounded timeouts: an AWS endpoint that stops answering must fail a reconcile (and be retried
+    // with backoff), never hang it.
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(20))
+        .operation_timeout(Duration::from_secs(60))
+        .build();
+    let aws_config = aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .load()
+        .await;
+    let aws = SdkAws::new(aws_config, metrics.clone());
     let caller = aws.source().caller_arn().await.context(
         "cannot determine the operator's own AWS identity (sts:GetCallerIdentity); check its AWS credentials",
     )?;

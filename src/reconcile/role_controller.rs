@@ -9,10 +9,10 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        Controller,
+        Controller, Predicate, WatchStreamExt,
         controller::Action,
         events::{Event, EventType},
-        Predicate, WatchStreamExt, predicates,
+        predicates,
         reflector::{self, ObjectRef},
         watcher::{self, watcher},
     },
@@ -55,14 +55,17 @@ pub fn controller<A: Aws>(
     // Status-only updates (our own writes) do not trigger a reconcile: only spec (generation,
     // which deletion also bumps) and annotation (adoption) changes do, besides resync.
     let (store, writer) = reflector::store();
-    let trigger = watcher(Api::<CrossAccountRole>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation.combine(predicates::annotations),
-            Default::default(),
-        );
+    let trigger = watcher(
+        Api::<CrossAccountRole>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation.combine(predicates::annotations),
+        Default::default(),
+    );
     let controller = Controller::for_stream(trigger, store.clone());
     let ready_store = store.clone();
     let stream = controller
