@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
             .operator_role_arn
             .clone()
             .unwrap_or_else(|| principal_from_caller(&caller)),
+        chained: caller.contains(":assumed-role/"),
     };
     tracing::info!(principal = %operator.principal_arn, account = %operator.source_account_id, "operator identity");
 

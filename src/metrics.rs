@@ -1,11 +1,18 @@
 //! Prometheus metrics. Label values are fixed strings (kinds, operations, outcomes, categories),
 //! never error payloads or secret material.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
+use k8s_openapi::jiff::Timestamp;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        MetricType, counter::Counter, family::Family, gauge::ConstGauge, histogram::Histogram,
+    },
     registry::Registry,
 };
 
@@ -30,9 +37,61 @@ pub struct ReconcileErrorLabels {
     pub category: &'static str,
 }
 
+/// Seconds until the credentials of each CrossAccountRole expire, computed at scrape time from
+/// the expiration times the reconciler records.
+#[derive(Debug, Default)]
+pub struct CredentialsExpiry {
+    expirations: Mutex<HashMap<(String, String), Timestamp>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectLabels {
+    namespace: String,
+    name: String,
+}
+
+impl CredentialsExpiry {
+    pub fn set(&self, namespace: &str, name: &str, expiration: Timestamp) {
+        self.expirations
+            .lock()
+            .expect("lock")
+            .insert((namespace.to_owned(), name.to_owned()), expiration);
+    }
+
+    pub fn remove(&self, namespace: &str, name: &str) {
+        self.expirations
+            .lock()
+            .expect("lock")
+            .remove(&(namespace.to_owned(), name.to_owned()));
+    }
+}
+
+impl Collector for CredentialsExpiry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = Timestamp::now();
+        let expirations = self.expirations.lock().expect("lock");
+        let mut family = encoder.encode_descriptor(
+            "credentials_expiry_seconds",
+            "Seconds until the credentials in each CrossAccountRole's Secret expire",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((namespace, name), expiration) in expirations.iter() {
+            let labels = ObjectLabels {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            };
+            let seconds = expiration.duration_since(now).as_secs_f64();
+            ConstGauge::new(seconds).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// All metrics of the operator and the registry that exposes them.
 pub struct Metrics {
     registry: Registry,
+    pub credentials_expiry: Arc<CredentialsExpiry>,
     pub aws_requests: Family<AwsRequestLabels, Counter>,
     pub reconciles: Family<ReconcileLabels, Counter>,
     pub reconcile_errors: Family<ReconcileErrorLabels, Counter>,
@@ -68,8 +127,11 @@ impl Default for Metrics {
             "Time taken by one reconcile, by kind",
             reconcile_duration.clone(),
         );
+        let credentials_expiry = Arc::new(CredentialsExpiry::default());
+        registry.register_collector(Box::new(credentials_expiry.clone()));
         Self {
             registry,
+            credentials_expiry,
             aws_requests,
             reconciles,
             reconcile_errors,
@@ -112,7 +174,18 @@ mod tests {
                 kind: "CrossAccountRole",
             })
             .observe(0.2);
+        metrics.credentials_expiry.set(
+            "team-a",
+            "signin",
+            Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(600),
+        );
         let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"crossaccount_credentials_expiry_seconds{namespace="team-a",name="signin"} 59"#
+            ),
+            "{text}"
+        );
         assert!(text.contains(
             r#"crossaccount_aws_requests_total{service="iam",operation="GetRole",outcome="ok"} 1"#
         ), "{text}");

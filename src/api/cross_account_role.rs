@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
     ),
     printcolumn(
         name = "Expires",
-        type_ = "date",
+        // A string: kubectl prints future dates of type date as "<invalid>".
+        type_ = "string",
         json_path = ".status.credentials.expiration"
     ),
     printcolumn(

@@ -11,6 +11,9 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "cross-account-operator";
 /// Annotation on the Secret with the credentials' expiration (RFC 3339).
 pub const EXPIRATION_ANNOTATION: &str = "crossaccount.io/expiration";
+/// Annotation on the Secret with the time the operator plans to replace the credentials (RFC 3339);
+/// read after a restart so that credentials that are not yet due are kept.
+pub const REFRESH_AT_ANNOTATION: &str = "crossaccount.io/refresh-at";
 /// Annotation on a CrossAccountRole that allows it to take over an untagged role of the same name.
 pub const ADOPT_ANNOTATION: &str = "crossaccount.io/adopt";
 /// Pod-template annotation bumped on rollout-restart targets when credentials change.
@@ -44,4 +47,5 @@ pub mod reason {
     pub const PROPAGATING: &str = "Propagating";
     pub const CREDENTIALS_ISSUED: &str = "CredentialsIssued";
     pub const NOT_REQUESTED: &str = "NotRequested";
+    pub const SECRET_NOT_OWNED: &str = "SecretNotOwned";
 }

@@ -9,7 +9,10 @@ use std::{
 use serde_json::Value;
 
 use super::{AccountApi, Change, ObservedRole, Principal};
-use crate::error::{AwsError, AwsErrorKind};
+use crate::{
+    error::{AwsError, AwsErrorKind},
+    reconcile::credentials::{AssumeRoleRequest, IssuedCredentials},
+};
 
 #[derive(Default)]
 struct State {
@@ -17,6 +20,7 @@ struct State {
     /// Inline policies of users and roles, as (principal, policy name) -> document.
     principal_policies: BTreeMap<(Principal, String), Value>,
     writes: Vec<Change>,
+    assumed: u32,
 }
 
 #[derive(Clone)]
@@ -89,6 +93,22 @@ impl AccountApi for FakeAccount {
             "arn:aws:sts::{}:assumed-role/management/test",
             self.account_id
         ))
+    }
+
+    async fn assume_role(
+        &self,
+        request: &AssumeRoleRequest,
+    ) -> Result<IssuedCredentials, AwsError> {
+        let mut state = self.state.lock().unwrap();
+        state.assumed += 1;
+        let n = state.assumed;
+        Ok(IssuedCredentials {
+            access_key_id: format!("ASIAFAKE{n}"),
+            secret_access_key: format!("secret-{n}"),
+            session_token: format!("token-{n}-{}", request.session_name),
+            expiration: k8s_openapi::jiff::Timestamp::now()
+                + k8s_openapi::jiff::SignedDuration::from_secs(i64::from(request.duration_seconds)),
+        })
     }
 
     async fn get_role(&self, name: &str) -> Result<Option<ObservedRole>, AwsError> {

@@ -8,11 +8,15 @@ use std::{
 
 use serde_json::Value;
 
-use crate::error::AwsError;
+use crate::{
+    error::AwsError,
+    reconcile::credentials::{AssumeRoleRequest, IssuedCredentials},
+};
 
 #[cfg(test)]
 pub mod fake;
 pub mod policy;
+pub mod rate_limit;
 pub mod sdk;
 
 /// How the operator reaches one account: directly (no management role: the operator's own
@@ -91,6 +95,8 @@ pub struct ObservedRole {
     pub tags: BTreeMap<String, String>,
     pub managed_policies: BTreeSet<String>,
     pub inline_policies: BTreeMap<String, Value>,
+    /// When the role was created (IAM's CreateDate), to tell propagation delay from denial.
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 /// One IAM write. The plan is a list of these; `apply` carries them out in order.
@@ -272,6 +278,12 @@ pub trait AccountApi: Clone + Send + Sync + 'static {
 
     /// Carries out one change.
     fn apply(&self, change: &Change) -> impl Future<Output = Result<(), AwsError>> + Send;
+
+    /// Assumes a role with this account's identity (rate-limited per account).
+    fn assume_role(
+        &self,
+        request: &AssumeRoleRequest,
+    ) -> impl Future<Output = Result<IssuedCredentials, AwsError>> + Send;
 }
 
 /// Access to AWS accounts: the source account the operator's identity lives in, and target

@@ -13,7 +13,11 @@ use aws_sdk_iam::{error::ProvideErrorMetadata, types::Tag};
 use aws_smithy_runtime_api::client::{orchestrator::HttpResponse, result::SdkError};
 use serde_json::Value;
 
-use super::{AccountAccess, AccountApi, Aws, Change, ObservedRole, Principal, policy};
+use super::{
+    AccountAccess, AccountApi, Aws, Change, ObservedRole, Principal, policy,
+    rate_limit::RateLimiter,
+};
+use crate::reconcile::credentials::{AssumeRoleRequest, IssuedCredentials};
 use crate::{
     error::{AwsError, AwsErrorKind},
     metrics::{AwsRequestLabels, Metrics},
@@ -22,12 +26,18 @@ use crate::{
 /// Session name the operator uses when it assumes a management role.
 const MANAGEMENT_SESSION_NAME: &str = "cross-account-operator";
 
+/// AssumeRole calls per second (and burst) allowed per source account; STS allows 600 per second
+/// per account, shared with everything else that account runs.
+const ASSUME_ROLE_RATE: f64 = 20.0;
+const ASSUME_ROLE_BURST: u32 = 40;
+
 /// IAM and STS clients of one account.
 #[derive(Clone)]
 pub struct SdkAccount {
     iam: aws_sdk_iam::Client,
     sts: aws_sdk_sts::Client,
     metrics: Arc<Metrics>,
+    assume_limiter: Arc<RateLimiter>,
 }
 
 /// The SDK-backed [`Aws`]: the operator's own configuration for the source account, and one cached
@@ -58,6 +68,7 @@ impl SdkAccount {
             iam: aws_sdk_iam::Client::new(config),
             sts: aws_sdk_sts::Client::new(config),
             metrics,
+            assume_limiter: Arc::new(RateLimiter::new(ASSUME_ROLE_RATE, ASSUME_ROLE_BURST)),
         }
     }
 
@@ -224,6 +235,13 @@ fn iam_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
 }
 
 impl AccountApi for SdkAccount {
+    async fn assume_role(
+        &self,
+        request: &AssumeRoleRequest,
+    ) -> Result<IssuedCredentials, AwsError> {
+        self.assume(request).await
+    }
+
     async fn caller_arn(&self) -> Result<String, AwsError> {
         let out = self
             .call(
@@ -265,6 +283,7 @@ impl AccountApi for SdkAccount {
                 .collect(),
             managed_policies: self.attached_policies(name).await?,
             inline_policies: self.inline_policies(name).await?,
+            created: k8s_openapi::jiff::Timestamp::from_second(role.create_date().secs()).ok(),
         }))
     }
 
@@ -447,6 +466,38 @@ impl AccountApi for SdkAccount {
                 }
             },
         }
+    }
+}
+
+impl SdkAccount {
+    async fn assume(&self, request: &AssumeRoleRequest) -> Result<IssuedCredentials, AwsError> {
+        self.assume_limiter.acquire().await;
+        let call = self
+            .sts
+            .assume_role()
+            .role_arn(&request.role_arn)
+            .role_session_name(&request.session_name)
+            .external_id(&request.external_id)
+            .source_identity(&request.source_identity)
+            .duration_seconds(request.duration_seconds)
+            .set_policy(request.session_policy.clone());
+        let out = self.call("sts", "AssumeRole", call.send()).await?;
+        let c = out.credentials().ok_or_else(|| AwsError {
+            service: "sts",
+            operation: "AssumeRole",
+            kind: AwsErrorKind::Other,
+            code: None,
+            message: "AssumeRole returned no credentials".into(),
+            request_id: None,
+            source: None,
+        })?;
+        Ok(IssuedCredentials {
+            access_key_id: c.access_key_id().to_owned(),
+            secret_access_key: c.secret_access_key().to_owned(),
+            session_token: c.session_token().to_owned(),
+            expiration: k8s_openapi::jiff::Timestamp::from_second(c.expiration().secs())
+                .unwrap_or_default(),
+        })
     }
 }
 

@@ -6,10 +6,13 @@ pub mod account_controller;
 pub mod apply;
 pub mod backoff;
 pub mod cleanup;
+pub mod credentials;
 pub mod desired;
 pub mod observe;
 pub mod plan;
 pub mod role_controller;
+pub mod rollout;
+pub mod secret;
 pub mod status;
 pub mod validate;
 

@@ -265,6 +265,7 @@ mod tests {
             cluster_name: "dev".into(),
             source_account_id: SOURCE.into(),
             principal_arn: format!("arn:aws:iam::{SOURCE}:user/cross-account-operator"),
+            chained: false,
         }
     }
 

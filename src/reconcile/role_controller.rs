@@ -1,10 +1,18 @@
 //! The CrossAccountRole controller: runs the pipeline for one object and records the outcome in
 //! status, events and metrics.
 
-use std::{collections::BTreeSet, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::{Future, Stream};
-use k8s_openapi::{api::core::v1::Namespace, jiff::Timestamp};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Secret},
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -25,16 +33,20 @@ use super::{
     apply::apply_changes,
     backoff::jitter,
     cleanup::delete_role,
+    credentials::{
+        CredentialsOutcome, RoleForCredentials, ensure_credentials, outcome_reason, remove_secret,
+    },
     desired::{Owner, desired_role},
     observe::observe,
     plan::{Ownership, ownership, plan_role_changes},
+    rollout::{RestartResult, restart_targets},
     status::{ConditionUpdate, apply_status, condition, set_condition},
     validate::{Refusal, default_role_name, validate},
 };
 use crate::{
     api::{
-        AwsAccount, CrossAccountRole, CrossAccountRoleStatus, DeletionPolicy,
-        names::{FINALIZER, condition as cond, reason},
+        AwsAccount, CredentialsStatus, CrossAccountRole, CrossAccountRoleStatus, DeletionPolicy,
+        names::{FINALIZER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, condition as cond, reason},
     },
     aws::{AccountAccess, Aws, Change, Principal},
     metrics::{ReconcileErrorLabels, ReconcileLabels},
@@ -69,6 +81,11 @@ pub fn controller<A: Aws>(
     let controller = Controller::for_stream(trigger, store.clone());
     let ready_store = store.clone();
     let stream = controller
+        // Owned Secrets, and only those (label selector): tampering or deletion is undone.
+        .owns(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
+        )
         // A change to an AwsAccount (readiness, guardrails) re-queues the roles that use it.
         .watches(
             Api::<AwsAccount>::all(client),
@@ -150,6 +167,8 @@ enum Outcome {
         role_arn: String,
         account_id: String,
         external_id: String,
+        /// `None` when the spec asks for no credentials.
+        credentials: Option<Box<CredentialsOutcome>>,
     },
     Refused {
         reason: &'static str,
@@ -167,7 +186,7 @@ async fn reconcile_role<A: Aws>(
     let result = sync(cr, ctx).await;
     record_status(cr, ctx, &result).await?;
     match result {
-        Ok(Outcome::Synced { .. }) => Ok(Action::requeue(jitter(ctx.resync_interval, 0.2))),
+        Ok(Outcome::Synced { credentials, .. }) => Ok(next_visit(ctx, credentials.as_deref())),
         // Terminal: a change to the CR or its AwsAccount triggers the next reconcile.
         Ok(Outcome::Refused { .. }) => Ok(Action::await_change()),
         Err(e) => Err(e),
@@ -262,11 +281,125 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Outcome
     let (applied, result) = apply_changes(&target, &source, &changes).await;
     publish_changes(cr, ctx, &applied).await;
     result?;
+
+    let role_created = match &observed.role {
+        Some(role) => role.created,
+        None => Some(Timestamp::now()),
+    };
+    let role_arn = observed.role.map(|r| r.arn).unwrap_or(desired.arn);
+    let role = RoleForCredentials {
+        arn: &role_arn,
+        max_session_duration: desired.max_session_duration,
+        account_cap: account.spec.max_session_duration_seconds,
+        created: role_created,
+        external_id: owner.external_id(),
+    };
+    let credentials = sync_credentials(cr, ctx, &source, &role)
+        .await?
+        .map(Box::new);
     Ok(Outcome::Synced {
-        role_arn: observed.role.map(|r| r.arn).unwrap_or(desired.arn),
+        role_arn: role_arn.clone(),
         account_id: account.spec.account_id.clone(),
         external_id: owner.external_id(),
+        credentials,
     })
+}
+
+/// The credentials step, and what follows from it: events, rollout restarts, the expiry metric,
+/// and removing a Secret the spec no longer asks for.
+async fn sync_credentials<A: Aws>(
+    cr: &CrossAccountRole,
+    ctx: &Context<A>,
+    source: &A::Account,
+    role: &RoleForCredentials<'_>,
+) -> Result<Option<CredentialsOutcome>, ReconcileError> {
+    let namespace = cr.namespace().unwrap_or_default();
+    let previous_secret = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.credentials.as_ref())
+        .map(|c| c.secret_name.clone());
+    let Some(spec) = &cr.spec.credentials else {
+        if let Some(old) = previous_secret {
+            remove_secret(&ctx.client, cr, &old).await?;
+        }
+        ctx.metrics
+            .credentials_expiry
+            .remove(&namespace, &cr.name_any());
+        return Ok(None);
+    };
+    let outcome = ensure_credentials(&ctx.client, source, &ctx.operator, cr, spec, role).await?;
+    if let CredentialsOutcome::Ready {
+        secret_name,
+        content,
+        issued,
+    } = &outcome
+    {
+        if let Some(old) = previous_secret.filter(|old| old != secret_name) {
+            remove_secret(&ctx.client, cr, &old).await?;
+        }
+        ctx.metrics.credentials_expiry.set(
+            &namespace,
+            &cr.name_any(),
+            content.credentials.expiration,
+        );
+        if *issued {
+            let expiration = content.credentials.expiration.to_string();
+            publish(
+                cr,
+                ctx,
+                EventType::Normal,
+                reason::CREDENTIALS_ISSUED,
+                format!(
+                    "issued credentials for {} into Secret {secret_name}, valid until {expiration}",
+                    role.arn
+                ),
+            )
+            .await;
+            let targets = &spec.rollout_restart_targets;
+            for (target, result) in
+                restart_targets(&ctx.client, &namespace, targets, &expiration).await
+            {
+                let (type_, why, note) = match result {
+                    RestartResult::Restarted => (
+                        EventType::Normal,
+                        "RolloutRestarted",
+                        format!("restarted {target} for new credentials"),
+                    ),
+                    RestartResult::NotFound => (
+                        EventType::Warning,
+                        "RolloutTargetNotFound",
+                        format!("rollout restart target {target} does not exist in this namespace"),
+                    ),
+                    RestartResult::Failed(e) => (
+                        EventType::Warning,
+                        "RolloutRestartFailed",
+                        format!("could not restart {target}: {e}"),
+                    ),
+                };
+                publish(cr, ctx, type_, why, note).await;
+            }
+        }
+    }
+    Ok(Some(outcome))
+}
+
+/// When to look again: at the next refresh if that comes before the resync, soon when waiting.
+fn next_visit<A: Aws>(ctx: &Context<A>, credentials: Option<&CredentialsOutcome>) -> Action {
+    let resync = jitter(ctx.resync_interval, 0.2);
+    match credentials {
+        Some(CredentialsOutcome::Ready { content, .. }) => {
+            let until_refresh = content.refresh_at.duration_since(Timestamp::now());
+            let until_refresh = Duration::try_from(until_refresh)
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_secs(1));
+            Action::requeue(resync.min(until_refresh))
+        }
+        Some(CredentialsOutcome::Waiting { .. }) => {
+            Action::requeue(jitter(Duration::from_secs(10), 0.5))
+        }
+        Some(CredentialsOutcome::SecretNotOwned { .. }) | None => Action::requeue(resync),
+    }
 }
 
 async fn publish_changes<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>, applied: &[Change]) {
@@ -306,16 +439,19 @@ async fn record_status<A: Aws>(
     let mut status = old.clone();
     let generation = cr.meta().generation;
     let now = Timestamp::now();
+    let mut credentials_condition = None;
     let (ok, why, message) = match result {
         Ok(Outcome::Synced {
             role_arn,
             account_id,
             external_id,
+            credentials,
         }) => {
             status.role_arn = Some(role_arn.clone());
             status.account_id = Some(account_id.clone());
             status.external_id = Some(external_id.clone());
             status.principal_arn = Some(ctx.operator.principal_arn.clone());
+            credentials_condition = credentials_status(&mut status, credentials.as_deref());
             (
                 true,
                 reason::SYNCED,
@@ -325,27 +461,84 @@ async fn record_status<A: Aws>(
         Ok(Outcome::Refused { reason, message }) => (false, *reason, message.clone()),
         Err(e) => (false, reason::AWS_ERROR, e.to_string()),
     };
-    let previous_reason = condition(&old.conditions, cond::ROLE_SYNCED).map(|c| c.reason.clone());
+    let previous = |type_| condition(&old.conditions, type_).map(|c| c.reason.clone());
     set_condition(
         &mut status.conditions,
         ConditionUpdate::new(cond::ROLE_SYNCED, ok, why, message.clone()),
         generation,
         now,
     );
-    set_condition(
-        &mut status.conditions,
-        ConditionUpdate::new(cond::READY, ok, why, message.clone()),
-        generation,
-        now,
-    );
+    // Ready: the role is in sync and, when asked for, the credentials are too.
+    let ready = match &credentials_condition {
+        Some(update) if ok && !update.status => {
+            ConditionUpdate::new(cond::READY, false, update.reason, update.message.clone())
+        }
+        _ => ConditionUpdate::new(cond::READY, ok, why, message.clone()),
+    };
+    if let Some(update) = credentials_condition {
+        if !update.status && previous(cond::CREDENTIALS_READY).as_deref() != Some(update.reason) {
+            publish(
+                cr,
+                ctx,
+                EventType::Warning,
+                update.reason,
+                update.message.clone(),
+            )
+            .await;
+        }
+        set_condition(&mut status.conditions, update, generation, now);
+    } else if ok && cr.spec.credentials.is_none() {
+        status
+            .conditions
+            .retain(|c| c.type_ != cond::CREDENTIALS_READY);
+    }
+    set_condition(&mut status.conditions, ready, generation, now);
     status.observed_generation = generation;
-    if !ok && previous_reason.as_deref() != Some(why) {
+    if !ok && previous(cond::ROLE_SYNCED).as_deref() != Some(why) {
         publish(cr, ctx, EventType::Warning, why, message).await;
     }
     if status != old {
         write_status(cr, ctx, &status).await?;
     }
     Ok(())
+}
+
+/// Fills `status.credentials` and returns the `CredentialsReady` condition for an outcome.
+fn credentials_status(
+    status: &mut CrossAccountRoleStatus,
+    outcome: Option<&CredentialsOutcome>,
+) -> Option<ConditionUpdate> {
+    let outcome = match outcome {
+        None => {
+            status.credentials = None;
+            return None;
+        }
+        Some(outcome) => outcome,
+    };
+    let why = outcome_reason(outcome);
+    Some(match outcome {
+        CredentialsOutcome::Ready {
+            secret_name,
+            content,
+            ..
+        } => {
+            status.credentials = Some(CredentialsStatus {
+                secret_name: secret_name.clone(),
+                expiration: Some(Time(content.credentials.expiration)),
+                next_refresh: Some(Time(content.refresh_at)),
+            });
+            ConditionUpdate::new(
+                cond::CREDENTIALS_READY,
+                true,
+                why,
+                format!("Secret {secret_name} holds valid credentials"),
+            )
+        }
+        CredentialsOutcome::Waiting { message }
+        | CredentialsOutcome::SecretNotOwned { message } => {
+            ConditionUpdate::new(cond::CREDENTIALS_READY, false, why, message.clone())
+        }
+    })
 }
 
 async fn write_status<A: Aws>(
@@ -387,6 +580,18 @@ async fn ensure_finalizer<A: Aws>(
     .await
     .map_err(ReconcileError::kube("adding the finalizer"))?;
     Ok(())
+}
+
+/// The last step of deletion: the credentials Secret goes (also where no garbage collector runs),
+/// the expiry metric is dropped, the finalizer is released.
+async fn release<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<(), ReconcileError> {
+    if let Some(credentials) = cr.status.as_ref().and_then(|s| s.credentials.as_ref()) {
+        remove_secret(&ctx.client, cr, &credentials.secret_name).await?;
+    }
+    ctx.metrics
+        .credentials_expiry
+        .remove(&cr.namespace().unwrap_or_default(), &cr.name_any());
+    remove_finalizer(cr, ctx).await
 }
 
 async fn remove_finalizer<A: Aws>(
@@ -434,7 +639,7 @@ async fn finalize<A: Aws>(
             "deletionPolicy is Retain: the IAM role is left in AWS".to_owned(),
         )
         .await;
-        remove_finalizer(cr, ctx).await?;
+        release(cr, ctx).await?;
         return Ok(Action::await_change());
     }
     let accounts: Api<AwsAccount> = Api::all(ctx.client.clone());
@@ -461,7 +666,7 @@ async fn finalize<A: Aws>(
             ),
         )
         .await;
-        remove_finalizer(cr, ctx).await?;
+        release(cr, ctx).await?;
         return Ok(Action::await_change());
     };
     let owner = owner_of(cr, ctx);
@@ -489,7 +694,7 @@ async fn finalize<A: Aws>(
     .await;
     publish_changes(cr, ctx, &applied).await;
     result?;
-    remove_finalizer(cr, ctx).await?;
+    release(cr, ctx).await?;
     Ok(Action::await_change())
 }
 

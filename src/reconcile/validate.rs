@@ -24,6 +24,9 @@ pub struct OperatorIdentity {
     pub source_account_id: String,
     /// The principal the generated trust policies allow (an IAM user or role ARN).
     pub principal_arn: String,
+    /// The operator itself runs on an assumed role, so sessions it mints are role chaining
+    /// (IAM caps those at one hour).
+    pub chained: bool,
 }
 
 /// Why a spec is not acted upon. Terminal until the CR or its AwsAccount changes.
@@ -326,6 +329,7 @@ mod tests {
             cluster_name: "dev".into(),
             source_account_id: "123456789012".into(),
             principal_arn: "arn:aws:iam::123456789012:user/cross-account-operator".into(),
+            chained: false,
         }
     }
 

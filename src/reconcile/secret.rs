@@ -1,0 +1,295 @@
+//! Step 7: the Secret that holds the credentials (layout in the design's Secret contract). Building
+//! and reading it is pure; writing is a server-side apply owned by the CrossAccountRole.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::Secret,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+
+use super::credentials::IssuedCredentials;
+use crate::api::{
+    CrossAccountRole,
+    names::{
+        EXPIRATION_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+        REFRESH_AT_ANNOTATION,
+    },
+};
+
+/// Keys of the Secret.
+pub mod keys {
+    pub const CREDENTIALS: &str = "credentials";
+    pub const CREDENTIALS_JSON: &str = "credentials.json";
+    pub const CONFIG: &str = "config";
+    pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+    pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+    pub const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+    pub const REGION: &str = "AWS_REGION";
+    pub const EXPIRATION: &str = "expiration";
+    pub const ROLE_ARN: &str = "role_arn";
+}
+
+/// What goes into one Secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretContent {
+    pub credentials: IssuedCredentials,
+    pub role_arn: String,
+    pub region: Option<String>,
+    pub refresh_at: Timestamp,
+}
+
+fn rfc3339(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The data keys of the Secret, as strings.
+pub fn render_data(content: &SecretContent) -> BTreeMap<String, String> {
+    let c = &content.credentials;
+    let expiration = rfc3339(c.expiration);
+    let mut data = BTreeMap::from([
+        (
+            keys::CREDENTIALS.to_owned(),
+            format!(
+                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
+                c.access_key_id, c.secret_access_key, c.session_token
+            ),
+        ),
+        (
+            keys::CREDENTIALS_JSON.to_owned(),
+            json!({
+                "Version": 1,
+                "AccessKeyId": c.access_key_id,
+                "SecretAccessKey": c.secret_access_key,
+                "SessionToken": c.session_token,
+                "Expiration": expiration,
+            })
+            .to_string(),
+        ),
+        (
+            keys::CONFIG.to_owned(),
+            match &content.region {
+                Some(region) => format!("[default]\nregion = {region}\n"),
+                None => "[default]\n".to_owned(),
+            },
+        ),
+        (keys::ACCESS_KEY_ID.to_owned(), c.access_key_id.clone()),
+        (
+            keys::SECRET_ACCESS_KEY.to_owned(),
+            c.secret_access_key.clone(),
+        ),
+        (keys::SESSION_TOKEN.to_owned(), c.session_token.clone()),
+        (keys::EXPIRATION.to_owned(), expiration),
+        (keys::ROLE_ARN.to_owned(), content.role_arn.clone()),
+    ]);
+    if let Some(region) = &content.region {
+        data.insert(keys::REGION.to_owned(), region.clone());
+    }
+    data
+}
+
+/// The whole Secret for `cr`, owned by it.
+pub fn render_secret(cr: &CrossAccountRole, name: &str, content: &SecretContent) -> Secret {
+    let owner = OwnerReference {
+        api_version: CrossAccountRole::api_version(&()).into_owned(),
+        kind: CrossAccountRole::kind(&()).into_owned(),
+        name: cr.name_any(),
+        uid: cr.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    };
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: cr.namespace(),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.to_owned(),
+                MANAGED_BY_VALUE.to_owned(),
+            )])),
+            annotations: Some(BTreeMap::from([
+                (
+                    EXPIRATION_ANNOTATION.to_owned(),
+                    rfc3339(content.credentials.expiration),
+                ),
+                (
+                    REFRESH_AT_ANNOTATION.to_owned(),
+                    rfc3339(content.refresh_at),
+                ),
+            ])),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(
+            render_data(content)
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// Whether `secret` belongs to `cr` (controller owner reference with its UID).
+pub fn owned_by(secret: &Secret, cr: &CrossAccountRole) -> bool {
+    let uid = cr.uid();
+    secret
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+}
+
+/// The content an existing Secret holds, if it is complete and consistent: every key as
+/// [`render_data`] would write it. A Secret that was edited or lost keys reads as `None`.
+pub fn read_content(secret: &Secret) -> Option<SecretContent> {
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| {
+        data.get(key)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    };
+    let json: serde_json::Value = serde_json::from_str(&text(keys::CREDENTIALS_JSON)?).ok()?;
+    let field = |k: &str| json.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let refresh_at = secret
+        .annotations()
+        .get(REFRESH_AT_ANNOTATION)?
+        .parse()
+        .ok()?;
+    let content = SecretContent {
+        credentials: IssuedCredentials {
+            access_key_id: field("AccessKeyId")?,
+            secret_access_key: field("SecretAccessKey")?,
+            session_token: field("SessionToken")?,
+            expiration: field("Expiration")?.parse().ok()?,
+        },
+        role_arn: text(keys::ROLE_ARN)?,
+        region: text(keys::REGION),
+        refresh_at,
+    };
+    let intact = render_data(&content)
+        .iter()
+        .all(|(k, v)| text(k).as_deref() == Some(v.as_str()))
+        && data.len() == render_data(&content).len()
+        && secret.annotations().get(EXPIRATION_ANNOTATION)
+            == Some(&rfc3339(content.credentials.expiration));
+    intact.then_some(content)
+}
+
+/// Server-side applies `secret` with the operator's field manager.
+pub async fn apply_secret(api: &Api<Secret>, secret: &Secret) -> Result<(), kube::Error> {
+    let name = secret.name_any();
+    let mut value = serde_json::to_value(secret).expect("a Secret serializes");
+    value["apiVersion"] = json!("v1");
+    value["kind"] = json!("Secret");
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&value),
+    )
+    .await
+    .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::CrossAccountRoleSpec;
+
+    fn content(region: Option<&str>) -> SecretContent {
+        SecretContent {
+            credentials: IssuedCredentials {
+                access_key_id: "ASIAKEY".into(),
+                secret_access_key: "secret/with+chars".into(),
+                session_token: "token==".into(),
+                expiration: "2026-11-28T12:00:00Z".parse().unwrap(),
+            },
+            role_arn: "arn:aws:iam::111111111111:role/CrossAccountSignin".into(),
+            region: region.map(str::to_owned),
+            refresh_at: "2026-11-28T11:40:00Z".parse().unwrap(),
+        }
+    }
+
+    fn cr() -> CrossAccountRole {
+        let spec: CrossAccountRoleSpec =
+            serde_json::from_value(json!({"accountRef": "target"})).unwrap();
+        let mut cr = CrossAccountRole::new("signin", spec);
+        cr.metadata.namespace = Some("team-a".into());
+        cr.metadata.uid = Some("uid-1".into());
+        cr
+    }
+
+    #[test]
+    fn files_are_rendered_exactly() {
+        let data = render_data(&content(Some("eu-west-1")));
+        assert_eq!(
+            data["credentials"],
+            "[default]\naws_access_key_id = ASIAKEY\naws_secret_access_key = secret/with+chars\naws_session_token = token==\n"
+        );
+        assert_eq!(data["config"], "[default]\nregion = eu-west-1\n");
+        let json: serde_json::Value = serde_json::from_str(&data["credentials.json"]).unwrap();
+        assert_eq!(
+            json,
+            json!({"Version": 1, "AccessKeyId": "ASIAKEY", "SecretAccessKey": "secret/with+chars", "SessionToken": "token==", "Expiration": "2026-11-28T12:00:00Z"})
+        );
+        assert_eq!(data["AWS_REGION"], "eu-west-1");
+        assert_eq!(data["expiration"], "2026-11-28T12:00:00Z");
+        assert_eq!(
+            data["role_arn"],
+            "arn:aws:iam::111111111111:role/CrossAccountSignin"
+        );
+        let without_region = render_data(&content(None));
+        assert!(!without_region.contains_key("AWS_REGION"));
+        assert_eq!(without_region["config"], "[default]\n");
+    }
+
+    #[test]
+    fn secret_is_owned_labelled_and_annotated() {
+        let secret = render_secret(&cr(), "signin-aws", &content(None));
+        assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+        assert!(owned_by(&secret, &cr()));
+        assert_eq!(secret.labels()[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
+        assert_eq!(
+            secret.annotations()[EXPIRATION_ANNOTATION],
+            "2026-11-28T12:00:00Z"
+        );
+        let other = CrossAccountRole {
+            metadata: ObjectMeta {
+                uid: Some("uid-2".into()),
+                ..cr().metadata
+            },
+            ..cr()
+        };
+        assert!(!owned_by(&secret, &other));
+    }
+
+    #[test]
+    fn an_intact_secret_reads_back_and_a_tampered_one_does_not() {
+        for region in [None, Some("us-east-1")] {
+            let secret = render_secret(&cr(), "signin-aws", &content(region));
+            assert_eq!(read_content(&secret), Some(content(region)));
+        }
+        let mut tampered = render_secret(&cr(), "signin-aws", &content(None));
+        tampered
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("AWS_ACCESS_KEY_ID".into(), ByteString(b"other".to_vec()));
+        assert_eq!(read_content(&tampered), None);
+        let mut extra = render_secret(&cr(), "signin-aws", &content(None));
+        extra
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("extra".into(), ByteString(b"x".to_vec()));
+        assert_eq!(read_content(&extra), None);
+        let mut missing = render_secret(&cr(), "signin-aws", &content(None));
+        missing.data.as_mut().unwrap().remove("config");
+        assert_eq!(read_content(&missing), None);
+    }
+}
