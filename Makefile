@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 ENV_FILE := target/devenv/env
 
-.PHONY: help build crds check-crds fmt lint unit integration test env-up env-down
+.PHONY: help build crds fmt lint unit integration test env-up env-down demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ lint: ## Clippy with warnings as errors
 
 unit: ## Pure unit tests (no environment needed); includes the check that crds/ is current
 	$(CARGO) test --lib --bins
+
+demo: ## The main job: apply examples/ on the local environment and use the minted credentials
+	hack/demo.sh
 
 env-up: ## Start the local Kubernetes + AWS environment and write target/devenv/env
 	hack/devenv/up.sh

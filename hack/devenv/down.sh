@@ -8,7 +8,8 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 stopped=() first=() last=()
-for name in "${devenv_components[@]}"; do
+# The operator, when `make demo` started one, goes first with the apiserver.
+for name in "${devenv_components[@]}" operator; do
   if pid=$(component_pid "$name"); then
     if [ "$name" = etcd ]; then last+=("$pid"); else first+=("$pid"); fi
     stopped+=("$name")

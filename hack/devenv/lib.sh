@@ -35,6 +35,7 @@ component_pattern() {
     kube-apiserver) echo kube-apiserver ;;
     etcd) echo etcd ;;
     moto) echo moto_server ;;
+    operator) echo cross-account-operator ;;
     *) return 1 ;;
   esac
 }

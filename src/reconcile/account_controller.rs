@@ -46,9 +46,7 @@ pub fn controller<A: Aws>(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .map(|_| ());
-    (stream, async move {
-        let _ = store.wait_until_ready().await;
-    })
+    (stream, super::synced(store))
 }
 
 async fn reconcile<A: Aws>(

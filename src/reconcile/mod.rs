@@ -95,6 +95,20 @@ impl ReconcileError {
     }
 }
 
+/// Completes once `store` has its initial list. kube's `wait_until_ready` wakes only the last task
+/// that polled it, and the controller itself waits on the same store, so the wait is re-polled
+/// on a short timer instead of relying on the wake-up.
+pub async fn synced<K>(store: kube::runtime::reflector::Store<K>)
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    while tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
+        .await
+        .is_err()
+    {}
+}
+
 /// Runs both controllers until `shutdown` completes. `readiness` turns true once their caches
 /// have synced.
 pub async fn run<A: Aws>(

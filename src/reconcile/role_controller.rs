@@ -107,10 +107,7 @@ pub fn controller<A: Aws>(
                 tracing::debug!(error = %e, "controller event");
             }
         });
-    let ready = async move {
-        let _ = ready_store.wait_until_ready().await;
-    };
-    (stream, ready)
+    (stream, super::synced(ready_store))
 }
 
 use futures::StreamExt;
