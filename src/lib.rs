@@ -7,6 +7,7 @@ pub mod config;
 pub mod crds;
 pub mod error;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod startup;

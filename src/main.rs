@@ -11,6 +11,7 @@ use cross_account_operator::{
     aws::{AccountApi, Aws, principal_from_caller, sdk::SdkAws},
     config::Config,
     http,
+    leader::{self, Ended},
     metrics::Metrics,
     reconcile::{self, Context, OperatorIdentity, account_controller::arn_account},
     startup, telemetry,
@@ -20,9 +21,6 @@ use cross_account_operator::{
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init(config.log_format, &config.log_filter)?;
-    if config.leader_elect {
-        bail!("--leader-elect is not supported by this version yet; run a single replica");
-    }
 
     let client = kube::Client::try_default()
         .await
@@ -72,28 +70,62 @@ async fn main() -> anyhow::Result<()> {
     let server = tokio::spawn(server);
 
     let ctx = Arc::new(Context::new(
-        client,
+        client.clone(),
         aws,
         operator,
         metrics,
         config.resync_interval,
     ));
-    let controllers = tokio::spawn(reconcile::run(
-        ctx,
-        config.concurrency,
-        readiness.clone(),
-        stop_rx,
-    ));
+    let work = {
+        let (readiness, concurrency) = (readiness.clone(), config.concurrency);
+        move |stop| reconcile::run(ctx, concurrency, readiness, stop)
+    };
+    let mut runner = if config.leader_elect {
+        let namespace = config
+            .leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".to_owned());
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("cross-account-operator-{}", std::process::id()));
+        let lease = config.leader_election_id.clone();
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            leader::run_as_leader(
+                client, &namespace, &lease, identity, readiness, stop_rx, work,
+            )
+            .await
+            .context("leader election failed")
+        })
+    } else {
+        tokio::spawn(async move {
+            work(stop_rx).await;
+            Ok(Ended::Shutdown)
+        })
+    };
     tracing::info!(cluster = %config.cluster_name, "cross-account-operator started");
 
-    shutdown_signal().await?;
-    tracing::info!("shutting down");
-    readiness.set(false);
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            tracing::info!("shutting down");
+            readiness.set(false);
+            let _ = stop_tx.send(true);
+            runner.await?
+        }
+        ended = &mut runner => ended?,
+    };
     let _ = stop_tx.send(true);
-    controllers.await?;
     server.await??;
-    tracing::info!("stopped");
-    Ok(())
+    match outcome? {
+        Ended::Shutdown => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Ended::LeadershipLost => {
+            bail!("lost the leader-election lease; exiting so that a restart rejoins the election")
+        }
+    }
 }
 
 /// Completes on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
