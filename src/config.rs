@@ -11,7 +11,7 @@ use clap::{Parser, ValueEnum};
 pub struct Config {
     /// Name of this cluster. It is part of every managed role's ownership tags and external ID, so
     /// it must be unique among the clusters that share an AWS account.
-    #[arg(long, env = "CLUSTER_NAME")]
+    #[arg(long, env = "CLUSTER_NAME", value_parser = parse_cluster_name)]
     pub cluster_name: String,
 
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
@@ -67,6 +67,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// A cluster name goes into IAM tags, external IDs and policy names, so it is held to DNS-label
+/// characters: lowercase letters, digits and `-`, at most 40 characters.
+pub fn parse_cluster_name(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 40
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !text.starts_with('-')
+        && !text.ends_with('-');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "`{text}` is not a valid cluster name: use 1-40 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
 /// Parses durations such as `90s`, `10m`, `1h` or `250ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -105,6 +124,14 @@ mod tests {
         assert!(parse_duration("10").unwrap_err().contains("no unit"));
         assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn cluster_names_are_dns_labels() {
+        assert!(parse_cluster_name("prod-eu-1").is_ok());
+        for bad in ["", "Prod", "a:b", "-a", "a-", &"a".repeat(41)] {
+            assert!(parse_cluster_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -141,3 +141,39 @@ impl AwsError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_by_code_then_status() {
+        let kind = AwsError::classify;
+        assert_eq!(
+            kind(Some("NoSuchEntity"), Some(404)),
+            AwsErrorKind::NotFound
+        );
+        assert_eq!(kind(Some("Throttling"), Some(400)), AwsErrorKind::Throttled);
+        assert_eq!(
+            kind(Some("EntityAlreadyExists"), Some(409)),
+            AwsErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            kind(Some("MalformedPolicyDocument"), Some(400)),
+            AwsErrorKind::Invalid
+        );
+        assert_eq!(
+            kind(Some("AccessDenied"), Some(403)),
+            AwsErrorKind::AccessDenied
+        );
+        // moto's authorization errors do not decode into a code: the status decides.
+        assert_eq!(kind(None, Some(403)), AwsErrorKind::AccessDenied);
+        assert_eq!(kind(None, Some(503)), AwsErrorKind::Transient);
+        assert_eq!(
+            kind(None, None),
+            AwsErrorKind::Transient,
+            "no response at all is a network error"
+        );
+        assert_eq!(kind(Some("SomethingNew"), Some(400)), AwsErrorKind::Other);
+    }
+}
