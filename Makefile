@@ -12,8 +12,9 @@ help: ## List the targets
 build: ## Build the operator and crdgen
 	$(CARGO) build --bins
 
-crds: ## Regenerate crds/ from the Rust API types
+crds: ## Regenerate crds/ (and the Helm chart's copy) from the Rust API types
 	$(CARGO) run -q --bin crdgen -- --out crds
+	cp crds/*.yaml charts/cross-account-operator/crds/
 
 fmt: ## Check formatting
 	$(CARGO) fmt --all -- --check
@@ -39,5 +40,6 @@ integration: ## Integration tests against a running environment (make env-up fir
 
 test: fmt lint unit ## Everything: checks, unit tests, environment up, integration tests, environment down
 	$(CARGO) build --bins --tests
+	hack/install-helm.sh >/dev/null
 	status=0; hack/devenv/up.sh && $(MAKE) --no-print-directory integration || status=$$?; \
 	  hack/devenv/down.sh; exit $$status

@@ -25,8 +25,9 @@ use crate::{
 pub const REFRESH_FLOOR: Duration = Duration::from_secs(600);
 /// IAM's cap on sessions of a role assumed with role-chained credentials.
 pub const CHAINED_SESSION_LIMIT: i32 = 3600;
-/// At most this share of the lifetime is taken off the refresh time as jitter.
-const JITTER_SHARE: f64 = 0.05;
+/// At most this share of the time until the planned refresh is taken off it as jitter, so that
+/// credentials issued together spread out without ever refreshing right after being issued.
+const JITTER_SHARE: f64 = 0.1;
 
 /// A set of temporary credentials. Debug output never shows the secret parts.
 #[derive(Clone, PartialEq, Eq)]
@@ -97,20 +98,29 @@ pub fn session_duration(
 }
 
 /// When credentials issued at `issued` and expiring at `expiration` should be replaced:
-/// `refresh_percent` of the lifetime minus `jitter` (a fraction in [0, 1) of the jitter window),
-/// never later than [`REFRESH_FLOOR`] before expiry and never before `issued`.
+/// `refresh_percent` of the lifetime, but never later than [`REFRESH_FLOOR`] before expiry, then
+/// brought forward by up to [`JITTER_SHARE`] of that delay (`jitter` in [0, 1) picks how much).
+/// The result is in whole seconds (as stored in the Secret) and at least a second after `issued`.
 pub fn refresh_due_at(
     issued: Timestamp,
     expiration: Timestamp,
     refresh_percent: i32,
     jitter: f64,
 ) -> Timestamp {
-    let lifetime = expiration.duration_since(issued).as_secs_f64().max(0.0);
+    let lifetime = expiration.duration_since(issued).as_secs_f64();
+    let floor = REFRESH_FLOOR.as_secs_f64();
     let share = f64::from(refresh_percent.clamp(1, 100)) / 100.0;
-    let offset = lifetime * share - lifetime * JITTER_SHARE * jitter.clamp(0.0, 1.0);
-    let due = issued + SignedDuration::from_secs_f64(offset.max(0.0));
+    let planned = (lifetime * share).min(lifetime - floor);
+    if planned <= 0.0 {
+        return issued;
+    }
+    let delay = (planned * (1.0 - JITTER_SHARE * jitter.clamp(0.0, 1.0))).max(1.0);
+    let due = Timestamp::from_second(
+        (issued.as_second() as f64 + issued.subsec_nanosecond() as f64 / 1e9 + delay).ceil() as i64,
+    )
+    .unwrap_or(issued);
     let latest = expiration - SignedDuration::try_from(REFRESH_FLOOR).expect("small duration");
-    due.min(latest).max(issued)
+    due.min(latest.max(issued))
 }
 
 /// After a role is created, IAM may deny assuming it for a while; denials within this window are
@@ -294,6 +304,31 @@ mod tests {
     #[test]
     fn expired_or_odd_inputs_give_a_time_not_before_issue() {
         assert_eq!(refresh_due_at(at(100), at(50), 67, 0.5), at(100));
+        assert_eq!(refresh_due_at(at(0), at(500), 67, 0.5), at(0));
+    }
+
+    #[test]
+    fn a_small_share_still_refreshes_after_its_delay_not_at_once() {
+        // 1 % of 900 s is 9 s; jitter takes off at most 10 % of that.
+        let due = refresh_due_at(at(0), at(900), 1, 0.999);
+        assert!(due >= at(8) && due <= at(9), "{due}");
+    }
+
+    #[test]
+    fn jitter_applies_below_the_floor_too() {
+        let plain = refresh_due_at(at(0), at(900), 67, 0.0);
+        let jittered = refresh_due_at(at(0), at(900), 67, 0.9);
+        assert_eq!(plain, at(300));
+        assert!(jittered < plain && jittered >= at(270), "{jittered}");
+    }
+
+    #[test]
+    fn due_times_are_whole_seconds() {
+        let issued =
+            Timestamp::from_second(1_800_000_000).unwrap() + SignedDuration::from_millis(400);
+        let due = refresh_due_at(issued, at(3600), 50, 0.3);
+        assert_eq!(due.subsec_nanosecond(), 0);
+        assert!(due > issued);
     }
 
     proptest! {
@@ -305,9 +340,9 @@ mod tests {
             let plain = refresh_due_at(issued, expiration, percent, 0.0);
             let jittered = refresh_due_at(issued, expiration, percent, jitter);
             prop_assert!(jittered <= plain);
-            prop_assert!(jittered >= issued);
+            prop_assert!(jittered > issued, "never right after being issued");
             prop_assert!(jittered <= expiration - SignedDuration::from_secs(600));
-            let window = (lifetime as f64 * JITTER_SHARE).ceil() as i64 + 1;
+            let window = (plain.duration_since(issued).as_secs_f64() * JITTER_SHARE).ceil() as i64 + 1;
             prop_assert!(plain.duration_since(jittered).as_secs() <= window);
         }
     }

@@ -172,10 +172,11 @@ pub fn read_content(secret: &Secret) -> Option<SecretContent> {
         region: text(keys::REGION),
         refresh_at,
     };
+    // Keys someone else added are tolerated: server-side apply cannot remove keys it does not own,
+    // so treating them as damage would re-issue credentials on every reconcile.
     let intact = render_data(&content)
         .iter()
         .all(|(k, v)| text(k).as_deref() == Some(v.as_str()))
-        && data.len() == render_data(&content).len()
         && secret.annotations().get(EXPIRATION_ANNOTATION)
             == Some(&rfc3339(content.credentials.expiration));
     intact.then_some(content)
@@ -281,13 +282,15 @@ mod tests {
             .unwrap()
             .insert("AWS_ACCESS_KEY_ID".into(), ByteString(b"other".to_vec()));
         assert_eq!(read_content(&tampered), None);
+        // A key added by someone else does not spoil the credentials (and cannot be removed by
+        // server-side apply, so it must not cause a re-issue loop).
         let mut extra = render_secret(&cr(), "signin-aws", &content(None));
         extra
             .data
             .as_mut()
             .unwrap()
             .insert("extra".into(), ByteString(b"x".to_vec()));
-        assert_eq!(read_content(&extra), None);
+        assert_eq!(read_content(&extra), Some(content(None)));
         let mut missing = render_secret(&cr(), "signin-aws", &content(None));
         missing.data.as_mut().unwrap().remove("config");
         assert_eq!(read_content(&missing), None);
