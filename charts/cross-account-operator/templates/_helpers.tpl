@@ -1,0 +1,72 @@
+{{/*
+Chart name, or nameOverride.
+*/}}
+{{- define "cao.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Full name of the release's objects: fullnameOverride, else <release>-<name>, shortened to the
+release name when that already contains the chart name. Kept to 63 characters (label values).
+*/}}
+{{- define "cao.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "cao.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Labels that select the operator's pods. Never change them: a Deployment's selector is immutable.
+*/}}
+{{- define "cao.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "cao.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/*
+Labels on every object of the release.
+*/}}
+{{- define "cao.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "cao.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: cross-account-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/*
+The ServiceAccount the operator runs as.
+*/}}
+{{- define "cao.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "cao.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Name of the leader-election Lease.
+*/}}
+{{- define "cao.leaseName" -}}
+{{- default (include "cao.fullname" .) .Values.leaderElection.leaseName -}}
+{{- end -}}
+
+{{/*
+The operator image: repository:tag, or repository@digest when a digest is given.
+*/}}
+{{- define "cao.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,1642 @@
+//! The Helm chart (`charts/cross-account-operator`) and the Dockerfile: the chart lints and renders,
+//! its schema rejects misspelled keys and wrong types, its CRDs are the repository's, its RBAC is
+//! exactly what the operator calls, it installs into and uninstalls from the local apiserver, and
+//! the operator binary does its job running as the chart's ServiceAccount with only those
+//! permissions. helm comes from `hack/install-helm.sh` (built once from the Go module proxy).
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::{
+        coordination::v1::Lease,
+        core::v1::Secret,
+        rbac::v1::{ClusterRole, PolicyRule, Role},
+    },
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams},
+};
+use serde_json::{Value, json};
+
+const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_cross-account-operator");
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("charts/cross-account-operator")
+}
+
+/// A scratch directory of this test binary under `target/tmp`.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("helm_chart")
+        .join(name);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
+// ---------------------------------------------------------------------------------------------
+// helm
+// ---------------------------------------------------------------------------------------------
+
+/// The pinned helm binary, installed by `hack/install-helm.sh` on first use (later calls only
+/// check the cache).
+fn helm_binary() -> &'static Path {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| {
+        let script = repo_root().join("hack/install-helm.sh");
+        let out = Command::new(&script)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed ({}):\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "hack/install-helm.sh printed {} which is not a file",
+            path.display()
+        );
+        path
+    })
+}
+
+/// helm with its cache, config and data kept under `target/tmp`, not in the user's home.
+fn helm(args: &[&str]) -> Output {
+    let home = scratch_dir("helm-home");
+    Command::new(helm_binary())
+        .args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run helm {args:?}: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// helm `args`, which must succeed; returns stdout.
+fn helm_ok(args: &[&str]) -> String {
+    let out = helm(args);
+    assert!(
+        out.status.success(),
+        "helm {} failed ({}):\n{}{}",
+        args.join(" "),
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// helm `args`, which must fail; returns stdout and stderr.
+fn helm_fails(args: &[&str]) -> String {
+    let out = helm(args);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "helm {} should have failed but succeeded:\n{all}",
+        args.join(" ")
+    );
+    all
+}
+
+/// `--set` arguments that switch on every optional part of the chart.
+const EVERY_OPTION: &[&str] = &[
+    "--set",
+    "serviceMonitor.enabled=true",
+    "--set",
+    "serviceMonitor.labels.release=prometheus",
+    "--set",
+    "podDisruptionBudget.enabled=true",
+    "--set",
+    "networkPolicy.enabled=true",
+    "--set",
+    "grafanaDashboard.enabled=true",
+    "--set",
+    "aws.region=eu-west-1",
+    "--set",
+    "aws.endpointUrl=https://sts.eu-west-1.amazonaws.com",
+    "--set",
+    "aws.credentialsSecret.name=operator-aws-keys",
+    "--set",
+    "operator.operatorRoleArn=arn:aws:iam::123456789012:role/platform/cross-account-operator",
+    "--set",
+    "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/platform/cross-account-operator",
+];
+
+/// Parts of the chart whose API the local apiserver serves (the ServiceMonitor needs the
+/// prometheus-operator CRDs, which it does not have).
+const OPTIONS_THE_APISERVER_SERVES: &[&str] = &[
+    "--set",
+    "podDisruptionBudget.enabled=true",
+    "--set",
+    "networkPolicy.enabled=true",
+    "--set",
+    "grafanaDashboard.enabled=true",
+    "--set",
+    "aws.credentialsSecret.name=operator-aws-keys",
+];
+
+/// `helm template` of the chart as release `release` in `namespace` with `extra` arguments,
+/// parsed into its documents.
+fn render(release: &str, namespace: &str, extra: &[&str]) -> Vec<Value> {
+    let chart = chart_dir();
+    let mut args = vec![
+        "template",
+        release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        namespace,
+    ];
+    args.extend_from_slice(extra);
+    let yaml = helm_ok(&args);
+    serde_yaml::Deserializer::from_str(&yaml)
+        .map(|doc| {
+            let value: serde_yaml::Value = serde::Deserialize::deserialize(doc)
+                .unwrap_or_else(|e| panic!("helm template output is not YAML: {e}\n{yaml}"));
+            serde_json::to_value(value).unwrap()
+        })
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn one_of_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found = of_kind(docs, kind);
+    assert_eq!(found.len(), 1, "expected one {kind}, found {}", found.len());
+    found[0]
+}
+
+fn kinds(docs: &[Value]) -> BTreeSet<String> {
+    docs.iter()
+        .map(|d| d["kind"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lint, render, schema
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn lints_with_defaults_and_with_every_option() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    helm_ok(&["lint", "--strict", chart, "--set", "clusterName=x"]);
+    let mut args = vec!["lint", "--strict", chart, "--set", "clusterName=x"];
+    args.extend_from_slice(EVERY_OPTION);
+    helm_ok(&args);
+    // The one value without a usable default: lint says which.
+    let out = helm_fails(&["lint", chart]);
+    assert!(out.contains("clusterName"), "{out}");
+}
+
+#[test]
+fn renders_the_operator_with_leader_election_and_hardening_by_default() {
+    let docs = render("cao", "ops", &["--set", "clusterName=prod-eu-1"]);
+    assert_eq!(
+        kinds(&docs),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+        .map(String::from)
+        .into(),
+        "the default objects"
+    );
+    for doc in &docs {
+        if doc["kind"] != "ClusterRole" && doc["kind"] != "ClusterRoleBinding" {
+            assert_eq!(doc["metadata"]["namespace"], "ops", "{doc}");
+        }
+    }
+
+    let deployment = one_of_kind(&docs, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "cao-cross-account-operator");
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], "cross-account-operator:0.1.0");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "--cluster-name=prod-eu-1",
+            "--http-addr=0.0.0.0:8080",
+            "--concurrency=8",
+            "--resync-interval=10m",
+            "--log-format=json",
+            "--leader-elect",
+            "--leader-election-namespace=ops",
+            "--leader-election-id=cao-cross-account-operator",
+        ]
+    );
+    // Every flag the chart passes is one the binary knows.
+    let help = Command::new(OPERATOR_BIN).arg("--help").output().unwrap();
+    let help = text(&help.stdout);
+    for arg in &args {
+        let flag = arg.split('=').next().unwrap();
+        assert!(help.contains(flag), "the operator's --help lacks {flag}");
+    }
+
+    let env: BTreeMap<&str, &Value> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e))
+        .collect();
+    assert_eq!(
+        env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    assert_eq!(
+        env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(env["RUST_LOG"]["value"], "info");
+    for absent in [
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ] {
+        assert!(!env.contains_key(absent), "{absent} is set by default");
+    }
+
+    let security = &container["securityContext"];
+    assert_eq!(security["runAsNonRoot"], true);
+    assert_eq!(security["runAsUser"], 65532);
+    assert_eq!(security["runAsGroup"], 65532);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert!(container["resources"]["requests"]["memory"].is_string());
+
+    assert_eq!(container["ports"][0]["name"], "http");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["port"], "http");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "http");
+
+    let service = one_of_kind(&docs, "Service");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+}
+
+#[test]
+fn renders_every_optional_part() {
+    let mut args = vec!["--set", "clusterName=prod-eu-1"];
+    args.extend_from_slice(EVERY_OPTION);
+    let docs = render("cao", "ops", &args);
+    for kind in [
+        "ServiceMonitor",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ConfigMap",
+    ] {
+        one_of_kind(&docs, kind);
+    }
+
+    let container = &one_of_kind(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let env: BTreeMap<&str, &Value> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e))
+        .collect();
+    assert_eq!(env["AWS_REGION"]["value"], "eu-west-1");
+    assert_eq!(
+        env["AWS_ENDPOINT_URL"]["value"],
+        "https://sts.eu-west-1.amazonaws.com"
+    );
+    for (name, key) in [
+        ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),
+        ("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"),
+    ] {
+        let reference = &env[name]["valueFrom"]["secretKeyRef"];
+        assert_eq!(reference["name"], "operator-aws-keys", "{name}");
+        assert_eq!(reference["key"], key, "{name}");
+    }
+    assert!(container["args"].as_array().unwrap().contains(&json!(
+        "--operator-role-arn=arn:aws:iam::123456789012:role/platform/cross-account-operator"
+    )));
+    let account = one_of_kind(&docs, "ServiceAccount");
+    assert_eq!(
+        account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::123456789012:role/platform/cross-account-operator"
+    );
+
+    let monitor = one_of_kind(&docs, "ServiceMonitor");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+
+    // Ingress only to the HTTP port.
+    let policy = one_of_kind(&docs, "NetworkPolicy");
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    let ingress = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{"port": "http", "protocol": "TCP"}])
+    );
+
+    // The dashboard is valid JSON and charts the operator's metrics.
+    let dashboard = one_of_kind(&docs, "ConfigMap");
+    let json_text = dashboard["data"]["cross-account-operator.json"]
+        .as_str()
+        .expect("the dashboard ConfigMap holds cross-account-operator.json");
+    let board: Value = serde_json::from_str(json_text).expect("the dashboard is JSON");
+    let exprs: Vec<String> = board["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for metric in [
+        "crossaccount_credentials_expiry_seconds",
+        "crossaccount_reconciles_total",
+        "crossaccount_reconcile_errors_total",
+        "crossaccount_aws_requests_total",
+    ] {
+        assert!(
+            exprs.iter().any(|e| e.contains(metric)),
+            "no dashboard panel uses {metric}"
+        );
+    }
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e.contains("crossaccount_aws_requests_total") && e.contains("operation")),
+        "no panel shows AWS calls by operation"
+    );
+}
+
+#[test]
+fn without_leader_election_there_is_no_lease_access_and_one_replica_is_required() {
+    let docs = render(
+        "cao",
+        "ops",
+        &[
+            "--set",
+            "clusterName=x",
+            "--set",
+            "leaderElection.enabled=false",
+            "--set",
+            "replicaCount=1",
+        ],
+    );
+    assert!(of_kind(&docs, "Role").is_empty());
+    assert!(of_kind(&docs, "RoleBinding").is_empty());
+    let args =
+        &one_of_kind(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        !args
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().starts_with("--leader-elect")),
+        "{args}"
+    );
+    let chart = chart_dir();
+    let out = helm_fails(&[
+        "template",
+        "cao",
+        chart.to_str().unwrap(),
+        "--set",
+        "clusterName=x",
+        "--set",
+        "leaderElection.enabled=false",
+    ]);
+    assert!(out.contains("leaderElection.enabled"), "{out}");
+}
+
+/// `helm template` with `values` (YAML) as a values file; must fail; returns the output.
+fn template_fails_with_values(name: &str, values: &str) -> String {
+    let file = scratch_dir("values").join(format!("{name}.yaml"));
+    fs::write(&file, values).unwrap();
+    let chart = chart_dir();
+    helm_fails(&[
+        "template",
+        "cao",
+        chart.to_str().unwrap(),
+        "--values",
+        file.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn schema_rejects_misspelled_keys_and_wrong_types() {
+    let out = template_fails_with_values("misspelled", "clusterNmae: prod-eu-1\n");
+    assert!(out.contains("clusterNmae"), "{out}");
+    assert!(out.contains("not allowed"), "{out}");
+
+    let out = template_fails_with_values(
+        "nested-misspelled",
+        "clusterName: prod-eu-1\noperator:\n  logFromat: json\n",
+    );
+    assert!(out.contains("logFromat"), "{out}");
+
+    let out = template_fails_with_values(
+        "wrong-type",
+        "clusterName: prod-eu-1\nreplicaCount: \"two\"\n",
+    );
+    assert!(out.contains("replicaCount"), "{out}");
+    assert!(out.contains("integer"), "{out}");
+
+    let out = template_fails_with_values(
+        "bad-enum",
+        "clusterName: prod-eu-1\noperator:\n  logFormat: xml\n",
+    );
+    assert!(out.contains("logFormat"), "{out}");
+
+    let out = template_fails_with_values(
+        "bad-duration",
+        "clusterName: prod-eu-1\noperator:\n  resyncInterval: 10 minutes\n",
+    );
+    assert!(out.contains("resyncInterval"), "{out}");
+}
+
+#[test]
+fn chart_crds_are_the_repository_crds() {
+    let list = |dir: &Path| -> BTreeSet<String> {
+        fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let repo = repo_root().join("crds");
+    let chart = chart_dir().join("crds");
+    assert_eq!(
+        list(&chart),
+        list(&repo),
+        "charts/cross-account-operator/crds/ must hold the same files as crds/ \
+         (copy them: cp crds/*.yaml charts/cross-account-operator/crds/)"
+    );
+    for name in list(&repo) {
+        let want = fs::read(repo.join(&name)).unwrap();
+        let got = fs::read(chart.join(&name)).unwrap();
+        assert!(
+            want == got,
+            "charts/cross-account-operator/crds/{name} differs from crds/{name}: \
+             cp crds/*.yaml charts/cross-account-operator/crds/"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RBAC: exactly what the operator calls
+// ---------------------------------------------------------------------------------------------
+
+/// (apiGroup, resource, verb)
+type Permission = (String, String, String);
+
+fn permissions(rules: &[PolicyRule]) -> BTreeSet<Permission> {
+    let mut set = BTreeSet::new();
+    for rule in rules {
+        assert!(
+            rule.non_resource_urls.is_none(),
+            "unexpected nonResourceURLs rule {rule:?}"
+        );
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    set.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    set
+}
+
+fn permission_set(list: &[(&str, &str, &[&str])]) -> BTreeSet<Permission> {
+    list.iter()
+        .flat_map(|(group, resource, verbs)| {
+            verbs
+                .iter()
+                .map(|verb| (group.to_string(), resource.to_string(), verb.to_string()))
+        })
+        .collect()
+}
+
+/// Every Kubernetes API call of the operator (src/), as (apiGroup, resource, verbs).
+fn operator_cluster_permissions() -> BTreeSet<Permission> {
+    permission_set(&[
+        // role_controller: watcher (list, watch); finalizer add/remove (JSON patch).
+        (
+            "crossaccount.io",
+            "crossaccountroles",
+            &["list", "watch", "patch"],
+        ),
+        // status::apply_status (server-side apply on /status).
+        ("crossaccount.io", "crossaccountroles/status", &["patch"]),
+        // account_controller and role_controller watches (list, watch); get_opt when reconciling
+        // and finalizing a role; startup's CRD probe lists both kinds.
+        ("crossaccount.io", "awsaccounts", &["get", "list", "watch"]),
+        ("crossaccount.io", "awsaccounts/status", &["patch"]),
+        // role_controller: the namespace's labels for allowedNamespaces.
+        ("", "namespaces", &["get"]),
+        // credentials: get_opt, server-side apply (patch; create when the apply creates the
+        // Secret: the apiserver authorizes both), delete; the owned-Secret watch (list, watch).
+        (
+            "",
+            "secrets",
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        // kube's event Recorder: create, and patch for a repeated event's series.
+        ("events.k8s.io", "events", &["create", "patch"]),
+        // rollout::restart_targets (merge patch of the pod template).
+        ("apps", "deployments", &["patch"]),
+        ("apps", "statefulsets", &["patch"]),
+        ("apps", "daemonsets", &["patch"]),
+    ])
+}
+
+/// The leader election's calls (kube-lease-manager: get, create when missing, patch to acquire,
+/// renew and release), in the release namespace.
+fn operator_lease_permissions() -> BTreeSet<Permission> {
+    permission_set(&[("coordination.k8s.io", "leases", &["get", "create", "patch"])])
+}
+
+fn describe_difference(granted: &BTreeSet<Permission>, needed: &BTreeSet<Permission>) -> String {
+    let extra: Vec<_> = granted.difference(needed).collect();
+    let missing: Vec<_> = needed.difference(granted).collect();
+    format!(
+        "granted but not used by the operator: {extra:?}\nused by the operator but not granted: {missing:?}"
+    )
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_operator_uses() {
+    let mut args = vec!["--set", "clusterName=x"];
+    args.extend_from_slice(EVERY_OPTION);
+    for docs in [
+        render("cao", "ops", &["--set", "clusterName=x"]),
+        render("cao", "ops", &args),
+    ] {
+        let cluster_role: ClusterRole =
+            serde_json::from_value(one_of_kind(&docs, "ClusterRole").clone()).unwrap();
+        let rules = cluster_role.rules.unwrap_or_default();
+        for rule in &rules {
+            assert!(
+                rule.resource_names.is_none(),
+                "the operator works on objects of any name: {rule:?}"
+            );
+        }
+        let granted = permissions(&rules);
+        let needed = operator_cluster_permissions();
+        assert!(
+            granted == needed,
+            "ClusterRole rules differ from the operator's calls\n{}",
+            describe_difference(&granted, &needed)
+        );
+        for (group, resource, verb) in &granted {
+            assert!(
+                group != "*" && resource != "*" && verb != "*",
+                "wildcard in the ClusterRole"
+            );
+        }
+
+        let role: Role = serde_json::from_value(one_of_kind(&docs, "Role").clone()).unwrap();
+        assert_eq!(role.metadata.namespace.as_deref(), Some("ops"));
+        let rules = role.rules.unwrap_or_default();
+        let granted = permissions(&rules);
+        let needed = operator_lease_permissions();
+        assert!(
+            granted == needed,
+            "Role rules differ from the leader election's calls\n{}",
+            describe_difference(&granted, &needed)
+        );
+        // Reading and renewing are limited to the operator's own Lease.
+        for rule in &rules {
+            if rule.verbs.iter().any(|v| v == "get" || v == "patch") {
+                assert_eq!(
+                    rule.resource_names.as_deref(),
+                    Some(&["cao-cross-account-operator".to_owned()][..]),
+                    "{rule:?}"
+                );
+            }
+        }
+
+        // The bindings give both to the chart's ServiceAccount in the release namespace.
+        for kind in ["ClusterRoleBinding", "RoleBinding"] {
+            let binding = one_of_kind(&docs, kind);
+            assert_eq!(
+                binding["subjects"],
+                json!([{"kind": "ServiceAccount", "name": "cao-cross-account-operator", "namespace": "ops"}]),
+                "{kind}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dockerfile
+// ---------------------------------------------------------------------------------------------
+
+/// The Dockerfile's instructions with line continuations joined.
+fn dockerfile_instructions() -> Vec<String> {
+    let text = fs::read_to_string(repo_root().join("Dockerfile")).expect("read Dockerfile");
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        if let Some(head) = trimmed.strip_suffix('\\') {
+            current.push_str(head);
+            current.push(' ');
+        } else {
+            current.push_str(trimmed);
+            instructions.push(std::mem::take(&mut current));
+        }
+    }
+    instructions
+}
+
+#[test]
+fn dockerfile_builds_the_locked_release_binary_into_a_nonroot_static_image() {
+    let instructions = dockerfile_instructions();
+    let builds: Vec<&String> = instructions
+        .iter()
+        .filter(|i| i.starts_with("RUN") && i.contains("cargo build"))
+        .collect();
+    assert_eq!(
+        builds.len(),
+        1,
+        "one cargo build in the Dockerfile: {builds:?}"
+    );
+    // The cargo command: from `cargo build` to the end of that shell command.
+    let run = builds[0];
+    let command = &run[run.find("cargo build").unwrap()..];
+    let command = command.split("&&").next().unwrap();
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let mut without_target = Vec::new();
+    let mut words_iter = words.iter();
+    let mut target = None;
+    while let Some(word) = words_iter.next() {
+        if *word == "--target" {
+            target = words_iter.next().copied();
+        } else {
+            without_target.push(*word);
+        }
+    }
+    // The documented release build, for a static target.
+    assert_eq!(
+        without_target.join(" "),
+        "cargo build --release --locked --bin cross-account-operator",
+        "{run}"
+    );
+    assert_eq!(target, Some("x86_64-unknown-linux-musl"), "{run}");
+    // The binary is copied from where that build puts it.
+    assert!(
+        run.contains("target/x86_64-unknown-linux-musl/release/cross-account-operator"),
+        "{run}"
+    );
+    // It is the binary Cargo.toml declares.
+    let manifest = fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("name = \"cross-account-operator\"\npath = \"src/main.rs\""),
+        "Cargo.toml declares no [[bin]] cross-account-operator"
+    );
+
+    let froms: Vec<&String> = instructions
+        .iter()
+        .filter(|i| i.starts_with("FROM"))
+        .collect();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    assert!(
+        froms[0].contains("rust:") && froms[0].ends_with("AS builder"),
+        "{}",
+        froms[0]
+    );
+    assert_eq!(
+        froms[1].as_str(),
+        "FROM gcr.io/distroless/static-debian12:nonroot"
+    );
+    let final_stage = instructions
+        .iter()
+        .skip_while(|i| !std::ptr::eq(*i, froms[1]))
+        .collect::<Vec<_>>();
+    assert!(
+        final_stage.iter().any(|i| *i == "USER 65532:65532"),
+        "{final_stage:?}"
+    );
+    assert!(
+        final_stage
+            .iter()
+            .any(|i| *i == "ENTRYPOINT [\"/usr/local/bin/cross-account-operator\"]"),
+        "{final_stage:?}"
+    );
+    let labels: String = final_stage
+        .iter()
+        .filter(|i| i.starts_with("LABEL"))
+        .map(|i| i.as_str())
+        .collect();
+    for key in [
+        "org.opencontainers.image.title",
+        "org.opencontainers.image.description",
+        "org.opencontainers.image.source",
+        "org.opencontainers.image.licenses",
+    ] {
+        assert!(labels.contains(key), "no {key} label");
+    }
+
+    // The build context has what the build copies, and little else.
+    let ignore = fs::read_to_string(repo_root().join(".dockerignore")).expect("read .dockerignore");
+    for needed in ["!Cargo.toml", "!Cargo.lock", "!src/"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == needed),
+            ".dockerignore lacks {needed}"
+        );
+    }
+
+    // `--locked` succeeds only while Cargo.lock matches Cargo.toml; check that without building.
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--locked",
+            "--offline",
+            "--format-version",
+            "1",
+            "--no-deps",
+        ])
+        .current_dir(repo_root())
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "Cargo.lock is not in sync with Cargo.toml, so `cargo build --locked` would fail:\n{}",
+        text(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Against the local apiserver
+// ---------------------------------------------------------------------------------------------
+
+/// A plain namespace for a release; deleted (best effort) when dropped.
+struct ReleaseNamespace {
+    name: String,
+}
+
+impl ReleaseNamespace {
+    fn new(prefix: &str) -> Self {
+        let name = common::unique(prefix);
+        kubectl_ok(&["create", "namespace", &name]);
+        Self { name }
+    }
+}
+
+impl Drop for ReleaseNamespace {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// A helm release that is uninstalled when dropped (also when the test panics).
+struct Release {
+    name: String,
+    namespace: String,
+    uninstalled: bool,
+}
+
+impl Release {
+    fn install(name: &str, namespace: &str, extra: &[&str]) -> Self {
+        let chart = chart_dir();
+        let mut args = vec![
+            "install",
+            name,
+            chart.to_str().unwrap(),
+            "--namespace",
+            namespace,
+            "--skip-crds",
+            "--timeout",
+            "2m",
+        ];
+        args.extend_from_slice(extra);
+        helm_ok(&args);
+        Self {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            uninstalled: false,
+        }
+    }
+
+    fn uninstall(&mut self) {
+        helm_ok(&[
+            "uninstall",
+            &self.name,
+            "--namespace",
+            &self.namespace,
+            "--wait",
+            "--timeout",
+            "2m",
+        ]);
+        self.uninstalled = true;
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if !self.uninstalled {
+            let _ = helm(&["uninstall", &self.name, "--namespace", &self.namespace]);
+        }
+    }
+}
+
+fn kubectl(args: &[&str]) -> Output {
+    common::env("KUBECONFIG");
+    Command::new("kubectl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run kubectl {args:?}: {e}"))
+}
+
+fn kubectl_ok(args: &[&str]) -> String {
+    let out = kubectl(args);
+    assert!(
+        out.status.success(),
+        "kubectl {} failed:\n{}",
+        args.join(" "),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Whether `kubectl get <what>` finds the object.
+fn exists(what: &[&str]) -> bool {
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["-o", "name"]);
+    let out = kubectl(&args);
+    if out.status.success() {
+        return true;
+    }
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "kubectl get {what:?}: {err}"
+    );
+    false
+}
+
+#[test]
+fn installs_into_a_fresh_namespace_and_uninstalls_cleanly() {
+    let namespace = ReleaseNamespace::new("helm-install");
+    let release_name = common::unique("cao");
+    let fullname = format!("{release_name}-cross-account-operator");
+    let mut args = vec!["--set", "clusterName=it-install"];
+    args.extend_from_slice(OPTIONS_THE_APISERVER_SERVES);
+    let mut release = Release::install(&release_name, &namespace.name, &args);
+
+    let status = helm_ok(&["status", &release_name, "--namespace", &namespace.name]);
+    assert!(status.contains("STATUS: deployed"), "{status}");
+    assert!(
+        status.contains("kubectl apply -f crds/"),
+        "NOTES.txt: {status}"
+    );
+    let ns = namespace.name.as_str();
+    let namespaced = [
+        ("deployment", fullname.clone()),
+        ("serviceaccount", fullname.clone()),
+        ("service", format!("{fullname}-metrics")),
+        ("role", format!("{fullname}-leader-election")),
+        ("rolebinding", format!("{fullname}-leader-election")),
+        ("poddisruptionbudget", fullname.clone()),
+        ("networkpolicy", fullname.clone()),
+        ("configmap", format!("{fullname}-dashboard")),
+    ];
+    for (kind, name) in &namespaced {
+        assert!(
+            exists(&[kind, name, "-n", ns]),
+            "{kind}/{name} was not installed"
+        );
+    }
+    for kind in ["clusterrole", "clusterrolebinding"] {
+        assert!(
+            exists(&[kind, &fullname]),
+            "{kind}/{fullname} was not installed"
+        );
+    }
+    // What the apiserver stored is what the chart rendered (nothing dropped as unknown).
+    let stored: Value = serde_json::from_str(&kubectl_ok(&[
+        "get",
+        "deployment",
+        &fullname,
+        "-n",
+        ns,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let container = &stored["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "AWS_ACCESS_KEY_ID")
+            .map(|e| e["valueFrom"]["secretKeyRef"]["name"].clone()),
+        Some(json!("operator-aws-keys"))
+    );
+
+    release.uninstall();
+    for (kind, name) in &namespaced {
+        assert!(
+            !exists(&[kind, name, "-n", ns]),
+            "{kind}/{name} survived the uninstall"
+        );
+    }
+    for kind in ["clusterrole", "clusterrolebinding"] {
+        assert!(
+            !exists(&[kind, &fullname]),
+            "{kind}/{fullname} survived the uninstall"
+        );
+    }
+    // The CRDs stay (Helm never deletes them; here they were not the release's anyway).
+    assert!(exists(&["crd", "crossaccountroles.crossaccount.io"]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The operator with the chart's RBAC, end to end
+// ---------------------------------------------------------------------------------------------
+
+/// A kubeconfig for the apiserver of `$KUBECONFIG` (its URL and CA) that authenticates with
+/// `token`, written to `path`.
+fn write_token_kubeconfig(path: &Path, token: &str) {
+    let admin_path = common::env("KUBECONFIG");
+    let admin: serde_yaml::Value = serde_yaml::from_str(
+        &fs::read_to_string(&admin_path).unwrap_or_else(|e| panic!("read {admin_path}: {e}")),
+    )
+    .unwrap_or_else(|e| panic!("{admin_path} is not YAML: {e}"));
+    let admin = serde_json::to_value(admin).unwrap();
+    let current = admin["current-context"].as_str().expect("current-context");
+    let context = admin["contexts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == current)
+        .expect("the current context");
+    let cluster_name = context["context"]["cluster"].as_str().unwrap();
+    let cluster = admin["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == cluster_name)
+        .expect("the current context's cluster");
+    let mut cluster_entry = json!({"server": cluster["cluster"]["server"]});
+    if let Some(data) = cluster["cluster"].get("certificate-authority-data") {
+        cluster_entry["certificate-authority-data"] = data.clone();
+    } else if let Some(file) = cluster["cluster"]["certificate-authority"].as_str() {
+        // Relative paths are relative to the kubeconfig's directory.
+        let file = Path::new(&admin_path).parent().unwrap().join(file);
+        cluster_entry["certificate-authority"] = json!(file.to_str().unwrap());
+    }
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "devenv", "cluster": cluster_entry}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "devenv", "user": "operator"}}],
+        "current-context": "operator",
+    });
+    fs::write(path, serde_yaml::to_string(&config).unwrap())
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+/// The operator binary running with a given kubeconfig; SIGTERM (then SIGKILL) when dropped.
+struct OperatorProcess {
+    child: Child,
+    base_url: String,
+    log_path: PathBuf,
+}
+
+impl OperatorProcess {
+    /// Starts the binary with `args` (the flags the chart's Deployment passes), except that
+    /// `--http-addr` is a free loopback port.
+    fn start(kubeconfig: &Path, namespace: &str, args: &[String], log_path: &Path) -> Self {
+        let port = common::free_port();
+        let log = fs::File::create(log_path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
+        let log_err = log.try_clone().unwrap();
+        let args: Vec<String> = args
+            .iter()
+            .map(|arg| {
+                if arg.starts_with("--http-addr") {
+                    format!("--http-addr=127.0.0.1:{port}")
+                } else {
+                    arg.clone()
+                }
+            })
+            .collect();
+        let child = Command::new(OPERATOR_BIN)
+            .args(&args)
+            .env("KUBECONFIG", kubeconfig)
+            // What the Deployment sets from the downward API.
+            .env("POD_NAMESPACE", namespace)
+            .env("POD_NAME", "it-rbac-operator")
+            // kube_client=debug logs every request with its HTTP status: the refusal check
+            // reads them.
+            .env(
+                "RUST_LOG",
+                "info,cross_account_operator=debug,kube_client=debug",
+            )
+            .env("NO_COLOR", "1")
+            .env_remove("CLUSTER_NAME")
+            .env_remove("LEADER_ELECT")
+            .env_remove("LEADER_ELECTION_NAMESPACE")
+            .env_remove("LEADER_ELECTION_ID")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {OPERATOR_BIN}: {e} (run `cargo build --bins`)"));
+        Self {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+            log_path: log_path.to_owned(),
+        }
+    }
+
+    fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = fs::File::open(&self.log_path) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// The last `lines` lines of the log, without kube_client's per-request lines except
+    /// those about failed requests (they carry the apiserver's message).
+    fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("kube_client") || l.contains("Unsuccessful"))
+            .collect();
+        format!(
+            "--- last {lines} lines of {} ---\n{}\n--- end of operator log ---",
+            self.log_path.display(),
+            all[all.len().saturating_sub(lines)..].join("\n")
+        )
+    }
+
+    /// Waits until /readyz answers 200; `Err` with the log when the process exits first.
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let url = format!("{}/readyz", self.base_url);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Err(format!("the operator exited with {status}\n{}", self.log()));
+            }
+            if let Ok(response) = http.get(&url).send().await
+                && response.status().as_u16() == 200
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the operator's /readyz did not answer 200 within {timeout:?}\n{}",
+                    self.log_tail(60)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The text of /metrics.
+    async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.base_url);
+        let response = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        response.text().await.unwrap()
+    }
+
+    /// SIGTERM and wait (up to 40 s, then SIGKILL); returns whether it exited successfully.
+    fn stop(&mut self) -> bool {
+        if self.child.try_wait().unwrap().is_none() {
+            // SAFETY: kill(2) on our own child, not reaped yet.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
+}
+
+/// Deletes the CrossAccountRole when dropped while the test panics, giving the operator (still
+/// running: it is declared before this guard) the chance to clean up, then strips the finalizer
+/// so that nothing is left stuck.
+struct RoleCleanup {
+    namespace: String,
+    name: String,
+}
+
+impl Drop for RoleCleanup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let (namespace, name) = (self.namespace.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let Ok(client) = Client::try_default().await else {
+                        return;
+                    };
+                    let api = common::roles_api(&client, &namespace);
+                    let _ = api.delete(&name, &DeleteParams::default()).await;
+                    let gone = common::try_poll(Duration::from_secs(30), || {
+                        let api = api.clone();
+                        let name = name.clone();
+                        async move {
+                            match api.get_opt(&name).await {
+                                Ok(None) => Ok(()),
+                                _ => Err(String::new()),
+                            }
+                        }
+                    })
+                    .await;
+                    if gone.is_err() {
+                        let _ = api
+                            .patch(
+                                &name,
+                                &PatchParams::default(),
+                                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                            )
+                            .await;
+                    }
+                })
+        })
+        .join();
+    }
+}
+
+fn condition<'a>(
+    role: &'a cross_account_operator::api::CrossAccountRole,
+    type_: &str,
+) -> Option<&'a Condition> {
+    role.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+}
+
+/// Tests in this file that start an operator take this lock: two operators would fight over the
+/// same objects, and a test could pass on the other one's work. (`make integration` runs test
+/// binaries one after another; [`wait_for_no_other_operator`] covers runs started by hand.)
+async fn one_operator_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// Operator processes running on this machine (pid and command line), found by program name.
+fn operator_processes() -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args
+            .first()
+            .and_then(|program| Path::new(program).file_name())
+            .is_some_and(|name| name == "cross-account-operator")
+        {
+            found.push((pid, args.join(" ")));
+        }
+    }
+    found
+}
+
+/// Waits (up to 10 minutes) until no operator process runs on this machine, e.g. the shared
+/// operator of another test binary started by hand in parallel; fails naming them otherwise.
+async fn wait_for_no_other_operator() {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut told = false;
+    loop {
+        let running = operator_processes();
+        if running.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "other operator processes kept running for 10 minutes; this test needs to be the \
+                 only operator (stop them or run the test binaries one after another):\n{running:#?}"
+            );
+        }
+        if !told {
+            eprintln!("waiting for other operator processes to end: {running:?}");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The HTTP status codes of the Kubernetes API responses in an operator log written with
+/// `kube_client=debug` (text or JSON format).
+fn api_statuses(log: &str) -> Vec<(u16, &str)> {
+    let mut statuses = Vec::new();
+    for line in log.lines() {
+        let mut rest = line;
+        while let Some(at) = rest.find("http.status_code") {
+            rest = &rest[at + "http.status_code".len()..];
+            let digits: String = rest
+                .trim_start_matches(['"', ':', '='])
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(code) = digits.parse() {
+                statuses.push((code, line));
+            }
+        }
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn operator_works_with_only_the_charts_rbac() {
+    let _serial = one_operator_at_a_time().await;
+    wait_for_no_other_operator().await;
+    let admin = common::kube_client().await;
+    common::env("AWS_ENDPOINT_URL");
+    let account = common::env("TARGET_ACCOUNT_NAME");
+
+    // The chart's objects, as Helm installs them, in a namespace of their own.
+    let release_ns = ReleaseNamespace::new("helm-rbac");
+    let release_name = common::unique("cao");
+    let fullname = format!("{release_name}-cross-account-operator");
+    let mut release = Release::install(
+        &release_name,
+        &release_ns.name,
+        &["--set", "clusterName=it-rbac", "--set", "replicaCount=1"],
+    );
+
+    // A token of the chart's ServiceAccount (TokenRequest API) in a kubeconfig of its own.
+    let token = kubectl_ok(&[
+        "create",
+        "token",
+        &fullname,
+        "-n",
+        &release_ns.name,
+        "--duration=1h",
+    ]);
+    let dir = scratch_dir(&release_ns.name);
+    let kubeconfig = dir.join("kubeconfig");
+    write_token_kubeconfig(&kubeconfig, token.trim());
+    let whoami = Command::new("kubectl")
+        .args([
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&whoami.stdout),
+        format!("system:serviceaccount:{}:{fullname}", release_ns.name),
+        "{}",
+        text(&whoami.stderr)
+    );
+
+    // The flags of the Deployment Helm installed.
+    let manifest = helm_ok(&[
+        "get",
+        "manifest",
+        &release_name,
+        "--namespace",
+        &release_ns.name,
+    ]);
+    let deployment = serde_yaml::Deserializer::from_str(&manifest)
+        .map(|doc| {
+            let value: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+            serde_json::to_value(value).unwrap()
+        })
+        .find(|doc| doc["kind"] == "Deployment")
+        .expect("the release has a Deployment");
+    let chart_args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        chart_args.contains(&"--leader-elect".to_owned()),
+        "{chart_args:?}"
+    );
+
+    let log_dir = common::devenv_dir().join("logs");
+    fs::create_dir_all(&log_dir).unwrap();
+    let log_path = log_dir.join("operator-helm_chart-rbac.log");
+    let mut operator =
+        OperatorProcess::start(&kubeconfig, &release_ns.name, &chart_args, &log_path);
+    let mut leader_elect = true;
+    if let Err(why) = operator.wait_ready(Duration::from_secs(60)).await {
+        assert!(
+            why.contains("leader-elect") && why.contains("not supported"),
+            "the operator stopped: {why}"
+        );
+        // A version without leader election: one replica without the election flags, as its
+        // message says.
+        leader_elect = false;
+        let single: Vec<String> = chart_args
+            .iter()
+            .filter(|a| !a.starts_with("--leader-elect"))
+            .cloned()
+            .collect();
+        operator = OperatorProcess::start(&kubeconfig, &release_ns.name, &single, &log_path);
+        operator
+            .wait_ready(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|why| panic!("the operator stopped: {why}"));
+    }
+    if leader_elect {
+        // It holds the Lease the chart's Role names, in the release namespace.
+        let leases: Api<Lease> = Api::namespaced(admin.clone(), &release_ns.name);
+        let held = common::try_poll(Duration::from_secs(60), || {
+            let leases = leases.clone();
+            let fullname = fullname.clone();
+            async move {
+                let lease = leases
+                    .get_opt(&fullname)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("no Lease yet")?;
+                let holder = lease.spec.and_then(|s| s.holder_identity);
+                if holder.as_deref() == Some("it-rbac-operator") {
+                    Ok(())
+                } else {
+                    Err(format!("holder {holder:?}"))
+                }
+            }
+        })
+        .await;
+        if let Err(last) = held {
+            panic!(
+                "the operator holds no Lease {fullname} in {}: {last}\n{}",
+                release_ns.name,
+                operator.log_tail(60)
+            );
+        }
+    }
+
+    // The seed scenario in a tenant namespace.
+    let tenant = common::TestNamespace::new(&admin, "helm-rbac-tenant").await;
+    let name = "signin";
+    common::create_role(
+        &admin,
+        &tenant.name,
+        name,
+        json!({
+            "accountRef": account,
+            "policies": {"managed": ["arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess"]},
+            "grants": [{"user": "devTest"}],
+            "credentials": {},
+        }),
+    )
+    .await;
+    let _cleanup = RoleCleanup {
+        namespace: tenant.name.clone(),
+        name: name.to_owned(),
+    };
+    let roles = common::roles_api(&admin, &tenant.name);
+    let ready = common::try_poll(Duration::from_secs(90), || {
+        let roles = roles.clone();
+        async move {
+            let role = roles.get(name).await.map_err(|e| e.to_string())?;
+            let ok = condition(&role, "Ready").is_some_and(|c| {
+                c.status == "True" && c.observed_generation == role.metadata.generation
+            });
+            if ok {
+                Ok(role)
+            } else {
+                Err(common::describe_role(&role))
+            }
+        }
+    })
+    .await;
+    let role = ready.unwrap_or_else(|last| {
+        panic!(
+            "{}/{name} did not become Ready with the chart's RBAC\nlast: {last}\n{}",
+            tenant.name,
+            operator.log_tail(80)
+        )
+    });
+    let role_arn = role
+        .status
+        .as_ref()
+        .and_then(|s| s.role_arn.clone())
+        .expect("status.roleArn");
+    let iam_role_name = role_arn.rsplit('/').next().unwrap().to_owned();
+    let _iam_role = common::TargetRoleGuard::new(&iam_role_name);
+    // This operator did the work: the role carries its cluster name, and it called AWS.
+    let iam = common::target_iam().await;
+    let tags = common::role_tags(&iam, &iam_role_name).await;
+    assert_eq!(
+        tags.get("crossaccount.io/cluster").map(String::as_str),
+        Some("it-rbac"),
+        "the IAM role was not created by the operator under test: {tags:?}"
+    );
+    let metrics = operator.metrics().await;
+    for operation in ["CreateRole", "AssumeRole"] {
+        assert!(
+            common::metric_sum(
+                &metrics,
+                "crossaccount_aws_requests_total",
+                &[("operation", operation), ("outcome", "ok")]
+            ) >= 1,
+            "the operator under test made no successful {operation}\n{metrics}"
+        );
+    }
+    let secret_name = role
+        .status
+        .as_ref()
+        .and_then(|s| s.credentials.as_ref())
+        .map(|c| c.secret_name.clone())
+        .expect("status.credentials.secretName");
+    assert_eq!(secret_name, format!("{name}-aws"));
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &tenant.name);
+    let secret = secrets
+        .get_opt(&secret_name)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("Secret {secret_name} missing\n{}", operator.log_tail(60)));
+    let data = secret.data.unwrap_or_default();
+    for key in ["credentials", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"] {
+        assert!(data.contains_key(key), "Secret {secret_name} lacks {key}");
+    }
+
+    // Deletion: the finalizer is released and the Secret goes.
+    roles
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+    let gone = common::try_poll(Duration::from_secs(90), || {
+        let roles = roles.clone();
+        let secrets = secrets.clone();
+        let secret_name = secret_name.clone();
+        async move {
+            if let Some(role) = roles.get_opt(name).await.map_err(|e| e.to_string())? {
+                return Err(common::describe_role(&role));
+            }
+            match secrets
+                .get_opt(&secret_name)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(_) => Err(format!("Secret {secret_name} still exists")),
+                None => Ok(()),
+            }
+        }
+    })
+    .await;
+    if let Err(last) = gone {
+        panic!(
+            "{}/{name} or its Secret was not removed with the chart's RBAC\nlast: {last}\n{}",
+            tenant.name,
+            operator.log_tail(80)
+        );
+    }
+    assert!(
+        common::get_iam_role(&iam, &iam_role_name).await.is_none(),
+        "the IAM role {role_arn} was not deleted"
+    );
+
+    // A clean stop (the Lease is released with the same permissions), and not one refusal.
+    assert!(
+        operator.stop(),
+        "the operator did not exit cleanly\n{}",
+        operator.log_tail(40)
+    );
+    let log = operator.log();
+    let statuses = api_statuses(&log);
+    assert!(
+        statuses.iter().any(|(code, _)| *code == 201),
+        "no successful create in the operator's log: is kube_client=debug logging on?\n{}",
+        operator.log_tail(40)
+    );
+    let mut refusals: Vec<&str> = statuses
+        .iter()
+        .filter(|(code, _)| *code == 401 || *code == 403)
+        .map(|(_, line)| *line)
+        .collect();
+    refusals.extend(
+        log.lines()
+            .filter(|l| l.to_ascii_lowercase().contains("forbidden")),
+    );
+    assert!(
+        refusals.is_empty(),
+        "the apiserver refused calls of the operator running with the chart's RBAC:\n{}",
+        refusals.join("\n")
+    );
+    if leader_elect {
+        assert!(
+            log.contains("acquired leadership"),
+            "{}",
+            operator.log_tail(40)
+        );
+    }
+    release.uninstall();
+}
