@@ -127,6 +127,17 @@ pub fn refresh_due_at(
 /// waited out rather than reported as failures.
 const PROPAGATION_WINDOW: SignedDuration = SignedDuration::from_secs(180);
 
+/// Whether a failed AssumeRole is IAM still propagating a new role (wait and retry) rather than a
+/// real denial: access denied within [`PROPAGATION_WINDOW`] of the role's creation.
+pub fn waiting_for_propagation(
+    kind: AwsErrorKind,
+    role_created: Option<Timestamp>,
+    now: Timestamp,
+) -> bool {
+    kind == AwsErrorKind::AccessDenied
+        && role_created.is_none_or(|created| now.duration_since(created) < PROPAGATION_WINDOW)
+}
+
 /// The Secret name of a CrossAccountRole: `spec.credentials.secretName`, default `<name>-aws`.
 pub fn secret_name(cr: &CrossAccountRole, spec: &CredentialsSpec) -> String {
     spec.secret_name
@@ -212,12 +223,7 @@ pub async fn ensure_credentials<A: AccountApi>(
     };
     let credentials = match source.assume_role(&request).await {
         Ok(credentials) => credentials,
-        Err(e)
-            if e.kind == AwsErrorKind::AccessDenied
-                && role
-                    .created
-                    .is_none_or(|c| now.duration_since(c) < PROPAGATION_WINDOW) =>
-        {
+        Err(e) if waiting_for_propagation(e.kind, role.created, now) => {
             return Ok(CredentialsOutcome::Waiting {
                 message: format!(
                     "waiting for IAM to propagate the new role before assuming it ({e})"
@@ -345,6 +351,28 @@ mod tests {
             let window = (plain.duration_since(issued).as_secs_f64() * JITTER_SHARE).ceil() as i64 + 1;
             prop_assert!(plain.duration_since(jittered).as_secs() <= window);
         }
+    }
+
+    #[test]
+    fn access_denied_right_after_creation_is_propagation() {
+        let now = at(1000);
+        assert!(waiting_for_propagation(
+            AwsErrorKind::AccessDenied,
+            Some(at(950)),
+            now
+        ));
+        assert!(
+            !waiting_for_propagation(AwsErrorKind::AccessDenied, Some(at(0)), now),
+            "an old role is really denied"
+        );
+        assert!(
+            !waiting_for_propagation(AwsErrorKind::Throttled, Some(at(999)), now),
+            "other errors back off"
+        );
+        assert!(
+            waiting_for_propagation(AwsErrorKind::AccessDenied, None, now),
+            "creation time unknown: give it the benefit"
+        );
     }
 
     #[test]
