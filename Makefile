@@ -36,7 +36,7 @@ env-down: ## Stop the local environment
 
 integration: ## Integration tests against a running environment (make env-up first)
 	@test -f $(ENV_FILE) || { echo "no $(ENV_FILE): run 'make env-up' first" >&2; exit 1; }
-	set -a; . $(ENV_FILE); set +a; $(CARGO) test --test '*' -- --test-threads=4
+	set -a; . $(ENV_FILE); set +a; $(CARGO) test --no-fail-fast --test '*' -- --test-threads=4
 
 test: fmt lint unit ## Everything: checks, unit tests, environment up, integration tests, environment down
 	$(CARGO) build --bins --tests
