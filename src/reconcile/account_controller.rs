@@ -1,7 +1,7 @@
 //! The AwsAccount controller: verifies that the operator can act in the account (GetCallerIdentity
 //! through the management role) and reports it as the `Ready` condition.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use futures::{Future, Stream, StreamExt};
 use k8s_openapi::jiff::Timestamp;
@@ -9,7 +9,7 @@ use kube::{
     Api, Resource, ResourceExt,
     runtime::{Controller, controller::Action, watcher},
 };
-use tracing::{Instrument, info_span};
+use tracing::info_span;
 
 use super::{
     Context, ReconcileError,
@@ -22,7 +22,6 @@ use crate::{
         names::{condition as cond, reason},
     },
     aws::{AccountAccess, AccountApi, Aws},
-    metrics::{ReconcileErrorLabels, ReconcileLabels},
 };
 
 const KIND: &str = "AwsAccount";
@@ -53,28 +52,15 @@ async fn reconcile<A: Aws>(
     account: Arc<AwsAccount>,
     ctx: Arc<Context<A>>,
 ) -> Result<Action, ReconcileError> {
-    let labels = ReconcileLabels { kind: KIND };
-    ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let started = Instant::now();
     let span = info_span!("reconcile", account = %account.name_any(), account_id = %account.spec.account_id);
-    let result = verify(&account, &ctx).instrument(span).await;
-    ctx.metrics
-        .reconcile_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    match &result {
-        Ok(_) => ctx.backoff.reset(&account.name_any()),
-        Err(e) => {
-            ctx.metrics
-                .reconcile_errors
-                .get_or_create(&ReconcileErrorLabels {
-                    kind: KIND,
-                    category: e.category(),
-                })
-                .inc();
-        }
-    }
-    result
+    super::measured(
+        &ctx,
+        KIND,
+        &account.name_any(),
+        span,
+        verify(&account, &ctx),
+    )
+    .await
 }
 
 fn error_policy<A: Aws>(
@@ -82,9 +68,7 @@ fn error_policy<A: Aws>(
     error: &ReconcileError,
     ctx: Arc<Context<A>>,
 ) -> Action {
-    let delay = ctx.backoff.next(&account.name_any());
-    tracing::warn!(account = %account.name_any(), error = %error, retry_in = ?delay, "AwsAccount verification failed");
-    Action::requeue(delay)
+    super::retry_later(&ctx, KIND, &account.name_any(), error)
 }
 
 /// The account ID in an ARN (`arn:aws:sts::123456789012:assumed-role/...`).

@@ -19,15 +19,21 @@ pub mod validate;
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
+use kube::runtime::controller::Action;
 use kube::{
     Client,
     runtime::events::{Recorder, Reporter},
 };
 use thiserror::Error;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::{
-    api::names::FIELD_MANAGER, aws::Aws, error::AwsError, http::Readiness, metrics::Metrics,
+    api::names::FIELD_MANAGER,
+    aws::Aws,
+    error::AwsError,
+    http::Readiness,
+    metrics::{Metrics, ReconcileErrorLabels, ReconcileLabels},
 };
 pub use validate::OperatorIdentity;
 
@@ -93,6 +99,48 @@ impl ReconcileError {
     pub fn kube(context: &'static str) -> impl FnOnce(kube::Error) -> Self {
         move |source| ReconcileError::Kube { context, source }
     }
+}
+
+/// Runs one reconcile of the object `key` of `kind` inside `span`, and records it: the reconcile
+/// count and duration, the error category on failure; success clears the object's backoff.
+pub(crate) async fn measured<A: Aws>(
+    ctx: &Context<A>,
+    kind: &'static str,
+    key: &str,
+    span: tracing::Span,
+    reconcile: impl std::future::Future<Output = Result<Action, ReconcileError>>,
+) -> Result<Action, ReconcileError> {
+    let labels = ReconcileLabels { kind };
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let started = std::time::Instant::now();
+    let result = reconcile.instrument(span).await;
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(_) => ctx.backoff.reset(key),
+        Err(e) => {
+            let labels = ReconcileErrorLabels {
+                kind,
+                category: e.category(),
+            };
+            ctx.metrics.reconcile_errors.get_or_create(&labels).inc();
+        }
+    }
+    result
+}
+
+/// The error policy of both controllers: retry `key` after its per-object backoff.
+pub(crate) fn retry_later<A: Aws>(
+    ctx: &Context<A>,
+    kind: &'static str,
+    key: &str,
+    error: &ReconcileError,
+) -> Action {
+    let delay = ctx.backoff.next(key);
+    tracing::warn!(kind, object = key, error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 /// Completes once `store` has its initial list. kube's `wait_until_ready` wakes only the last task

@@ -1,11 +1,7 @@
 //! The CrossAccountRole controller: runs the pipeline for one object and records the outcome in
 //! status, events and metrics.
 
-use std::{
-    collections::BTreeSet,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use futures::{Future, Stream};
 use k8s_openapi::{
@@ -26,7 +22,7 @@ use kube::{
     },
 };
 use serde_json::json;
-use tracing::{Instrument, info_span};
+use tracing::info_span;
 
 use super::{
     Context, ReconcileError,
@@ -49,7 +45,6 @@ use crate::{
         names::{FINALIZER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, condition as cond, reason},
     },
     aws::{AccountAccess, Aws, Change, Principal},
-    metrics::{ReconcileErrorLabels, ReconcileLabels},
 };
 
 const KIND: &str = "CrossAccountRole";
@@ -120,32 +115,13 @@ async fn reconcile<A: Aws>(
     cr: Arc<CrossAccountRole>,
     ctx: Arc<Context<A>>,
 ) -> Result<Action, ReconcileError> {
-    let labels = ReconcileLabels { kind: KIND };
-    ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let started = Instant::now();
     let span = info_span!(
         "reconcile",
         namespace = %cr.namespace().unwrap_or_default(),
         name = %cr.name_any(),
         account = %cr.spec.account_ref,
     );
-    let result = reconcile_role(&cr, &ctx).instrument(span).await;
-    ctx.metrics
-        .reconcile_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    if let Err(e) = &result {
-        ctx.metrics
-            .reconcile_errors
-            .get_or_create(&ReconcileErrorLabels {
-                kind: KIND,
-                category: e.category(),
-            })
-            .inc();
-    } else {
-        ctx.backoff.reset(&key(&cr));
-    }
-    result
+    super::measured(&ctx, KIND, &key(&cr), span, reconcile_role(&cr, &ctx)).await
 }
 
 fn error_policy<A: Aws>(
@@ -153,9 +129,7 @@ fn error_policy<A: Aws>(
     error: &ReconcileError,
     ctx: Arc<Context<A>>,
 ) -> Action {
-    let delay = ctx.backoff.next(&key(&cr));
-    tracing::warn!(namespace = %cr.namespace().unwrap_or_default(), name = %cr.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    super::retry_later(&ctx, KIND, &key(&cr), error)
 }
 
 /// How a reconcile of a live (not deleted) object ended, short of an error.
