@@ -16,7 +16,7 @@ use std::{
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Arc, Condvar, Mutex},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -40,8 +40,6 @@ const S3_READ: &str = "arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess";
 const CONVERGE: Duration = Duration::from_secs(60);
 /// Deletion of a CrossAccountRole, including the AWS cleanup.
 const GONE: Duration = Duration::from_secs(60);
-/// Resync interval of the operator of this file.
-const RESYNC: &str = "3s";
 /// Every key of the Secret when a region is set (`AWS_REGION` is left out without one).
 const SECRET_KEYS: &[&str] = &[
     "credentials",
@@ -64,13 +62,9 @@ const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "cross-account
 
 const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_cross-account-operator");
 
-/// One operator process, started from a thread that lives as long as it does (so that
-/// `PR_SET_PDEATHSIG` only fires when the test binary ends), logging to [`log_path`].
-struct OperatorProcess {
-    pid: u32,
-    base_url: String,
-    exit: Arc<(Mutex<Option<String>>, Condvar)>,
-}
+/// One operator process of this file (the shared harness process, which the restart test
+/// replaces), with the metrics these tests read.
+struct OperatorProcess(common::Operator);
 
 /// The operator the tests of this file talk to; replaced by [`restart_operator`].
 static CURRENT: Mutex<Option<Arc<OperatorProcess>>> = Mutex::new(None);
@@ -124,8 +118,6 @@ fn interference() -> String {
 
 impl OperatorProcess {
     fn spawn() -> Self {
-        common::env("KUBECONFIG");
-        common::env("AWS_ENDPOINT_URL");
         let number = {
             let mut starts = STARTS.lock().unwrap_or_else(|e| e.into_inner());
             *starts += 1;
@@ -143,95 +135,29 @@ impl OperatorProcess {
             .open(&path)
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         writeln!(log, "=== credentials test: operator process #{number} ===").unwrap();
-        let log_err = log.try_clone().expect("clone the log file handle");
-        let port = common::free_port();
-        let mut command = Command::new(OPERATOR_BIN);
-        command
-            .args([
-                "--cluster-name",
-                common::CLUSTER_NAME,
-                "--http-addr",
-                &format!("127.0.0.1:{port}"),
-                "--resync-interval",
-                RESYNC,
-            ])
-            .env("RUST_LOG", "info,cross_account_operator=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        let (pid, exit) = common::spawn_tied_to_test(command)
-            .unwrap_or_else(|e| panic!("cannot start {OPERATOR_BIN}: {e} (cargo build --bins)"));
+        let operator = common::Operator::start(log, path);
         OWN_PIDS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(pid);
-        Self {
-            pid,
-            base_url: format!("http://127.0.0.1:{port}"),
-            exit,
-        }
+            .insert(operator.pid());
+        Self(operator)
     }
 
     fn exited(&self) -> Option<String> {
-        self.exit
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.0.exited()
     }
 
-    /// SIGTERM, then waits up to 30 s for the exit (blocking); returns the exit status.
+    /// SIGTERM, then waits for the exit; returns the exit status.
     fn stop(&self) -> String {
-        if self.exited().is_none() {
-            // SAFETY: kill(2) on our own child, which is reaped only after its status is recorded.
-            unsafe {
-                libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
-            }
-        }
-        let (lock, cvar) = &*self.exit;
-        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (guard, _) = cvar
-            .wait_timeout_while(guard, Duration::from_secs(30), |s| s.is_none())
-            .unwrap_or_else(|e| e.into_inner());
-        guard
-            .clone()
-            .unwrap_or_else(|| panic!("operator {} ignored SIGTERM for 30s", self.pid))
+        self.0.stop()
     }
 
     async fn wait_ready(&self) {
-        let url = format!("{}/readyz", self.base_url);
-        let outcome = common::try_poll(Duration::from_secs(60), || {
-            let url = url.clone();
-            let exited = self.exited();
-            async move {
-                if let Some(status) = exited {
-                    return Ok(Err(format!("the operator exited with {status}")));
-                }
-                match http_get(&url).await {
-                    Ok((200, _)) => Ok(Ok(())),
-                    Ok((status, body)) => Err(format!("status {status}: {body}")),
-                    Err(e) => Err(e),
-                }
-            }
-        })
-        .await;
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => fail("the operator did not become ready", &why),
-            Err(last) => fail(
-                "the operator's /readyz did not answer 200 within 60s",
-                &last,
-            ),
-        }
+        self.0.wait_ready().await
     }
 
     async fn metrics_text(&self) -> String {
-        match http_get(&format!("{}/metrics", self.base_url)).await {
-            Ok((200, body)) => body,
-            Ok((status, body)) => fail("/metrics did not answer 200", &format!("{status}: {body}")),
-            Err(e) => fail("/metrics did not answer", &e),
-        }
+        self.0.metrics_text().await
     }
 
     /// Successful AssumeRole calls of this process (the management role's are not counted).
@@ -276,17 +202,6 @@ fn expiry_gauge(text: &str, namespace: &str, name: &str) -> Option<f64> {
         .filter(|l| l.starts_with("crossaccount_credentials_expiry_seconds{"))
         .find(|l| l.contains(&namespace_label) && name_labels.iter().any(|n| l.contains(n)))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-async fn http_get(url: &str) -> Result<(u16, String), String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let response = client.get(url).send().await.map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response.text().await.map_err(|e| e.to_string())?;
-    Ok((status, body))
 }
 
 /// Processes of this repository's operator binary that this test binary did not start: another

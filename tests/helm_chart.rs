@@ -479,34 +479,40 @@ fn template_fails_with_values(name: &str, values: &str) -> String {
 
 #[test]
 fn schema_rejects_misspelled_keys_and_wrong_types() {
-    let out = template_fails_with_values("misspelled", "clusterNmae: prod-eu-1\n");
-    assert!(out.contains("clusterNmae"), "{out}");
-    assert!(out.contains("not allowed"), "{out}");
-
-    let out = template_fails_with_values(
-        "nested-misspelled",
-        "clusterName: prod-eu-1\noperator:\n  logFromat: json\n",
-    );
-    assert!(out.contains("logFromat"), "{out}");
-
-    let out = template_fails_with_values(
-        "wrong-type",
-        "clusterName: prod-eu-1\nreplicaCount: \"two\"\n",
-    );
-    assert!(out.contains("replicaCount"), "{out}");
-    assert!(out.contains("integer"), "{out}");
-
-    let out = template_fails_with_values(
-        "bad-enum",
-        "clusterName: prod-eu-1\noperator:\n  logFormat: xml\n",
-    );
-    assert!(out.contains("logFormat"), "{out}");
-
-    let out = template_fails_with_values(
-        "bad-duration",
-        "clusterName: prod-eu-1\noperator:\n  resyncInterval: 10 minutes\n",
-    );
-    assert!(out.contains("resyncInterval"), "{out}");
+    // (case, values, words the error must contain)
+    let cases: [(&str, &str, &[&str]); 5] = [
+        (
+            "misspelled",
+            "clusterNmae: prod-eu-1\n",
+            &["clusterNmae", "not allowed"],
+        ),
+        (
+            "nested-misspelled",
+            "clusterName: prod-eu-1\noperator:\n  logFromat: json\n",
+            &["logFromat"],
+        ),
+        (
+            "wrong-type",
+            "clusterName: prod-eu-1\nreplicaCount: \"two\"\n",
+            &["replicaCount", "integer"],
+        ),
+        (
+            "bad-enum",
+            "clusterName: prod-eu-1\noperator:\n  logFormat: xml\n",
+            &["logFormat"],
+        ),
+        (
+            "bad-duration",
+            "clusterName: prod-eu-1\noperator:\n  resyncInterval: 10 minutes\n",
+            &["resyncInterval"],
+        ),
+    ];
+    for (case, values, words) in cases {
+        let out = template_fails_with_values(case, values);
+        for word in words {
+            assert!(out.contains(word), "{case}: {word:?} missing in {out}");
+        }
+    }
 }
 
 #[test]

@@ -14,8 +14,3 @@ pub use cross_account_role::{
     CrossAccountRoleStatus, DeletionPolicy, Grant, InlinePolicy, Policies, RestartKind,
     RestartTarget, Trust,
 };
-
-/// API group of every resource of this operator.
-pub const GROUP: &str = "crossaccount.io";
-/// The served and stored version.
-pub const VERSION: &str = "v1alpha1";

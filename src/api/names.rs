@@ -46,6 +46,5 @@ pub mod reason {
     pub const AWS_ERROR: &str = "AwsError";
     pub const PROPAGATING: &str = "Propagating";
     pub const CREDENTIALS_ISSUED: &str = "CredentialsIssued";
-    pub const NOT_REQUESTED: &str = "NotRequested";
     pub const SECRET_NOT_OWNED: &str = "SecretNotOwned";
 }

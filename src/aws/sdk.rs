@@ -536,8 +536,3 @@ impl Aws for SdkAws {
             .clone()
     }
 }
-
-/// Whether an error is worth retrying with backoff (as opposed to a bad request or a denial).
-pub fn is_retryable(kind: AwsErrorKind) -> bool {
-    matches!(kind, AwsErrorKind::Throttled | AwsErrorKind::Transient)
-}

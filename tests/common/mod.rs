@@ -278,18 +278,22 @@ impl Operator {
         OPERATOR.get()
     }
 
-    /// Starts the process from a thread of its own that lives as long as the process does:
-    /// `PR_SET_PDEATHSIG` fires when the *thread* that spawned the child ends, and test threads
-    /// end after each test.
     fn spawn() -> Operator {
-        env("KUBECONFIG");
-        env("AWS_ENDPOINT_URL");
-        let port = free_port();
         let log_dir = devenv_dir().join("logs");
         std::fs::create_dir_all(&log_dir).expect("create target/devenv/logs");
         let log_path = log_dir.join(format!("operator-{}.log", env!("CARGO_CRATE_NAME")));
         let log = std::fs::File::create(&log_path)
             .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
+        Operator::start(log, log_path)
+    }
+
+    /// Starts an operator process of this binary's own (`--cluster-name it`, the short resync)
+    /// that writes to `log` (found at `log_path`), tied to the test binary's life. Tests that need
+    /// to restart the operator use this instead of [`Operator::shared`].
+    pub fn start(log: std::fs::File, log_path: PathBuf) -> Operator {
+        env("KUBECONFIG");
+        env("AWS_ENDPOINT_URL");
+        let port = free_port();
         let log_err = log.try_clone().expect("clone the log file handle");
         let mut command = Command::new(OPERATOR_BIN);
         command
@@ -317,6 +321,11 @@ impl Operator {
         }
     }
 
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// The exit status when the process has ended.
     pub fn exited(&self) -> Option<String> {
         self.exit
@@ -326,7 +335,8 @@ impl Operator {
             .clone()
     }
 
-    async fn wait_ready(&self) {
+    /// Returns once `/readyz` answers 200; panics with the log tail if the process exits first.
+    pub async fn wait_ready(&self) {
         let url = format!("{}/readyz", self.base_url);
         let outcome = try_poll(Duration::from_secs(60), || {
             let url = url.clone();
