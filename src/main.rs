@@ -69,16 +69,17 @@ async fn main() -> anyhow::Result<()> {
     .with_context(|| format!("cannot listen on {} (--http-addr)", config.http_addr))?;
     let server = tokio::spawn(server);
 
-    let ctx = Arc::new(Context::new(
+    let (ctx, feeds) = Context::new(
         client.clone(),
         aws,
         operator,
         metrics,
         config.resync_interval,
-    ));
+    );
+    let ctx = Arc::new(ctx);
     let work = {
         let (readiness, concurrency) = (readiness.clone(), config.concurrency);
-        move |stop| reconcile::run(ctx, concurrency, readiness, stop)
+        move |stop| reconcile::run(ctx, feeds, concurrency, readiness, stop)
     };
     let mut runner = if config.leader_elect {
         let namespace = config

@@ -593,7 +593,7 @@ fn operator_cluster_permissions() -> BTreeSet<Permission> {
         ("crossaccount.io", "awsaccounts", &["get", "list", "watch"]),
         ("crossaccount.io", "awsaccounts/status", &["patch"]),
         // role_controller: the namespace's labels for allowedNamespaces.
-        ("", "namespaces", &["get"]),
+        ("", "namespaces", &["get", "list", "watch"]),
         // credentials: get_opt, server-side apply (patch; create when the apply creates the
         // Secret: the apiserver authorizes both), delete; the owned-Secret watch (list, watch).
         (

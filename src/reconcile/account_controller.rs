@@ -7,6 +7,7 @@ use futures::{Future, Stream, StreamExt};
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Resource, ResourceExt,
+    core::DeserializeGuard,
     runtime::{Controller, controller::Action, watcher},
 };
 use tracing::info_span;
@@ -18,13 +19,17 @@ use super::{
 };
 use crate::{
     api::{
-        AwsAccount,
+        AwsAccount, AwsAccountStatus,
         names::{condition as cond, reason},
     },
     aws::{AccountAccess, AccountApi, Aws},
 };
 
 const KIND: &str = "AwsAccount";
+
+/// An AwsAccount as the watch delivers it; one this version cannot read is reported on the
+/// object instead of stalling the watch.
+type Guarded = DeserializeGuard<AwsAccount>;
 
 /// The controller's stream and a future that completes once its cache synced.
 pub fn controller<A: Aws>(
@@ -36,7 +41,7 @@ pub fn controller<A: Aws>(
     impl Future<Output = ()> + Send,
 ) {
     let controller = Controller::new(
-        Api::<AwsAccount>::all(ctx.client.clone()),
+        Api::<Guarded>::all(ctx.client.clone()),
         watcher::Config::default(),
     );
     let store = controller.store();
@@ -49,22 +54,42 @@ pub fn controller<A: Aws>(
 }
 
 async fn reconcile<A: Aws>(
-    account: Arc<AwsAccount>,
+    guarded: Arc<Guarded>,
     ctx: Arc<Context<A>>,
 ) -> Result<Action, ReconcileError> {
+    let account = match &guarded.0 {
+        Ok(account) => account,
+        Err(invalid) => {
+            tracing::warn!(account = %guarded.name_any(), error = %invalid.error, "unreadable AwsAccount");
+            let mut status = AwsAccountStatus::default();
+            set_condition(
+                &mut status.conditions,
+                ConditionUpdate::new(
+                    cond::READY,
+                    false,
+                    reason::INVALID_SPEC,
+                    format!(
+                        "this AwsAccount cannot be read by the operator ({}); fix the object \
+                         (kubectl edit) or run an operator version that understands it",
+                        invalid.error
+                    ),
+                ),
+                guarded.meta().generation,
+                Timestamp::now(),
+            );
+            let api: Api<AwsAccount> = Api::all(ctx.client.clone());
+            apply_status(&api, &guarded.name_any(), &status)
+                .await
+                .map_err(ReconcileError::kube("writing status"))?;
+            return Ok(Action::await_change());
+        }
+    };
     let span = info_span!("reconcile", account = %account.name_any(), account_id = %account.spec.account_id);
-    super::measured(
-        &ctx,
-        KIND,
-        &account.name_any(),
-        span,
-        verify(&account, &ctx),
-    )
-    .await
+    super::measured(&ctx, KIND, &account.name_any(), span, verify(account, &ctx)).await
 }
 
 fn error_policy<A: Aws>(
-    account: Arc<AwsAccount>,
+    account: Arc<Guarded>,
     error: &ReconcileError,
     ctx: Arc<Context<A>>,
 ) -> Action {

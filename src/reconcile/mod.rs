@@ -5,11 +5,13 @@
 pub mod account_controller;
 pub mod apply;
 pub mod backoff;
+pub mod caches;
 pub mod cleanup;
 pub mod credentials;
 pub mod desired;
 pub mod observe;
 pub mod plan;
+pub mod recent_sync;
 pub mod role_controller;
 pub mod rollout;
 pub mod secret;
@@ -46,16 +48,20 @@ pub struct Context<A: Aws> {
     pub recorder: Recorder,
     pub backoff: backoff::PerObjectBackoff,
     pub resync_interval: Duration,
+    pub caches: caches::Caches,
+    pub recent: recent_sync::RecentSyncs,
 }
 
 impl<A: Aws> Context<A> {
+    /// The context, and the feeds of its caches for [`run`].
     pub fn new(
         client: Client,
         aws: A,
         operator: OperatorIdentity,
         metrics: Arc<Metrics>,
         resync_interval: Duration,
-    ) -> Self {
+    ) -> (Self, caches::CacheFeeds) {
+        let (caches, feeds) = caches::Caches::new(client.clone());
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -63,7 +69,7 @@ impl<A: Aws> Context<A> {
                 instance: std::env::var("POD_NAME").ok(),
             },
         );
-        Self {
+        let ctx = Self {
             client,
             aws,
             operator,
@@ -71,7 +77,10 @@ impl<A: Aws> Context<A> {
             recorder,
             backoff: backoff::PerObjectBackoff::default(),
             resync_interval,
-        }
+            caches,
+            recent: recent_sync::RecentSyncs::new(resync_interval),
+        };
+        (ctx, feeds)
     }
 }
 
@@ -161,6 +170,7 @@ where
 /// have synced.
 pub async fn run<A: Aws>(
     ctx: Arc<Context<A>>,
+    feeds: caches::CacheFeeds,
     concurrency: u16,
     readiness: Readiness,
     stop: watch::Receiver<bool>,
@@ -169,11 +179,11 @@ pub async fn run<A: Aws>(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let (roles, roles_ready) =
-        role_controller::controller(ctx.clone(), concurrency, stopped(stop.clone()));
+        role_controller::controller(ctx.clone(), feeds, concurrency, stopped(stop.clone()));
     let (accounts, accounts_ready) =
-        account_controller::controller(ctx, concurrency, stopped(stop));
+        account_controller::controller(ctx.clone(), concurrency, stopped(stop));
     tokio::spawn(async move {
-        let _ = tokio::join!(roles_ready, accounts_ready);
+        let _ = tokio::join!(roles_ready, accounts_ready, ctx.caches.synced());
         readiness.set(true);
         tracing::info!("caches synced; controllers running");
     });

@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// Reads what the plan compares. Also returns the principals the role's trust policy records as
-/// granted by an earlier reconcile.
+/// granted by an earlier reconcile. The grants are read only when the role exists.
 pub async fn observe<A: AccountApi>(
     target: &A,
     source: &A,
@@ -24,10 +24,16 @@ pub async fn observe<A: AccountApi>(
         .as_ref()
         .map(|r| granted_principals(&r.trust_policy, source_account))
         .unwrap_or_default();
+    let role_exists = role.is_some();
     let mut observed = Observed {
         role,
         ..Observed::default()
     };
+    // A role that does not exist yet is created with every grant put as planned (PutUserPolicy
+    // overwrites), so reading the grants first would only add calls.
+    if !role_exists {
+        return Ok((observed, previously_granted));
+    }
     for principal in desired_grants {
         let document = source
             .get_principal_policy(principal, grant_policy_name)

@@ -1,17 +1,22 @@
 //! The CrossAccountRole controller: runs the pipeline for one object and records the outcome in
 //! status, events and metrics.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::{Future, Stream};
 use k8s_openapi::{
-    api::core::v1::{Namespace, Secret},
+    api::core::v1::{ObjectReference, Secret},
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
+    core::{DeserializeGuard, error_boundary::InvalidObject},
     runtime::{
         Controller, Predicate, WatchStreamExt,
         controller::Action,
@@ -28,6 +33,7 @@ use super::{
     Context, ReconcileError,
     apply::apply_changes,
     backoff::jitter,
+    caches::CacheFeeds,
     cleanup::delete_role,
     credentials::{
         CredentialsOutcome, RoleForCredentials, ensure_credentials, outcome_reason, remove_secret,
@@ -35,9 +41,10 @@ use super::{
     desired::{Owner, desired_role},
     observe::observe,
     plan::{Ownership, ownership, plan_role_changes},
+    recent_sync::{SyncInputs, SyncedRole},
     rollout::{RestartResult, restart_targets},
     status::{ConditionUpdate, apply_status, condition, set_condition},
-    validate::{Refusal, default_role_name, validate},
+    validate::{Refusal, ValidatedSpec, default_role_name, validate},
 };
 use crate::{
     api::{
@@ -49,9 +56,15 @@ use crate::{
 
 const KIND: &str = "CrossAccountRole";
 
+/// A CrossAccountRole as the watch delivers it: one stored in a shape this version cannot read
+/// (written under another CRD version, say) is an `Err` with its metadata, reported on the
+/// object instead of stalling the watch of every other object.
+type Guarded = DeserializeGuard<CrossAccountRole>;
+
 /// The controller's stream (drive it to run) and a future that completes once its cache synced.
 pub fn controller<A: Aws>(
     ctx: Arc<Context<A>>,
+    feeds: CacheFeeds,
     concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> (
@@ -63,7 +76,7 @@ pub fn controller<A: Aws>(
     // which deletion also bumps) and annotation (adoption) changes do, besides resync.
     let (store, writer) = reflector::store();
     let trigger = watcher(
-        Api::<CrossAccountRole>::all(client.clone()),
+        Api::<Guarded>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
@@ -75,25 +88,32 @@ pub fn controller<A: Aws>(
     );
     let controller = Controller::for_stream(trigger, store.clone());
     let ready_store = store.clone();
+    let account_roles = store.clone();
+    let (accounts, namespaces) = feeds.streams(&client);
     let stream = controller
         // Owned Secrets, and only those (label selector): tampering or deletion is undone.
         .owns(
-            Api::<Secret>::all(client.clone()),
+            Api::<Secret>::all(client),
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
         )
-        // A change to an AwsAccount (readiness, guardrails) re-queues the roles that use it.
-        .watches(
-            Api::<AwsAccount>::all(client),
-            watcher::Config::default(),
-            move |account| {
-                let name = account.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(move |cr| cr.spec.account_ref == name)
-                    .map(|cr| ObjectRef::from_obj(&*cr))
-            },
-        )
+        // A change to an AwsAccount (readiness, guardrails) re-queues the roles that use it; a
+        // change to a namespace's labels (allowedNamespaces) the roles in it.
+        .watches_stream(accounts, move |account| {
+            let name = account.name_any();
+            account_roles
+                .state()
+                .into_iter()
+                .filter(move |g| matches!(&g.0, Ok(cr) if cr.spec.account_ref == name))
+                .map(|g| ObjectRef::from_obj(&*g))
+        })
+        .watches_stream(namespaces, move |ns| {
+            let name = ns.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(move |g| g.namespace().as_deref() == Some(name.as_str()))
+                .map(|g| ObjectRef::from_obj(&*g))
+        })
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -107,29 +127,77 @@ pub fn controller<A: Aws>(
 
 use futures::StreamExt;
 
-fn key(cr: &CrossAccountRole) -> String {
-    format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any())
+fn key(obj: &impl ResourceExt) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
 async fn reconcile<A: Aws>(
-    cr: Arc<CrossAccountRole>,
+    guarded: Arc<Guarded>,
     ctx: Arc<Context<A>>,
 ) -> Result<Action, ReconcileError> {
+    let cr = match &guarded.0 {
+        Ok(cr) => cr,
+        Err(invalid) => return unreadable(&guarded, invalid, &ctx).await,
+    };
     let span = info_span!(
         "reconcile",
         namespace = %cr.namespace().unwrap_or_default(),
         name = %cr.name_any(),
         account = %cr.spec.account_ref,
     );
-    super::measured(&ctx, KIND, &key(&cr), span, reconcile_role(&cr, &ctx)).await
+    super::measured(&ctx, KIND, &key(cr), span, reconcile_role(cr, &ctx)).await
 }
 
 fn error_policy<A: Aws>(
-    cr: Arc<CrossAccountRole>,
+    guarded: Arc<Guarded>,
     error: &ReconcileError,
     ctx: Arc<Context<A>>,
 ) -> Action {
-    super::retry_later(&ctx, KIND, &key(&cr), error)
+    super::retry_later(&ctx, KIND, &key(&*guarded), error)
+}
+
+/// An object this version cannot read: said on the object (a Warning event, and `Ready` false
+/// with reason `InvalidSpec` in status) and left alone until it changes. Nothing in AWS is
+/// touched, and the finalizer, if any, stays: its cleanup needs a readable spec.
+async fn unreadable<A: Aws>(
+    guarded: &Guarded,
+    invalid: &InvalidObject,
+    ctx: &Context<A>,
+) -> Result<Action, ReconcileError> {
+    let message = format!(
+        "this CrossAccountRole cannot be read by the operator ({}); fix the object (kubectl edit) \
+         or run an operator version that understands it",
+        invalid.error
+    );
+    tracing::warn!(object = %key(guarded), error = %invalid.error, "unreadable CrossAccountRole");
+    publish_to(
+        &guarded.object_ref(&()),
+        ctx,
+        EventType::Warning,
+        reason::INVALID_SPEC,
+        message.clone(),
+    )
+    .await;
+    let generation = guarded.meta().generation;
+    let now = Timestamp::now();
+    let mut status = CrossAccountRoleStatus {
+        observed_generation: generation,
+        ..Default::default()
+    };
+    for type_ in [cond::READY, cond::ROLE_SYNCED] {
+        set_condition(
+            &mut status.conditions,
+            ConditionUpdate::new(type_, false, reason::INVALID_SPEC, message.clone()),
+            generation,
+            now,
+        );
+    }
+    let api: Api<CrossAccountRole> =
+        Api::namespaced(ctx.client.clone(), &guarded.namespace().unwrap_or_default());
+    apply_status(&api, &guarded.name_any(), &status)
+        .await
+        .map_err(ReconcileError::kube("writing status"))?;
+    Ok(Action::await_change())
 }
 
 /// How a reconcile of a live (not deleted) object ended, short of an error.
@@ -202,12 +270,7 @@ fn account_ready(account: &AwsAccount) -> Result<(), String> {
 
 async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Outcome, ReconcileError> {
     let refused = |reason, message: String| Ok(Outcome::Refused { reason, message });
-    let accounts: Api<AwsAccount> = Api::all(ctx.client.clone());
-    let Some(account) = accounts
-        .get_opt(&cr.spec.account_ref)
-        .await
-        .map_err(ReconcileError::kube("reading the AwsAccount"))?
-    else {
+    let Some(account) = ctx.caches.account(&cr.spec.account_ref).await? else {
         return refused(
             reason::ACCOUNT_NOT_READY,
             format!(
@@ -220,60 +283,106 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Outcome
         return refused(reason::ACCOUNT_NOT_READY, message);
     }
     let namespace = cr.namespace().unwrap_or_default();
-    let ns = Api::<Namespace>::all(ctx.client.clone())
-        .get(&namespace)
-        .await
-        .map_err(ReconcileError::kube("reading the namespace"))?;
-    let spec = match validate(cr, &account, ns.labels(), &ctx.operator) {
+    let labels = ctx.caches.namespace_labels(&namespace).await?;
+    let spec = match validate(cr, &account, &labels, &ctx.operator) {
         Ok(spec) => spec,
         Err(Refusal { reason, message }) => return refused(reason, message),
     };
 
     let owner = owner_of(cr, ctx);
-    let target = ctx.aws.target(&access_of(&account)).await;
     let source = ctx.aws.source();
-    let desired = desired_role(&spec, &owner, &ctx.operator, &account.spec.account_id);
+    let inputs = SyncInputs {
+        generation: cr.meta().generation,
+        account_version: account.resource_version(),
+    };
+    let key = key(cr);
+    let role = match ctx.recent.get(&key, &inputs, Instant::now()) {
+        Some(role) => role,
+        None => {
+            let role = sync_iam(cr, ctx, &account, &spec, &owner, &source).await;
+            match role {
+                Ok(Ok(role)) => {
+                    ctx.recent
+                        .remember(&key, inputs, role.clone(), Instant::now());
+                    role
+                }
+                Ok(Err(refusal)) => {
+                    ctx.recent.forget(&key);
+                    return Ok(refusal);
+                }
+                Err(e) => {
+                    ctx.recent.forget(&key);
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let desired_max_session = spec
+        .max_session_duration
+        .unwrap_or(super::desired::DEFAULT_MAX_SESSION);
+    let for_credentials = RoleForCredentials {
+        arn: &role.arn,
+        max_session_duration: desired_max_session,
+        account_cap: account.spec.max_session_duration_seconds,
+        created: role.created,
+        external_id: owner.external_id(),
+    };
+    let credentials = sync_credentials(cr, ctx, &source, &for_credentials)
+        .await?
+        .map(Box::new);
+    Ok(Outcome::Synced {
+        role_arn: role.arn.clone(),
+        account_id: account.spec.account_id.clone(),
+        external_id: owner.external_id(),
+        credentials,
+    })
+}
+
+/// Observe, plan and apply: brings the IAM role and the grants to the spec. Returns the role,
+/// or the refusal when the role belongs to someone else.
+async fn sync_iam<A: Aws>(
+    cr: &CrossAccountRole,
+    ctx: &Context<A>,
+    account: &AwsAccount,
+    spec: &ValidatedSpec,
+    owner: &Owner,
+    source: &A::Account,
+) -> Result<Result<SyncedRole, Outcome>, ReconcileError> {
+    let target = ctx.aws.target(&access_of(account)).await;
+    let desired = desired_role(spec, owner, &ctx.operator, &account.spec.account_id);
     let (observed, previously_granted) = observe(
         &target,
-        &source,
+        source,
         &desired.name,
         &desired.grant_policy_name,
         &desired.grants,
         &ctx.operator.source_account_id,
     )
     .await?;
-    if let Ownership::Foreign(message) = ownership(observed.role.as_ref(), &owner, spec.adopt) {
-        return refused(reason::ROLE_NOT_OWNED, message);
+    if let Ownership::Foreign(message) = ownership(observed.role.as_ref(), owner, spec.adopt) {
+        return Ok(Err(Outcome::Refused {
+            reason: reason::ROLE_NOT_OWNED,
+            message,
+        }));
     }
     // Only now, after a successful read of the target account, is there something to clean up.
     ensure_finalizer(cr, ctx).await?;
 
     let changes = plan_role_changes(&desired, &observed, &previously_granted);
-    let (applied, result) = apply_changes(&target, &source, &changes).await;
+    let (applied, result) = apply_changes(&target, source, &changes).await;
     publish_changes(cr, ctx, &applied).await;
     result?;
 
-    let role_created = match &observed.role {
-        Some(role) => role.created,
-        None => Some(Timestamp::now()),
-    };
-    let role_arn = observed.role.map(|r| r.arn).unwrap_or(desired.arn);
-    let role = RoleForCredentials {
-        arn: &role_arn,
-        max_session_duration: desired.max_session_duration,
-        account_cap: account.spec.max_session_duration_seconds,
-        created: role_created,
-        external_id: owner.external_id(),
-    };
-    let credentials = sync_credentials(cr, ctx, &source, &role)
-        .await?
-        .map(Box::new);
-    Ok(Outcome::Synced {
-        role_arn: role_arn.clone(),
-        account_id: account.spec.account_id.clone(),
-        external_id: owner.external_id(),
-        credentials,
-    })
+    Ok(Ok(match observed.role {
+        Some(role) => SyncedRole {
+            arn: role.arn,
+            created: role.created,
+        },
+        None => SyncedRole {
+            arn: desired.arn,
+            created: Some(Timestamp::now()),
+        },
+    }))
 }
 
 /// The credentials step, and what follows from it: events, rollout restarts, the expiry metric,
@@ -387,6 +496,16 @@ async fn publish<A: Aws>(
     reason: &str,
     note: String,
 ) {
+    publish_to(&cr.object_ref(&()), ctx, type_, reason, note).await;
+}
+
+async fn publish_to<A: Aws>(
+    object: &ObjectReference,
+    ctx: &Context<A>,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.to_owned(),
@@ -394,7 +513,7 @@ async fn publish<A: Aws>(
         action: "Reconcile".to_owned(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &cr.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&event, object).await {
         tracing::warn!(error = %e, "could not publish an event");
     }
 }
@@ -613,12 +732,8 @@ async fn finalize<A: Aws>(
         release(cr, ctx).await?;
         return Ok(Action::await_change());
     }
-    let accounts: Api<AwsAccount> = Api::all(ctx.client.clone());
-    let account = accounts
-        .get_opt(&cr.spec.account_ref)
-        .await
-        .map_err(ReconcileError::kube("reading the AwsAccount"))?;
-    let Some(account) = account else {
+    ctx.recent.forget(&key(cr));
+    let Some(account) = ctx.caches.account(&cr.spec.account_ref).await? else {
         // Without the AwsAccount there is no way into the target account; blocking deletion
         // forever would help nobody, so say what may be left behind.
         let role = cr
