@@ -7,6 +7,7 @@ use kube::{ResourceExt, core::SelectorExt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::desired::{Owner, trust_policy};
 use crate::{
     api::{AwsAccount, CrossAccountRole, names},
     aws::{
@@ -202,6 +203,7 @@ pub fn validate(
         }
         grants.insert(principal);
     }
+    check_trust_policy_size(cr, operator, &namespace, &trust_principals, &grants)?;
 
     if let Some(key) = spec
         .tags
@@ -232,6 +234,41 @@ pub fn validate(
             .get(names::ADOPT_ANNOTATION)
             .is_some_and(|v| v == "true"),
     })
+}
+
+/// The generated trust policy must fit IAM's trust policy quota (2048 characters without
+/// whitespace by default): otherwise CreateRole/UpdateAssumeRolePolicy fail with LimitExceeded on
+/// every retry. Twenty long principals and twenty grants pass the schema but not IAM.
+fn check_trust_policy_size(
+    cr: &CrossAccountRole,
+    operator: &OperatorIdentity,
+    namespace: &str,
+    trusted: &BTreeSet<String>,
+    grants: &BTreeSet<Principal>,
+) -> Result<(), Refusal> {
+    let owner = Owner {
+        cluster: operator.cluster_name.clone(),
+        namespace: namespace.to_owned(),
+        name: cr.name_any(),
+    };
+    let granted: BTreeSet<String> = grants
+        .iter()
+        .map(|p| p.arn(&operator.source_account_id))
+        .collect();
+    let document = trust_policy(
+        &operator.principal_arn,
+        &owner.external_id(),
+        trusted,
+        &granted,
+    );
+    let size = policy::size_without_whitespace(&policy::to_text(&document));
+    let limit = PolicyKind::Trust.size_limit();
+    if size > limit {
+        return Err(Refusal::invalid(format!(
+            "spec.trust.principals and spec.grants: the generated trust policy would be {size} characters (without whitespace); IAM allows {limit}: trust fewer principals"
+        )));
+    }
+    Ok(())
 }
 
 fn check_namespace_allowed(
@@ -494,6 +531,30 @@ mod tests {
             role: Some("b".into()),
         }];
         assert_eq!(refusal(check(&both, &permissive())).reason, "InvalidSpec");
+    }
+
+    #[test]
+    fn a_trust_policy_larger_than_iam_allows_is_refused() {
+        let principal = |i: usize| {
+            format!(
+                "arn:aws:iam::123456789012:user/{}{i:02}",
+                "a-long-path/".repeat(8)
+            )
+        };
+        let principals: Vec<String> = (0..20).map(principal).collect();
+        let cr = role(json!({"accountRef": "target", "trust": {"principals": principals}}));
+        let r = refusal(check(&cr, &permissive()));
+        assert_eq!(r.reason, "InvalidSpec");
+        assert!(
+            r.message
+                .starts_with("spec.trust.principals and spec.grants: the generated trust policy")
+                && r.message.contains("IAM allows 2048"),
+            "{}",
+            r.message
+        );
+        // A few principals fit.
+        let cr = role(json!({"accountRef": "target", "trust": {"principals": principals[..3]}}));
+        assert!(check(&cr, &permissive()).is_ok());
     }
 
     #[test]
