@@ -78,6 +78,12 @@ pub struct AwsAccountSpec {
     #[serde(default)]
     pub allow_inline_policies: bool,
 
+    /// Whether a CrossAccountRole of an allowed namespace may take over an existing role without
+    /// ownership tags (annotation `crossaccount.io/adopt: "true"`). Off by default: adoption lets a
+    /// tenant rewrite the trust and policies of any untagged role whose name it can choose.
+    #[serde(default)]
+    pub allow_adoption: bool,
+
     /// Glob patterns of principal ARNs that tenants may add to a role's trust policy
     /// (`spec.trust.principals`) or grant (`spec.grants`). Empty means none.
     #[serde(default)]

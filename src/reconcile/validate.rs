@@ -205,6 +205,17 @@ pub fn validate(
     }
     check_trust_policy_size(cr, operator, &namespace, &trust_principals, &grants)?;
 
+    let adopt = cr
+        .annotations()
+        .get(names::ADOPT_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    if adopt && !guard.allow_adoption {
+        return Err(Refusal::not_permitted(format!(
+            "metadata.annotations[{}]: AwsAccount {account_name} does not allow taking over existing roles (allowAdoption is false); remove the annotation or ask the account's admin",
+            names::ADOPT_ANNOTATION
+        )));
+    }
+
     if let Some(key) = spec
         .tags
         .keys()
@@ -229,10 +240,7 @@ pub fn validate(
         grants,
         tags: spec.tags.clone(),
         permissions_boundary: guard.permissions_boundary_arn.clone(),
-        adopt: cr
-            .annotations()
-            .get(names::ADOPT_ANNOTATION)
-            .is_some_and(|v| v == "true"),
+        adopt,
     })
 }
 
@@ -598,17 +606,39 @@ mod tests {
 
     #[test]
     fn adoption_needs_the_annotation_set_to_true() {
+        let mut acct = permissive();
+        acct.spec.allow_adoption = true;
         let mut cr = role(json!({"accountRef": "target"}));
         cr.metadata.annotations = Some(BTreeMap::from([(
             names::ADOPT_ANNOTATION.to_owned(),
             "true".to_owned(),
         )]));
-        assert!(check(&cr, &permissive()).unwrap().adopt);
+        assert!(check(&cr, &acct).unwrap().adopt);
         cr.metadata.annotations = Some(BTreeMap::from([(
             names::ADOPT_ANNOTATION.to_owned(),
             "yes".to_owned(),
         )]));
-        assert!(!check(&cr, &permissive()).unwrap().adopt);
+        assert!(!check(&cr, &acct).unwrap().adopt);
+    }
+
+    #[test]
+    fn adoption_is_refused_unless_the_account_allows_it() {
+        let mut cr = role(json!({"accountRef": "target"}));
+        cr.metadata.annotations = Some(BTreeMap::from([(
+            names::ADOPT_ANNOTATION.to_owned(),
+            "true".to_owned(),
+        )]));
+        let r = refusal(check(&cr, &permissive()));
+        assert_eq!(r.reason, "NotPermitted");
+        assert!(
+            r.message
+                .starts_with("metadata.annotations[crossaccount.io/adopt]")
+                && r.message.contains("allowAdoption is false"),
+            "{}",
+            r.message
+        );
+        // Without the annotation the account's setting does not matter.
+        assert!(check(&role(json!({"accountRef": "target"})), &permissive()).is_ok());
     }
 
     #[test]
