@@ -322,6 +322,17 @@ async fn namespaces_the_account_does_not_allow_are_refused_before_touching_aws()
     );
 }
 
+/// A claim on someone else's role: CR name, AwsAccount, `spec.roleName` (default name when
+/// `None`), whether it carries the adopt annotation, the expected reason and message needles.
+struct Claim<'a>(
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    bool,
+    &'a str,
+    Vec<String>,
+);
+
 #[tokio::test]
 async fn a_role_owned_by_another_namespace_cannot_be_claimed() {
     let _serial = common::serial().await;
@@ -360,24 +371,92 @@ async fn a_role_owned_by_another_namespace_cannot_be_claimed() {
         "the default-named role {default_name} exists"
     );
 
+    // An infrastructure role nobody tagged, and an AwsAccount that does allow adoption.
+    let untagged = common::unique("Infra");
+    let _untagged_cleanup = common::TargetRoleGuard::new(&untagged);
+    target
+        .create_role()
+        .role_name(&untagged)
+        .assume_role_policy_document(
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{}:root", common::env("TARGET_ACCOUNT_ID"))}, "Action": "sts:AssumeRole"}]}).to_string(),
+        )
+        .send()
+        .await
+        .expect("create an untagged role");
+    let untagged_before = RoleSnapshot::take(&target, &untagged).await;
+    let adopting = guarded_account(
+        &client,
+        "adopting",
+        json!({
+            "allowedNamespaces": {"names": [attacker_ns.name]},
+            "allowedPolicyArns": ["arn:aws:iam::aws:policy/*"],
+            "allowedTrustPrincipals": [format!("arn:aws:iam::{}:user/*", source_account())],
+            "allowAdoption": true,
+        }),
+    )
+    .await;
+
     let before = AwsActivity::now(operator).await;
     let api = common::roles_api(&client, &attacker_ns.name);
-    let claims = [
-        ("explicit", json!({"roleName": victim.role_name}), false),
-        ("adopting", json!({"roleName": victim.role_name}), true),
-        ("colliding", json!({}), false),
+    let devenv = common::account_name();
+    let owned_by = |owner: String| vec![format!("belongs to another CrossAccountRole ({owner}")];
+    let victim_owner = format!("{}/{}", victim.ns.name, victim.name);
+    let claims: Vec<Claim> = vec![
+        Claim(
+            "explicit",
+            &devenv,
+            Some(&victim.role_name),
+            false,
+            "RoleNotOwned",
+            owned_by(victim_owner.clone()),
+        ),
+        Claim(
+            "adopting",
+            &devenv,
+            Some(&victim.role_name),
+            true,
+            "NotPermitted",
+            vec![
+                "crossaccount.io/adopt".into(),
+                "allowAdoption is false".into(),
+            ],
+        ),
+        Claim(
+            "adopting-allowed",
+            &adopting.name,
+            Some(&victim.role_name),
+            true,
+            "RoleNotOwned",
+            owned_by(victim_owner),
+        ),
+        Claim(
+            "hijack-untagged",
+            &devenv,
+            Some(&untagged),
+            true,
+            "NotPermitted",
+            vec!["allowAdoption is false".into()],
+        ),
+        // Default names collide: `app-y` here and `y` in `<N>-app` are both `<N>-app-y`.
+        Claim(
+            "app-y",
+            &devenv,
+            None,
+            false,
+            "RoleNotOwned",
+            owned_by(format!("{}/y", victim.ns.name)),
+        ),
     ];
-    for (name, fields, adopt) in &claims {
+    for Claim(name, account, role_name, adopt, _, _) in &claims {
         let mut spec = json!({
-            "accountRef": common::account_name(),
+            "accountRef": account,
             "policies": {"managed": [ADMIN]},
             "grants": [{"user": DEVELOPER}],
             "credentials": {},
         });
-        for (k, v) in fields.as_object().unwrap() {
-            spec[k] = v.clone();
+        if let Some(role_name) = role_name {
+            spec["roleName"] = json!(role_name);
         }
-        let name = if *name == "colliding" { "app-y" } else { name };
         let mut cr: CrossAccountRole = serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": attacker_ns.name},
             "spec": spec,
@@ -392,26 +471,15 @@ async fn a_role_owned_by_another_namespace_cannot_be_claimed() {
             .unwrap_or_else(|e| panic!("create {name}: {e}"));
     }
     let mut problems = Vec::new();
-    for (name, _, _) in &claims {
-        let (name, owner) = if *name == "colliding" {
-            ("app-y", format!("{}/y", victim.ns.name))
-        } else {
-            (*name, format!("{}/{}", victim.ns.name, victim.name))
-        };
-        problems.extend(
-            expect_refusal(
-                &client,
-                &attacker_ns.name,
-                name,
-                "RoleNotOwned",
-                &[format!("belongs to another CrossAccountRole ({owner}")],
-            )
-            .await,
-        );
+    for Claim(name, _, _, _, reason, needles) in &claims {
+        problems.extend(expect_refusal(&client, &attacker_ns.name, name, reason, needles).await);
     }
     // Deleting the refused claims (no finalizer: nothing of theirs was created) touches nothing.
-    for name in ["explicit", "adopting", "app-y"] {
+    for Claim(name, ..) in &claims {
         common::delete_role_and_wait(&client, &attacker_ns.name, name, CONVERGE).await;
+    }
+    if RoleSnapshot::take(&target, &untagged).await != untagged_before {
+        problems.push(format!("the untagged role {untagged} changed"));
     }
     let activity = AwsActivity::now(operator).await.since(before);
     problems.extend(victim.changes(&client).await);
