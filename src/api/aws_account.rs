@@ -35,18 +35,24 @@ use serde::{Deserialize, Serialize};
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new("!has(self.managementRoleArn) || self.managementRoleArn.contains(':iam::' + self.accountId + ':role/')").message("managementRoleArn must be a role in the account of spec.accountId").field_path(".managementRoleArn"))]
+#[x_kube(validation = Rule::new("!has(self.permissionsBoundaryArn) || self.permissionsBoundaryArn.contains(':iam::aws:policy/') || self.permissionsBoundaryArn.contains(':iam::' + self.accountId + ':policy/')").message("permissionsBoundaryArn must be an AWS managed policy or a policy in the account of spec.accountId").field_path(".permissionsBoundaryArn"))]
 #[serde(rename_all = "camelCase")]
 pub struct AwsAccountSpec {
     /// The 12-digit ID of the target account. Immutable: register another account with a new
     /// AwsAccount.
-    #[schemars(regex(pattern = r"^[0-9]{12}$"))]
+    #[schemars(regex(pattern = r"^[0-9]{12}$"), length(max = 12))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("accountId is immutable; create a new AwsAccount for another account"))]
     pub account_id: String,
 
     /// ARN of a role in the target account that the operator assumes to manage IAM there. Omit it
     /// only when the target account is the operator's own account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}$"))]
+    // The lengths bound the cost of the CEL rules on this struct.
+    #[schemars(
+        regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}$"),
+        length(max = 600)
+    )]
     pub management_role_arn: Option<String>,
 
     /// External ID to pass when assuming the management role, if its trust policy requires one.
@@ -72,6 +78,12 @@ pub struct AwsAccountSpec {
     #[serde(default)]
     pub allow_inline_policies: bool,
 
+    /// Whether a CrossAccountRole of an allowed namespace may take over an existing role without
+    /// ownership tags (annotation `crossaccount.io/adopt: "true"`). Off by default: adoption lets a
+    /// tenant rewrite the trust and policies of any untagged role whose name it can choose.
+    #[serde(default)]
+    pub allow_adoption: bool,
+
     /// Glob patterns of principal ARNs that tenants may add to a role's trust policy
     /// (`spec.trust.principals`) or grant (`spec.grants`). Empty means none.
     #[serde(default)]
@@ -81,9 +93,10 @@ pub struct AwsAccountSpec {
     /// Permissions boundary applied to every role created in this account. Tenants cannot remove
     /// or change it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(
-        pattern = r"^arn:aws[a-z-]*:iam::([0-9]{12}|aws):policy/[\w+=,.@/-]{1,512}$"
-    ))]
+    #[schemars(
+        regex(pattern = r"^arn:aws[a-z-]*:iam::([0-9]{12}|aws):policy/[\w+=,.@/-]{1,512}$"),
+        length(max = 600)
+    )]
     pub permissions_boundary_arn: Option<String>,
 
     /// Prefix every managed role name starts with, e.g. `k8s-`. Default: no prefix.

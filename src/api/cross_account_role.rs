@@ -54,9 +54,13 @@ pub struct CrossAccountRoleSpec {
     #[schemars(regex(pattern = r"^[\w+=,.@-]{1,64}$"))]
     pub role_name: Option<String>,
 
-    /// Description of the IAM role (up to 1000 characters).
+    /// Description of the IAM role (up to 1000 characters). IAM accepts printable ASCII, tab,
+    /// newline and the Latin-1 letters and signs (U+00A1 to U+00FF) only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1000))]
+    #[schemars(
+        length(max = 1000),
+        regex(pattern = r"^[\t\n\r\x{20}-\x{7E}\x{A1}-\x{FF}]*$")
+    )]
     pub description: Option<String>,
 
     /// Maximum session duration of the IAM role in seconds (3600-43200, IAM default 3600). Capped
@@ -78,14 +82,17 @@ pub struct CrossAccountRoleSpec {
     /// Each must match the AwsAccount's allowedTrustPrincipals.
     #[serde(default)]
     #[schemars(length(max = 20))]
+    #[x_kube(validation = Rule::new("self.all(g, self.indexOf(g) == self.lastIndexOf(g))").message("grants must not repeat a principal"))]
     pub grants: Vec<Grant>,
 
     /// Tags added to the role besides the ownership tags. Keys under `crossaccount.io/` and `aws:`
-    /// are reserved.
+    /// are reserved. Keys and values may contain letters, digits, spaces and `_.:/=+-@` (IAM's
+    /// tag alphabet).
     #[serde(default)]
+    #[x_kube(validation = Rule::new(r"self.all(k, k.matches('^[\\p{L}\\p{Z}\\p{N}_.:/=+@-]+$') && self[k].matches('^[\\p{L}\\p{Z}\\p{N}_.:/=+@-]*$'))").message("tag keys and values may contain only letters, digits, spaces and _.:/=+-@"))]
     #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('crossaccount.io/') && !k.startsWith('aws:'))").message("tag keys starting with crossaccount.io/ or aws: are reserved"))]
     #[x_kube(validation = Rule::new("self.all(k, size(k) >= 1 && size(k) <= 128 && size(self[k]) <= 256)").message("tag keys must be 1-128 characters and values at most 256 characters"))]
-    #[schemars(extend("maxProperties" = 47))]
+    #[schemars(extend("maxProperties" = 47, "additionalProperties" = {"type": "string", "maxLength": 256}))]
     pub tags: BTreeMap<String, String>,
 
     /// What happens to the IAM role when this object is deleted: `Delete` removes the role, its

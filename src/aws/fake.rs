@@ -58,6 +58,14 @@ impl FakeAccount {
         );
     }
 
+    /// Changes inline policies of users and roles behind the operator's back (drift).
+    pub fn edit_principal_policies(
+        &self,
+        edit: impl FnOnce(&mut BTreeMap<(Principal, String), Value>),
+    ) {
+        edit(&mut self.state.lock().unwrap().principal_policies);
+    }
+
     pub fn principal_policy(&self, principal: &Principal, name: &str) -> Option<Value> {
         let state = self.state.lock().unwrap();
         state

@@ -1803,4 +1803,297 @@ mod tests {
             prop_assert!(!equivalent(&doc, &reshape(&changed, &mut rng)));
         }
     }
+
+    // ----- trust documents, meaning, arbitrary input -----
+
+    const ACCOUNTS: &[&str] = &["111122223333", "444455556666"];
+    const ROLE_PRINCIPALS: &[&str] = &[
+        "arn:aws:iam::111122223333:user/dev",
+        "arn:aws:iam::111122223333:role/ci/deployer",
+        "arn:aws:iam::444455556666:role/admin",
+    ];
+    const SERVICES: &[&str] = &["ec2.amazonaws.com", "lambda.amazonaws.com"];
+
+    /// An AWS principal list with account roots written either way (`123456789012` or its root
+    /// ARN), as the `bool` of each account chooses.
+    fn aws_principals() -> impl Strategy<Value = (Vec<String>, Vec<(String, bool)>)> {
+        (
+            prop::collection::vec(prop::sample::select(ROLE_PRINCIPALS), 0..=2),
+            prop::collection::vec((prop::sample::select(ACCOUNTS), any::<bool>()), 0..=2),
+        )
+            .prop_filter("at least one principal", |(arns, accounts)| {
+                !arns.is_empty() || !accounts.is_empty()
+            })
+            .prop_map(|(arns, accounts)| {
+                (
+                    arns.into_iter().map(str::to_owned).collect(),
+                    accounts
+                        .into_iter()
+                        .map(|(a, arn)| (a.to_owned(), arn))
+                        .collect(),
+                )
+            })
+    }
+
+    fn account_spelling(account: &str, as_arn: bool) -> Value {
+        if as_arn {
+            json!(format!("arn:aws:iam::{account}:root"))
+        } else {
+            json!(account)
+        }
+    }
+
+    /// A valid trust statement; `flip` rewrites every account root in the other spelling.
+    fn trust_statement(
+        (arns, accounts): &(Vec<String>, Vec<(String, bool)>),
+        services: &[&str],
+        external_id: &Option<&str>,
+        flip: bool,
+    ) -> Value {
+        let mut aws: Vec<Value> = arns.iter().map(|a| json!(a)).collect();
+        aws.extend(
+            accounts
+                .iter()
+                .map(|(account, as_arn)| account_spelling(account, *as_arn != flip)),
+        );
+        let mut principal = Map::new();
+        principal.insert("AWS".into(), Value::Array(aws));
+        if !services.is_empty() {
+            principal.insert("Service".into(), json!(services));
+        }
+        let mut statement = json!({
+            "Effect": "Allow",
+            "Principal": Value::Object(principal),
+            "Action": ["sts:AssumeRole"],
+        });
+        if let Some(id) = external_id {
+            statement["Condition"] = json!({"StringEquals": {"sts:ExternalId": id}});
+        }
+        statement
+    }
+
+    type TrustParts = Vec<(
+        (Vec<String>, Vec<(String, bool)>),
+        Vec<&'static str>,
+        Option<&'static str>,
+    )>;
+
+    fn trust_parts() -> impl Strategy<Value = TrustParts> {
+        prop::collection::vec(
+            (
+                aws_principals(),
+                prop::collection::vec(prop::sample::select(SERVICES), 0..=2),
+                prop::option::of(prop::sample::select(&["crossaccount:it:a:b", "x y+z"][..])),
+            ),
+            1..=3,
+        )
+    }
+
+    fn trust_document(parts: &TrustParts, flip: bool) -> Value {
+        let statements: Vec<Value> = parts
+            .iter()
+            .map(|(aws, services, id)| trust_statement(aws, services, id, flip))
+            .collect();
+        json!({"Version": "2012-10-17", "Statement": statements})
+    }
+
+    /// Shuffles and reshapes every principal list of a trust document like [`reshape`] does for
+    /// actions and resources.
+    fn reshape_trust(doc: &Value, rng: &mut Rng) -> Value {
+        let mut doc = doc.clone();
+        let statements = doc["Statement"].as_array_mut().unwrap();
+        rng.shuffle(statements);
+        for statement in statements.iter_mut() {
+            for ids in statement["Principal"].as_object_mut().unwrap().values_mut() {
+                reshape_set(ids, rng, false);
+            }
+            reshape_set(&mut statement["Action"], rng, false);
+        }
+        doc
+    }
+
+    /// What IAM decides for a request (action, resource) under the unconditional statements of a
+    /// document: an explicit Deny wins over an Allow; neither is the implicit deny. Wildcards in
+    /// the document match any run of characters.
+    fn decide(doc: &Value, action: &str, resource: &str) -> &'static str {
+        let statements = match &doc["Statement"] {
+            Value::Array(list) => list.clone(),
+            single => vec![single.clone()],
+        };
+        let matches = |list: &Value, text: &str| match list {
+            Value::Array(items) => items.iter().any(|p| {
+                p.as_str()
+                    .is_some_and(|p| crate::reconcile::validate::glob_match(p, text))
+            }),
+            Value::String(p) => crate::reconcile::validate::glob_match(p, text),
+            _ => false,
+        };
+        let applies = |s: &Value| {
+            let action_ok = match (s.get("Action"), s.get("NotAction")) {
+                (Some(list), _) => matches(list, action),
+                (_, Some(list)) => !matches(list, action),
+                _ => false,
+            };
+            let resource_ok = match (s.get("Resource"), s.get("NotResource")) {
+                (Some(list), _) => matches(list, resource),
+                (_, Some(list)) => !matches(list, resource),
+                _ => false,
+            };
+            action_ok && resource_ok
+        };
+        let effects: Vec<&str> = statements
+            .iter()
+            .filter(|s| applies(s))
+            .filter_map(|s| s["Effect"].as_str())
+            .collect();
+        if effects.contains(&"Deny") {
+            "Deny"
+        } else if effects.contains(&"Allow") {
+            "Allow"
+        } else {
+            "ImplicitDeny"
+        }
+    }
+
+    const REQUEST_ACTIONS: &[&str] = &[
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:ListBucket",
+        "ec2:DescribeInstances",
+        "sqs:SendMessage",
+        "iam:PassRole",
+        "kms:Decrypt",
+    ];
+    const REQUEST_RESOURCES: &[&str] = &[
+        "arn:aws:s3:::bucket-a",
+        "arn:aws:s3:::bucket-a/key",
+        "arn:aws:s3:::bucket b/key+1",
+        "arn:aws:iam::111122223333:role/app",
+        "arn:aws:sqs:eu-west-1:111122223333:queue-é",
+        "arn:aws:s3:::other",
+    ];
+
+    fn without_conditions(doc: &Value) -> Value {
+        let mut doc = doc.clone();
+        for statement in doc["Statement"].as_array_mut().unwrap() {
+            statement.as_object_mut().unwrap().remove("Condition");
+        }
+        doc
+    }
+
+    /// Any JSON value, nested a few levels, with the keys IAM documents use so the special
+    /// cases of [`normalize`] are reached.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-3i64..100).prop_map(|n| json!(n)),
+            prop::sample::select(
+                &[
+                    "",
+                    "*",
+                    "x",
+                    "true",
+                    "10",
+                    "111122223333",
+                    "arn:aws:iam::111122223333:root",
+                    "arn:aws:iam::111122223333:user/u",
+                    "2012-10-17",
+                ][..]
+            )
+            .prop_map(|s| json!(s)),
+        ];
+        const KEYS: &[&str] = &[
+            "Version",
+            "Statement",
+            "Effect",
+            "Action",
+            "NotAction",
+            "Resource",
+            "NotResource",
+            "Principal",
+            "NotPrincipal",
+            "AWS",
+            "Service",
+            "Condition",
+            "StringEquals",
+            "Sid",
+            "k",
+        ];
+        leaf.prop_recursive(4, 48, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec((prop::sample::select(KEYS), inner), 0..5).prop_map(
+                    |entries| Value::Object(
+                        entries
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v))
+                            .collect()
+                    )
+                ),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn trust_principal_spellings_and_order_are_equivalent(parts in trust_parts(), seed in any::<u64>()) {
+            let doc = trust_document(&parts, false);
+            prop_assert!(validate_document(&to_text(&doc), PolicyKind::Trust).is_ok(), "{}", doc);
+            // Account roots in the other spelling, principal lists reordered, repeated, scalar.
+            let flipped = reshape_trust(&trust_document(&parts, true), &mut Rng(seed));
+            prop_assert!(equivalent(&doc, &flipped), "{} vs {}", doc, flipped);
+            let once = normalize(&flipped);
+            prop_assert_eq!(&normalize(&once), &once);
+            // Percent-encoded as GetRole returns it.
+            let encoded = percent_encoding::utf8_percent_encode(&to_text(&flipped), percent_encoding::NON_ALPHANUMERIC).to_string();
+            prop_assert!(equivalent(&doc, &parse_document(&encoded).unwrap()));
+        }
+
+        #[test]
+        fn a_new_trusted_principal_makes_trust_documents_differ(parts in trust_parts(), seed in any::<u64>()) {
+            let doc = trust_document(&parts, false);
+            let mut changed = doc.clone();
+            let statements = changed["Statement"].as_array_mut().unwrap();
+            let index = Rng(seed).below(statements.len());
+            statements[index]["Principal"]["AWS"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("arn:aws:iam::999999999999:root"));
+            prop_assert!(!equivalent(&doc, &changed));
+            prop_assert!(!equivalent(&doc, &reshape_trust(&changed, &mut Rng(seed))));
+        }
+
+        #[test]
+        fn normalizing_keeps_what_a_document_allows_and_denies(doc in identity_document(), seed in any::<u64>()) {
+            let doc = without_conditions(&doc);
+            let normalized = normalize(&doc);
+            let reshaped = reshape(&doc, &mut Rng(seed));
+            for action in REQUEST_ACTIONS {
+                for resource in REQUEST_RESOURCES {
+                    let want = decide(&doc, action, resource);
+                    prop_assert_eq!(decide(&normalized, action, resource), want, "{} on {} under {}", action, resource, doc);
+                    prop_assert_eq!(decide(&reshaped, action, resource), want, "{} on {} under {}", action, resource, reshaped);
+                }
+            }
+        }
+
+        #[test]
+        fn flipping_an_effect_makes_documents_differ(doc in identity_document(), seed in any::<u64>()) {
+            let mut changed = doc.clone();
+            let statements = changed["Statement"].as_array_mut().unwrap();
+            let index = Rng(seed).below(statements.len());
+            let flipped = if statements[index]["Effect"] == "Allow" { "Deny" } else { "Allow" };
+            statements[index]["Effect"] = json!(flipped);
+            prop_assert!(!equivalent(&doc, &changed), "{} vs {}", doc, changed);
+        }
+
+        #[test]
+        fn normalize_is_idempotent_on_any_json(value in any_json()) {
+            let once = normalize(&value);
+            prop_assert_eq!(&normalize(&once), &once, "input {}", value);
+            // And comparing a value with its normal form agrees.
+            prop_assert!(equivalent(&value, &once), "input {}", value);
+        }
+    }
 }

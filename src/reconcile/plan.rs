@@ -561,4 +561,270 @@ mod tests {
             Ownership::Owned
         );
     }
+
+    // ----- property tests: plans converge and are idempotent -----
+
+    use proptest::prelude::*;
+
+    const MANAGED: &[&str] = &[
+        S3_READ,
+        EC2_READ,
+        "arn:aws:iam::aws:policy/IAMReadOnlyAccess",
+        "arn:aws:iam::111111111111:policy/team/Custom",
+    ];
+    const PRINCIPAL_ARNS: &[&str] = &[
+        "arn:aws:iam::123456789012:user/alice",
+        "arn:aws:iam::123456789012:role/ci",
+        "arn:aws:iam::222222222222:root",
+    ];
+    const BOUNDARIES: &[&str] = &[
+        "arn:aws:iam::aws:policy/PowerUserAccess",
+        "arn:aws:iam::111111111111:policy/Boundary",
+    ];
+
+    fn inline_document(n: usize) -> Value {
+        let actions = [
+            json!("s3:GetObject"),
+            json!(["logs:GetLogEvents", "logs:FilterLogEvents"]),
+            json!("sqs:*"),
+        ];
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions[n % 3], "Resource": "*"}]})
+    }
+
+    fn principal() -> impl Strategy<Value = Principal> {
+        prop_oneof![
+            prop::sample::select(&["devTest", "alice"][..]).prop_map(|u| Principal::User(u.into())),
+            prop::sample::select(&["ci", "deployer"][..]).prop_map(|r| Principal::Role(r.into())),
+        ]
+    }
+
+    /// Validated specs for the role `CrossAccountSignin` (the name and path cannot change for a
+    /// CR: both are immutable or come from the AwsAccount).
+    fn spec() -> impl Strategy<Value = ValidatedSpec> {
+        (
+            prop::option::of(prop::sample::select(&["reads S3", "x"][..])),
+            prop::option::of(prop::sample::select(&[3600, 7200, 43200][..])),
+            prop::collection::btree_set(prop::sample::select(MANAGED), 0..=3),
+            prop::collection::btree_map(
+                prop::sample::select(&["a", "b", "c"][..]),
+                0usize..3,
+                0..=3,
+            ),
+            prop::collection::btree_set(prop::sample::select(PRINCIPAL_ARNS), 0..=2),
+            prop::collection::btree_set(principal(), 0..=3),
+            prop::collection::btree_map(
+                prop::sample::select(&["team", "env", "cost"][..]),
+                prop::sample::select(&["a", "b"][..]),
+                0..=2,
+            ),
+            prop::option::of(prop::sample::select(BOUNDARIES)),
+        )
+            .prop_map(
+                |(description, max, managed, inline, trusted, grants, tags, boundary)| {
+                    ValidatedSpec {
+                        role_name: "CrossAccountSignin".into(),
+                        role_path: "/".into(),
+                        description: description.map(str::to_owned),
+                        max_session_duration: max,
+                        managed_policies: managed.into_iter().map(str::to_owned).collect(),
+                        inline_policies: inline
+                            .into_iter()
+                            .map(|(k, n)| (k.to_owned(), inline_document(n)))
+                            .collect(),
+                        trust_principals: trusted.into_iter().map(str::to_owned).collect(),
+                        grants,
+                        tags: tags
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                            .collect(),
+                        permissions_boundary: boundary.map(str::to_owned),
+                        adopt: false,
+                    }
+                },
+            )
+    }
+
+    /// Changes made behind the operator's back (by people with AWS access), each optional. The
+    /// ownership tags stay: without them the role is not the operator's to fix.
+    #[derive(Clone, Debug)]
+    struct Drift {
+        attach_admin: bool,
+        detach_all: bool,
+        open_trust: bool,
+        reshape_trust: bool,
+        drop_boundary: bool,
+        swap_boundary: bool,
+        extra_tag: bool,
+        change_tag: bool,
+        description: Option<Option<String>>,
+        max_session: Option<i32>,
+        drop_inline: bool,
+        foreign_inline: bool,
+        drop_grant: bool,
+        edit_grant: bool,
+    }
+
+    fn drift() -> impl Strategy<Value = Drift> {
+        (
+            prop::array::uniform8(any::<bool>()),
+            prop::array::uniform4(any::<bool>()),
+            prop::option::of(prop::option::of(prop::sample::select(&["edited", ""][..]))),
+            prop::option::of(prop::sample::select(&[3600, 10800][..])),
+        )
+            .prop_map(|(a, b, description, max_session)| Drift {
+                attach_admin: a[0],
+                detach_all: a[1],
+                open_trust: a[2],
+                reshape_trust: a[3],
+                drop_boundary: a[4],
+                swap_boundary: a[5],
+                extra_tag: a[6],
+                change_tag: a[7],
+                description: description.map(|d| d.map(str::to_owned)),
+                max_session,
+                drop_inline: b[0],
+                foreign_inline: b[1],
+                drop_grant: b[2],
+                edit_grant: b[3],
+            })
+    }
+
+    fn apply_drift(world: &World, drift: &Drift) {
+        let Some(_) = world.target.role("CrossAccountSignin") else {
+            return;
+        };
+        world.target.edit_role("CrossAccountSignin", |r| {
+            if drift.detach_all {
+                r.managed_policies.clear();
+            }
+            if drift.attach_admin {
+                r.managed_policies
+                    .insert("arn:aws:iam::aws:policy/AdministratorAccess".into());
+            }
+            if drift.reshape_trust {
+                let mut doc = r.trust_policy.clone();
+                if let Some(statements) = doc["Statement"].as_array_mut() {
+                    statements.reverse();
+                }
+                r.trust_policy = doc;
+            }
+            if drift.open_trust {
+                r.trust_policy = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]});
+            }
+            if drift.drop_boundary {
+                r.permissions_boundary = None;
+            }
+            if drift.swap_boundary {
+                r.permissions_boundary = Some("arn:aws:iam::aws:policy/AdministratorAccess".into());
+            }
+            if drift.extra_tag {
+                r.tags.insert("added-by-hand".into(), "x".into());
+            }
+            if drift.change_tag
+                && let Some(value) = r.tags.get_mut("team")
+            {
+                value.push('!');
+            }
+            if let Some(description) = &drift.description {
+                r.description = description.clone().filter(|d| !d.is_empty());
+            }
+            if let Some(max) = drift.max_session {
+                r.max_session_duration = max;
+            }
+            if drift.drop_inline {
+                r.inline_policies.remove("a");
+            }
+            if drift.foreign_inline {
+                r.inline_policies.insert("foreign".into(), inline_document(2));
+            }
+        });
+        let name = owner().grant_policy_name();
+        world.source.edit_principal_policies(|policies| {
+            let key = policies.keys().find(|(_, policy)| *policy == name).cloned();
+            if let Some(key) = key {
+                if drift.drop_grant {
+                    policies.remove(&key);
+                } else if drift.edit_grant {
+                    policies.insert(key, json!({"Statement": []}));
+                }
+            }
+        });
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// From any earlier spec, after any drift, one plan brings AWS to the new spec: planning
+        /// again finds nothing to do.
+        #[test]
+        fn one_plan_converges_from_any_state(
+            earlier in prop::option::of(spec()),
+            drift in drift(),
+            wanted in spec(),
+        ) {
+            block_on(async {
+                let world = World::new();
+                if let Some(earlier) = &earlier {
+                    world.sync(earlier).await;
+                }
+                apply_drift(&world, &drift);
+                world.sync(&wanted).await;
+                let again = world.plan(&wanted).await;
+                prop_assert!(again.is_empty(), "still planned after one sync: {:?}", operations(&again));
+                // Nothing observable differs from what was wanted.
+                let desired = desired_role(&wanted, &owner(), &operator(), TARGET);
+                let role = world.target.role("CrossAccountSignin").unwrap();
+                prop_assert_eq!(&role.managed_policies, &desired.managed_policies);
+                prop_assert_eq!(&role.tags, &desired.tags);
+                prop_assert_eq!(&role.permissions_boundary, &desired.permissions_boundary);
+                prop_assert!(policy::equivalent(&role.trust_policy, &desired.trust_policy));
+                prop_assert_eq!(
+                    role.inline_policies.keys().collect::<Vec<_>>(),
+                    desired.inline_policies.keys().collect::<Vec<_>>()
+                );
+                for principal in &wanted.grants {
+                    prop_assert!(world.source.principal_policy(principal, &desired.grant_policy_name).is_some());
+                }
+                Ok(())
+            })?;
+        }
+
+        /// An observed state equal to the desired one (in any of IAM's spellings) plans nothing.
+        #[test]
+        fn a_state_equal_to_the_desired_one_plans_nothing(wanted in spec(), reverse in any::<bool>()) {
+            let desired = desired_role(&wanted, &owner(), &operator(), TARGET);
+            let mut trust = desired.trust_policy.clone();
+            if reverse {
+                trust["Statement"].as_array_mut().unwrap().reverse();
+            }
+            let observed = Observed {
+                role: Some(ObservedRole {
+                    arn: desired.arn.clone(),
+                    path: desired.path.clone(),
+                    description: desired.description.clone(),
+                    max_session_duration: desired.max_session_duration,
+                    trust_policy: trust,
+                    permissions_boundary: desired.permissions_boundary.clone(),
+                    tags: desired.tags.clone(),
+                    managed_policies: desired.managed_policies.clone(),
+                    inline_policies: desired.inline_policies.clone(),
+                    created: None,
+                }),
+                grants: desired
+                    .grants
+                    .iter()
+                    .map(|p| (p.clone(), Some(desired.grant_policy.clone())))
+                    .collect(),
+            };
+            let changes = plan_role_changes(&desired, &observed, &desired.grants);
+            prop_assert!(changes.is_empty(), "{:?}", operations(&changes));
+        }
+    }
 }

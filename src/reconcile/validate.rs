@@ -7,6 +7,7 @@ use kube::{ResourceExt, core::SelectorExt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::desired::{Owner, trust_policy};
 use crate::{
     api::{AwsAccount, CrossAccountRole, names},
     aws::{
@@ -202,6 +203,18 @@ pub fn validate(
         }
         grants.insert(principal);
     }
+    check_trust_policy_size(cr, operator, &namespace, &trust_principals, &grants)?;
+
+    let adopt = cr
+        .annotations()
+        .get(names::ADOPT_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    if adopt && !guard.allow_adoption {
+        return Err(Refusal::not_permitted(format!(
+            "metadata.annotations[{}]: AwsAccount {account_name} does not allow taking over existing roles (allowAdoption is false); remove the annotation or ask the account's admin",
+            names::ADOPT_ANNOTATION
+        )));
+    }
 
     if let Some(key) = spec
         .tags
@@ -227,11 +240,43 @@ pub fn validate(
         grants,
         tags: spec.tags.clone(),
         permissions_boundary: guard.permissions_boundary_arn.clone(),
-        adopt: cr
-            .annotations()
-            .get(names::ADOPT_ANNOTATION)
-            .is_some_and(|v| v == "true"),
+        adopt,
     })
+}
+
+/// The generated trust policy must fit IAM's trust policy quota (2048 characters without
+/// whitespace by default): otherwise CreateRole/UpdateAssumeRolePolicy fail with LimitExceeded on
+/// every retry. Twenty long principals and twenty grants pass the schema but not IAM.
+fn check_trust_policy_size(
+    cr: &CrossAccountRole,
+    operator: &OperatorIdentity,
+    namespace: &str,
+    trusted: &BTreeSet<String>,
+    grants: &BTreeSet<Principal>,
+) -> Result<(), Refusal> {
+    let owner = Owner {
+        cluster: operator.cluster_name.clone(),
+        namespace: namespace.to_owned(),
+        name: cr.name_any(),
+    };
+    let granted: BTreeSet<String> = grants
+        .iter()
+        .map(|p| p.arn(&operator.source_account_id))
+        .collect();
+    let document = trust_policy(
+        &operator.principal_arn,
+        &owner.external_id(),
+        trusted,
+        &granted,
+    );
+    let size = policy::size_without_whitespace(&policy::to_text(&document));
+    let limit = PolicyKind::Trust.size_limit();
+    if size > limit {
+        return Err(Refusal::invalid(format!(
+            "spec.trust.principals and spec.grants: the generated trust policy would be {size} characters (without whitespace); IAM allows {limit}: trust fewer principals"
+        )));
+    }
+    Ok(())
 }
 
 fn check_namespace_allowed(
@@ -497,6 +542,30 @@ mod tests {
     }
 
     #[test]
+    fn a_trust_policy_larger_than_iam_allows_is_refused() {
+        let principal = |i: usize| {
+            format!(
+                "arn:aws:iam::123456789012:user/{}{i:02}",
+                "a-long-path/".repeat(8)
+            )
+        };
+        let principals: Vec<String> = (0..20).map(principal).collect();
+        let cr = role(json!({"accountRef": "target", "trust": {"principals": principals}}));
+        let r = refusal(check(&cr, &permissive()));
+        assert_eq!(r.reason, "InvalidSpec");
+        assert!(
+            r.message
+                .starts_with("spec.trust.principals and spec.grants: the generated trust policy")
+                && r.message.contains("IAM allows 2048"),
+            "{}",
+            r.message
+        );
+        // A few principals fit.
+        let cr = role(json!({"accountRef": "target", "trust": {"principals": principals[..3]}}));
+        assert!(check(&cr, &permissive()).is_ok());
+    }
+
+    #[test]
     fn role_name_respects_the_prefix_and_durations_the_cap() {
         let mut acct = permissive();
         acct.spec.role_name_prefix = Some("k8s-".into());
@@ -537,17 +606,39 @@ mod tests {
 
     #[test]
     fn adoption_needs_the_annotation_set_to_true() {
+        let mut acct = permissive();
+        acct.spec.allow_adoption = true;
         let mut cr = role(json!({"accountRef": "target"}));
         cr.metadata.annotations = Some(BTreeMap::from([(
             names::ADOPT_ANNOTATION.to_owned(),
             "true".to_owned(),
         )]));
-        assert!(check(&cr, &permissive()).unwrap().adopt);
+        assert!(check(&cr, &acct).unwrap().adopt);
         cr.metadata.annotations = Some(BTreeMap::from([(
             names::ADOPT_ANNOTATION.to_owned(),
             "yes".to_owned(),
         )]));
-        assert!(!check(&cr, &permissive()).unwrap().adopt);
+        assert!(!check(&cr, &acct).unwrap().adopt);
+    }
+
+    #[test]
+    fn adoption_is_refused_unless_the_account_allows_it() {
+        let mut cr = role(json!({"accountRef": "target"}));
+        cr.metadata.annotations = Some(BTreeMap::from([(
+            names::ADOPT_ANNOTATION.to_owned(),
+            "true".to_owned(),
+        )]));
+        let r = refusal(check(&cr, &permissive()));
+        assert_eq!(r.reason, "NotPermitted");
+        assert!(
+            r.message
+                .starts_with("metadata.annotations[crossaccount.io/adopt]")
+                && r.message.contains("allowAdoption is false"),
+            "{}",
+            r.message
+        );
+        // Without the annotation the account's setting does not matter.
+        assert!(check(&role(json!({"accountRef": "target"})), &permissive()).is_ok());
     }
 
     #[test]

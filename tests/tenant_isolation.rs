@@ -1,0 +1,1218 @@
+//! Tenant isolation, tried as an attacker would: a tenant reaches for another namespace's role,
+//! Secret or object, for principals and policies its AwsAccount does not allow, or for a way
+//! around the permissions boundary. Each attempt is refused with a reason that names the cause,
+//! makes no AWS write, and leaves the victim exactly as it was. Issued credentials never appear
+//! in logs, events, status or metrics.
+//!
+//! Every test takes `common::serial()` (metric deltas) and assumes no other operator process
+//! works on the same environment meanwhile.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{
+    Operator, TestNamespace,
+    tenant::{
+        AwsActivity, RoleSnapshot, SecretSnapshot, all_events_text, bind_tenant, guarded_account,
+        impersonating_client, operator_log, write_metric_lines,
+    },
+};
+use cross_account_operator::api::{AwsAccount, CrossAccountRole};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+
+const S3_READ: &str = "arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess";
+const ADMIN: &str = "arn:aws:iam::aws:policy/AdministratorAccess";
+const DEVELOPER: &str = "devTest";
+const CONVERGE: Duration = Duration::from_secs(60);
+
+fn source_account() -> String {
+    common::env("SOURCE_ACCOUNT_ID")
+}
+
+fn logs_policy() -> String {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "logs:GetLogEvents", "Resource": "*"}],
+    })
+    .to_string()
+}
+
+/// A tenant's CrossAccountRole in a namespace of its own, synced, with credentials: the thing
+/// the attacks aim at.
+struct Victim {
+    ns: TestNamespace,
+    name: &'static str,
+    role_name: String,
+    secret_name: String,
+    before: VictimState,
+}
+
+#[derive(Debug, PartialEq)]
+struct VictimState {
+    role: Option<RoleSnapshot>,
+    grant: Option<Value>,
+    secret: Option<SecretSnapshot>,
+    spec: Value,
+    generation: Option<i64>,
+}
+
+impl Victim {
+    async fn create(client: &Client, prefix: &str) -> Victim {
+        Self::create_in(client, TestNamespace::new(client, prefix).await, "app").await
+    }
+
+    async fn create_in(client: &Client, ns: TestNamespace, name: &'static str) -> Victim {
+        let role_name = common::unique("Victim");
+        common::create_role(
+            client,
+            &ns.name,
+            name,
+            json!({
+                "accountRef": common::account_name(),
+                "roleName": role_name,
+                "description": "the-victim",
+                "policies": {"managed": [S3_READ], "inline": [{"name": "logs", "document": logs_policy()}]},
+                "grants": [{"user": DEVELOPER}],
+                "tags": {"team": "victim"},
+                "credentials": {},
+            }),
+        )
+        .await;
+        common::wait_for_condition(client, &ns.name, name, "Ready", "True", None, CONVERGE).await;
+        let mut victim = Victim {
+            secret_name: format!("{name}-aws"),
+            ns,
+            name,
+            role_name,
+            before: VictimState {
+                role: None,
+                grant: None,
+                secret: None,
+                spec: Value::Null,
+                generation: None,
+            },
+        };
+        victim.before = victim.state(client).await;
+        assert!(
+            victim.before.role.is_some()
+                && victim.before.grant.is_some()
+                && victim.before.secret.is_some(),
+            "the victim is not fully set up: {:#?}",
+            victim.before
+        );
+        victim
+    }
+
+    fn grant_policy_name(&self) -> String {
+        format!(
+            "crossaccount.{}.{}.{}",
+            common::CLUSTER_NAME,
+            self.ns.name,
+            self.name
+        )
+    }
+
+    fn role_arn(&self) -> String {
+        common::role_arn(&self.role_name)
+    }
+
+    async fn state(&self, client: &Client) -> VictimState {
+        let target = common::target_iam().await;
+        let source = common::source_iam().await;
+        let cr = common::roles_api(client, &self.ns.name)
+            .get(self.name)
+            .await
+            .expect("the victim CrossAccountRole exists");
+        let secret = Api::<Secret>::namespaced(client.clone(), &self.ns.name)
+            .get_opt(&self.secret_name)
+            .await
+            .expect("read the victim Secret");
+        VictimState {
+            role: RoleSnapshot::take(&target, &self.role_name).await,
+            grant: common::user_policies(&source, DEVELOPER)
+                .await
+                .remove(&self.grant_policy_name()),
+            secret: secret.as_ref().map(SecretSnapshot::of),
+            spec: serde_json::to_value(&cr.spec).unwrap(),
+            generation: cr.metadata.generation,
+        }
+    }
+
+    /// What changed about the victim since it was set up (empty when nothing did).
+    async fn changes(&self, client: &Client) -> Vec<String> {
+        let now = self.state(client).await;
+        let mut changes = Vec::new();
+        if now.role != self.before.role {
+            changes.push(format!(
+                "the victim's IAM role changed:\nbefore {:#?}\nnow {:#?}",
+                self.before.role, now.role
+            ));
+        }
+        if now.grant != self.before.grant {
+            changes.push(format!(
+                "the victim's grant on {DEVELOPER} changed: before {:?}, now {:?}",
+                self.before.grant, now.grant
+            ));
+        }
+        if now.secret != self.before.secret {
+            // Compare without printing the data: it holds credentials.
+            let (b, n) = (self.before.secret.as_ref(), now.secret.as_ref());
+            changes.push(format!(
+                "the victim's Secret changed: resourceVersion {:?} -> {:?}, data equal {}, owners {:?} -> {:?}",
+                b.and_then(|s| s.resource_version.clone()),
+                n.and_then(|s| s.resource_version.clone()),
+                b.map(|s| &s.data) == n.map(|s| &s.data),
+                b.map(|s| s.owners),
+                n.map(|s| s.owners),
+            ));
+        }
+        if now.spec != self.before.spec || now.generation != self.before.generation {
+            changes.push(format!(
+                "the victim's CrossAccountRole changed: generation {:?} -> {:?}",
+                self.before.generation, now.generation
+            ));
+        }
+        changes
+    }
+
+    async fn delete(&self, client: &Client) {
+        common::delete_role_and_wait(client, &self.ns.name, self.name, CONVERGE).await;
+    }
+}
+
+/// Waits until `name` settles on Ready=False and RoleSynced=False with `reason` (for its
+/// current generation) and returns the problems with the message (it must contain each needle).
+async fn expect_refusal(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+    needles: &[String],
+) -> Vec<String> {
+    let cr = common::wait_for_condition(
+        client,
+        namespace,
+        name,
+        "RoleSynced",
+        "False",
+        Some(reason),
+        CONVERGE,
+    )
+    .await;
+    let mut problems = Vec::new();
+    for type_ in ["Ready", "RoleSynced"] {
+        match common::role_condition(&cr, type_) {
+            Some(c) if c.status == "False" && c.reason == reason => {
+                for needle in needles {
+                    if !c.message.contains(needle.as_str()) {
+                        problems.push(format!(
+                            "{namespace}/{name} {type_}: message {:?} does not mention {needle:?}",
+                            c.message
+                        ));
+                    }
+                }
+            }
+            other => problems.push(format!(
+                "{namespace}/{name} {type_}: expected False/{reason}, found {other:?}"
+            )),
+        }
+    }
+    problems
+}
+
+/// Creates a namespace named exactly `name` with `labels`; deleted when the guard drops.
+async fn namespace_named(client: &Client, name: &str, labels: Value) -> TestNamespace {
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels}
+    }))
+    .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+    TestNamespace {
+        name: name.to_owned(),
+    }
+}
+
+fn assert_quiet(activity: AwsActivity, what: &str, metrics: &str) {
+    assert_eq!(
+        (activity.iam_writes, activity.assume_roles),
+        (0, 0),
+        "{what} reached AWS ({activity:?}):\n{}",
+        write_metric_lines(metrics)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn namespaces_the_account_does_not_allow_are_refused_before_touching_aws() {
+    let _serial = common::serial().await;
+    let operator = Operator::shared().await;
+    let client = common::kube_client().await;
+    let victim = Victim::create(&client, "ns-victim").await;
+
+    // Namespaces that look allowed but are not: no label, the label's value in other casing,
+    // another value.
+    let outsiders = [
+        TestNamespace::not_tenant(&client, "outsider").await,
+        namespace_named(
+            &client,
+            &common::unique("cased"),
+            json!({"crossaccount.io/tenant": "True"}),
+        )
+        .await,
+        namespace_named(
+            &client,
+            &common::unique("other-value"),
+            json!({"crossaccount.io/tenant": "yes"}),
+        )
+        .await,
+    ];
+    let before = AwsActivity::now(operator).await;
+    for ns in &outsiders {
+        common::create_role(
+            &client,
+            &ns.name,
+            "grab",
+            json!({
+                "accountRef": common::account_name(),
+                "roleName": victim.role_name,
+                "policies": {"managed": [ADMIN]},
+                "trust": {"principals": [format!("arn:aws:iam::{}:user/{DEVELOPER}", source_account())]},
+                "credentials": {},
+            }),
+        )
+        .await;
+    }
+    let mut problems = Vec::new();
+    for ns in &outsiders {
+        problems.extend(
+            expect_refusal(
+                &client,
+                &ns.name,
+                "grab",
+                "NotPermitted",
+                &[
+                    format!("namespace {}", ns.name),
+                    "spec.allowedNamespaces".into(),
+                ],
+            )
+            .await,
+        );
+    }
+    for ns in &outsiders {
+        common::delete_role_and_wait(&client, &ns.name, "grab", CONVERGE).await;
+    }
+    let activity = AwsActivity::now(operator).await.since(before);
+    problems.extend(victim.changes(&client).await);
+    victim.delete(&client).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_quiet(
+        activity,
+        "CrossAccountRoles of namespaces not allowed",
+        &operator.metrics_text().await,
+    );
+}
+
+/// A claim on someone else's role: CR name, AwsAccount, `spec.roleName` (default name when
+/// `None`), whether it carries the adopt annotation, the expected reason and message needles.
+struct Claim<'a>(
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    bool,
+    &'a str,
+    Vec<String>,
+);
+
+#[tokio::test]
+async fn a_role_owned_by_another_namespace_cannot_be_claimed() {
+    let _serial = common::serial().await;
+    let operator = Operator::shared().await;
+    let client = common::kube_client().await;
+    // Default role names are `<namespace>-<name>`: the victim `x` in namespace `<N>-app` and the
+    // attacker `app-x` in namespace `<N>` both default to `<N>-app-x`.
+    let base = common::unique("squat");
+    let tenant = json!({"crossaccount.io/tenant": "true"});
+    let attacker_ns = namespace_named(&client, &base, tenant.clone()).await;
+    let victim_ns = namespace_named(&client, &format!("{base}-app"), tenant).await;
+    let victim = Victim::create_in(&client, victim_ns, "x").await;
+    // The default-named victim: a second CR next to the explicit one.
+    common::create_role(
+        &client,
+        &victim.ns.name,
+        "y",
+        json!({"accountRef": common::account_name(), "policies": {"managed": [S3_READ]}}),
+    )
+    .await;
+    common::wait_for_condition(
+        &client,
+        &victim.ns.name,
+        "y",
+        "Ready",
+        "True",
+        None,
+        CONVERGE,
+    )
+    .await;
+    let default_name = format!("{base}-app-y");
+    let target = common::target_iam().await;
+    let default_before = RoleSnapshot::take(&target, &default_name).await;
+    assert!(
+        default_before.is_some(),
+        "the default-named role {default_name} exists"
+    );
+
+    // An infrastructure role nobody tagged, and an AwsAccount that does allow adoption.
+    let untagged = common::unique("Infra");
+    let _untagged_cleanup = common::TargetRoleGuard::new(&untagged);
+    target
+        .create_role()
+        .role_name(&untagged)
+        .assume_role_policy_document(
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{}:root", common::env("TARGET_ACCOUNT_ID"))}, "Action": "sts:AssumeRole"}]}).to_string(),
+        )
+        .send()
+        .await
+        .expect("create an untagged role");
+    let untagged_before = RoleSnapshot::take(&target, &untagged).await;
+    let adopting = guarded_account(
+        &client,
+        "adopting",
+        json!({
+            "allowedNamespaces": {"names": [attacker_ns.name]},
+            "allowedPolicyArns": ["arn:aws:iam::aws:policy/*"],
+            "allowedTrustPrincipals": [format!("arn:aws:iam::{}:user/*", source_account())],
+            "allowAdoption": true,
+        }),
+    )
+    .await;
+
+    let before = AwsActivity::now(operator).await;
+    let api = common::roles_api(&client, &attacker_ns.name);
+    let devenv = common::account_name();
+    let owned_by = |owner: String| vec![format!("belongs to another CrossAccountRole ({owner}")];
+    let victim_owner = format!("{}/{}", victim.ns.name, victim.name);
+    let claims: Vec<Claim> = vec![
+        Claim(
+            "explicit",
+            &devenv,
+            Some(&victim.role_name),
+            false,
+            "RoleNotOwned",
+            owned_by(victim_owner.clone()),
+        ),
+        Claim(
+            "adopting",
+            &devenv,
+            Some(&victim.role_name),
+            true,
+            "NotPermitted",
+            vec![
+                "crossaccount.io/adopt".into(),
+                "allowAdoption is false".into(),
+            ],
+        ),
+        Claim(
+            "adopting-allowed",
+            &adopting.name,
+            Some(&victim.role_name),
+            true,
+            "RoleNotOwned",
+            owned_by(victim_owner),
+        ),
+        Claim(
+            "hijack-untagged",
+            &devenv,
+            Some(&untagged),
+            true,
+            "NotPermitted",
+            vec!["allowAdoption is false".into()],
+        ),
+        // Default names collide: `app-y` here and `y` in `<N>-app` are both `<N>-app-y`.
+        Claim(
+            "app-y",
+            &devenv,
+            None,
+            false,
+            "RoleNotOwned",
+            owned_by(format!("{}/y", victim.ns.name)),
+        ),
+    ];
+    for Claim(name, account, role_name, adopt, _, _) in &claims {
+        let mut spec = json!({
+            "accountRef": account,
+            "policies": {"managed": [ADMIN]},
+            "grants": [{"user": DEVELOPER}],
+            "credentials": {},
+        });
+        if let Some(role_name) = role_name {
+            spec["roleName"] = json!(role_name);
+        }
+        let mut cr: CrossAccountRole = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": attacker_ns.name},
+            "spec": spec,
+        }))
+        .unwrap();
+        if *adopt {
+            cr.annotations_mut()
+                .insert("crossaccount.io/adopt".into(), "true".into());
+        }
+        api.create(&PostParams::default(), &cr)
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    }
+    let mut problems = Vec::new();
+    for Claim(name, _, _, _, reason, needles) in &claims {
+        problems.extend(expect_refusal(&client, &attacker_ns.name, name, reason, needles).await);
+    }
+    // Deleting the refused claims (no finalizer: nothing of theirs was created) touches nothing.
+    for Claim(name, ..) in &claims {
+        common::delete_role_and_wait(&client, &attacker_ns.name, name, CONVERGE).await;
+    }
+    if RoleSnapshot::take(&target, &untagged).await != untagged_before {
+        problems.push(format!("the untagged role {untagged} changed"));
+    }
+    let activity = AwsActivity::now(operator).await.since(before);
+    problems.extend(victim.changes(&client).await);
+    if RoleSnapshot::take(&target, &default_name).await != default_before {
+        problems.push(format!("the default-named role {default_name} changed"));
+    }
+    common::delete_role_and_wait(&client, &victim.ns.name, "y", CONVERGE).await;
+    victim.delete(&client).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_quiet(
+        activity,
+        "claims on another namespace's role",
+        &operator.metrics_text().await,
+    );
+}
+
+#[tokio::test]
+async fn principals_and_policies_outside_the_guardrails_are_refused() {
+    let _serial = common::serial().await;
+    let operator = Operator::shared().await;
+    let client = common::kube_client().await;
+    let ns = TestNamespace::new(&client, "guardrails").await;
+    let source = source_account();
+    let strict = guarded_account(
+        &client,
+        "strict",
+        json!({
+            "allowedNamespaces": {"names": [ns.name]},
+            "allowedPolicyArns": ["arn:aws:iam::aws:policy/ReadOnlyAccess"],
+            "allowInlinePolicies": false,
+            "allowedTrustPrincipals": [format!("arn:aws:iam::{source}:user/{DEVELOPER}")],
+        }),
+    )
+    .await;
+    let before = AwsActivity::now(operator).await;
+    let cases: Vec<(&str, Value, &str, Vec<String>)> = vec![
+        (
+            "principal-in-target",
+            json!({"trust": {"principals": [format!("arn:aws:iam::{}:user/admin", common::env("TARGET_ACCOUNT_ID"))]}}),
+            "NotPermitted",
+            vec![
+                "spec.trust.principals[0]".into(),
+                "allowedTrustPrincipals".into(),
+            ],
+        ),
+        (
+            "foreign-root",
+            json!({"trust": {"principals": ["arn:aws:iam::222222222222:root"]}}),
+            "NotPermitted",
+            vec![
+                "spec.trust.principals[0]".into(),
+                "arn:aws:iam::222222222222:root".into(),
+            ],
+        ),
+        (
+            "source-root",
+            json!({"trust": {"principals": [format!("arn:aws:iam::{source}:root")]}}),
+            "NotPermitted",
+            vec!["spec.trust.principals[0]".into()],
+        ),
+        (
+            "other-partition",
+            json!({"trust": {"principals": [format!("arn:aws-us-gov:iam::{source}:user/{DEVELOPER}")]}}),
+            "NotPermitted",
+            vec!["spec.trust.principals[0]".into(), "arn:aws-us-gov".into()],
+        ),
+        (
+            "user-in-other-case",
+            json!({"grants": [{"user": "DevTest"}]}),
+            "NotPermitted",
+            vec![
+                "spec.grants[0]".into(),
+                format!("arn:aws:iam::{source}:user/DevTest"),
+            ],
+        ),
+        (
+            "user-with-suffix",
+            json!({"grants": [{"user": format!("{DEVELOPER}2")}]}),
+            "NotPermitted",
+            vec!["spec.grants[0]".into()],
+        ),
+        (
+            "role-grant",
+            json!({"grants": [{"role": DEVELOPER}]}),
+            "NotPermitted",
+            vec!["spec.grants[0]".into(), format!("role/{DEVELOPER}")],
+        ),
+        (
+            "admin-policy",
+            json!({"policies": {"managed": [ADMIN]}}),
+            "NotPermitted",
+            vec![
+                "spec.policies.managed[0]".into(),
+                "allowedPolicyArns: arn:aws:iam::aws:policy/ReadOnlyAccess".into(),
+            ],
+        ),
+        (
+            "lookalike-policy",
+            json!({"policies": {"managed": ["arn:aws:iam::aws:policy/ReadOnlyAccessX"]}}),
+            "NotPermitted",
+            vec!["spec.policies.managed[0]".into()],
+        ),
+        (
+            "inline-escalation",
+            json!({"policies": {"inline": [{"name": "all", "document": json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}).to_string()}]}}),
+            "NotPermitted",
+            vec!["spec.policies.inline".into(), "allowInlinePolicies".into()],
+        ),
+    ];
+    for (name, fields, _, _) in &cases {
+        let mut spec = json!({"accountRef": strict.name, "credentials": {}});
+        for (k, v) in fields.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        common::create_role(&client, &ns.name, name, spec).await;
+    }
+    // A wildcard principal does not even reach the operator.
+    let wildcard: Result<CrossAccountRole, _> = common::roles_api(&client, &ns.name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "wildcard"},
+                "spec": {"accountRef": strict.name, "trust": {"principals": [format!("arn:aws:iam::{source}:user/*")]}},
+            }))
+            .unwrap(),
+        )
+        .await;
+    let mut problems = Vec::new();
+    match wildcard {
+        Err(kube::Error::Api(s))
+            if s.code == 422 && s.message.contains("spec.trust.principals[0]") => {}
+        other => problems.push(format!(
+            "a wildcard principal was not rejected by the apiserver: {other:?}"
+        )),
+    }
+    for (name, _, reason, needles) in &cases {
+        problems.extend(expect_refusal(&client, &ns.name, name, reason, needles).await);
+    }
+    for (name, _, _, _) in &cases {
+        common::delete_role_and_wait(&client, &ns.name, name, CONVERGE).await;
+    }
+    let activity = AwsActivity::now(operator).await.since(before);
+    drop(strict);
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_quiet(
+        activity,
+        "principals and policies outside the guardrails",
+        &operator.metrics_text().await,
+    );
+}
+
+#[tokio::test]
+async fn the_permissions_boundary_cannot_be_removed_or_replaced() {
+    let _serial = common::serial().await;
+    let operator = Operator::shared().await;
+    let client = common::kube_client().await;
+    let ns = TestNamespace::new(&client, "boundary").await;
+    const BOUNDARY: &str = "arn:aws:iam::aws:policy/PowerUserAccess";
+    let bounded = guarded_account(
+        &client,
+        "bounded",
+        json!({
+            "allowedNamespaces": {"names": [ns.name]},
+            "allowedPolicyArns": ["arn:aws:iam::aws:policy/*"],
+            "allowInlinePolicies": true,
+            "permissionsBoundaryArn": BOUNDARY,
+        }),
+    )
+    .await;
+    let role_name = common::unique("Bounded");
+    let _cleanup = common::TargetRoleGuard::new(&role_name);
+    common::create_role(
+        &client,
+        &ns.name,
+        "bounded",
+        json!({"accountRef": bounded.name, "roleName": role_name, "policies": {"managed": [S3_READ]}}),
+    )
+    .await;
+    common::wait_for_condition(
+        &client, &ns.name, "bounded", "Ready", "True", None, CONVERGE,
+    )
+    .await;
+    let target = common::target_iam().await;
+    let boundary_of = |target: aws_sdk_iam::Client, role_name: String| async move {
+        RoleSnapshot::take(&target, &role_name)
+            .await
+            .and_then(|r| r.permissions_boundary)
+    };
+    assert_eq!(
+        boundary_of(target.clone(), role_name.clone())
+            .await
+            .as_deref(),
+        Some(BOUNDARY),
+        "the account's boundary is on the new role"
+    );
+
+    // 1. The spec has no boundary field: whatever a tenant writes there is dropped by the
+    // apiserver (structural schema pruning) or rejected, and the role keeps the boundary.
+    let before = AwsActivity::now(operator).await;
+    let api = common::roles_api(&client, &ns.name);
+    for attempt in [
+        json!({"permissionsBoundaryArn": null}),
+        json!({"permissionsBoundaryArn": ""}),
+        json!({"permissionsBoundary": ADMIN}),
+    ] {
+        let patched = api
+            .patch(
+                "bounded",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": attempt})),
+            )
+            .await;
+        if let Ok(cr) = patched {
+            let stored = serde_json::to_value(&cr).unwrap();
+            let spec = &stored["spec"];
+            assert!(
+                spec.get("permissionsBoundaryArn").is_none()
+                    && spec.get("permissionsBoundary").is_none(),
+                "the apiserver kept an unknown boundary field: {spec}"
+            );
+        }
+    }
+    // The object is unchanged (pruned fields do not bump the generation), so a resync passes
+    // without writes; wait for one full reconcile to be sure.
+    let reconciles = operator.reconciles("CrossAccountRole").await;
+    common::poll("two more reconciles", CONVERGE, || async {
+        let now = operator.reconciles("CrossAccountRole").await;
+        if now >= reconciles + 2 {
+            Ok(())
+        } else {
+            Err(format!("{now}"))
+        }
+    })
+    .await;
+    let activity = AwsActivity::now(operator).await.since(before);
+    assert_quiet(
+        activity,
+        "spec fields that try to drop the boundary",
+        &operator.metrics_text().await,
+    );
+    assert_eq!(
+        boundary_of(target.clone(), role_name.clone())
+            .await
+            .as_deref(),
+        Some(BOUNDARY)
+    );
+
+    // 2. Someone removes or replaces the boundary in AWS: the operator puts it back.
+    target
+        .delete_role_permissions_boundary()
+        .role_name(&role_name)
+        .send()
+        .await
+        .expect("remove the boundary out of band");
+    common::poll(
+        "the boundary to be restored after removal",
+        CONVERGE,
+        || {
+            let (target, role_name) = (target.clone(), role_name.clone());
+            async move {
+                match boundary_of(target, role_name).await {
+                    Some(b) if b == BOUNDARY => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    target
+        .put_role_permissions_boundary()
+        .role_name(&role_name)
+        .permissions_boundary(ADMIN)
+        .send()
+        .await
+        .expect("replace the boundary out of band");
+    common::poll(
+        "the boundary to be restored after replacement",
+        CONVERGE,
+        || {
+            let (target, role_name) = (target.clone(), role_name.clone());
+            async move {
+                match boundary_of(target, role_name).await {
+                    Some(b) if b == BOUNDARY => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    common::delete_role_and_wait(&client, &ns.name, "bounded", CONVERGE).await;
+}
+
+#[tokio::test]
+async fn secrets_the_operator_does_not_own_are_never_written() {
+    let _serial = common::serial().await;
+    let operator = Operator::shared().await;
+    let client = common::kube_client().await;
+    let victim = Victim::create(&client, "secret-victim").await;
+    let secrets = Api::<Secret>::namespaced(client.clone(), &victim.ns.name);
+    // A Secret dressed up as the operator's (its label), but owned by nobody.
+    let forged: Secret = serde_json::from_value(json!({
+        "metadata": {
+            "name": "forged",
+            "labels": {"app.kubernetes.io/managed-by": "cross-account-operator"},
+        },
+        "type": "Opaque",
+        "stringData": {"note": "not the operator's"},
+    }))
+    .unwrap();
+    let forged = secrets
+        .create(&PostParams::default(), &forged)
+        .await
+        .expect("create Secret forged");
+    let forged_before = SecretSnapshot::of(&forged);
+
+    let before = AwsActivity::now(operator).await;
+    // Same namespace (Secret names are namespace-local): aim at the victim's Secret and at the
+    // forged one. The attackers' own roles are legitimate and get created (IAM writes for those
+    // are expected); what must not happen is a mint or a write to either Secret.
+    let thieves = [common::unique("Thief"), common::unique("Thief")];
+    let _thief_roles = thieves.each_ref().map(|r| common::TargetRoleGuard::new(r));
+    for ((name, secret_name), role_name) in
+        [("steal", victim.secret_name.as_str()), ("forge", "forged")]
+            .iter()
+            .zip(&thieves)
+    {
+        common::create_role(
+            &client,
+            &victim.ns.name,
+            name,
+            json!({
+                "accountRef": common::account_name(),
+                "roleName": role_name,
+                "credentials": {"secretName": secret_name},
+            }),
+        )
+        .await;
+    }
+    let mut problems = Vec::new();
+    for (name, secret_name) in [("steal", victim.secret_name.as_str()), ("forge", "forged")] {
+        let cr = common::wait_for_condition(
+            &client,
+            &victim.ns.name,
+            name,
+            "CredentialsReady",
+            "False",
+            Some("SecretNotOwned"),
+            CONVERGE,
+        )
+        .await;
+        let condition = common::role_condition(&cr, "CredentialsReady").unwrap();
+        for needle in [
+            format!("Secret {secret_name}"),
+            "spec.credentials.secretName".to_owned(),
+        ] {
+            if !condition.message.contains(&needle) {
+                problems.push(format!(
+                    "{name}: message {:?} lacks {needle:?}",
+                    condition.message
+                ));
+            }
+        }
+        if common::role_condition(&cr, "Ready").is_none_or(|c| c.status != "False") {
+            problems.push(format!(
+                "{name}: Ready is not False: {}",
+                common::describe_role(&cr)
+            ));
+        }
+        if cr
+            .status
+            .as_ref()
+            .and_then(|s| s.credentials.as_ref())
+            .is_some()
+        {
+            problems.push(format!(
+                "{name}: status claims a Secret: {}",
+                common::describe_role(&cr)
+            ));
+        }
+    }
+    // Still so after further reconciles.
+    let reconciles = operator.reconciles("CrossAccountRole").await;
+    common::poll("more reconciles", CONVERGE, || async {
+        let now = operator.reconciles("CrossAccountRole").await;
+        if now >= reconciles + 4 {
+            Ok(())
+        } else {
+            Err(format!("{now}"))
+        }
+    })
+    .await;
+    let activity = AwsActivity::now(operator).await.since(before);
+    if activity.assume_roles != 0 {
+        problems.push(format!(
+            "credentials were minted for Secrets that cannot be written: {activity:?}"
+        ));
+    }
+    let forged_now = SecretSnapshot::of(&secrets.get("forged").await.unwrap());
+    if forged_now != forged_before {
+        problems.push(format!(
+            "Secret forged was written: resourceVersion {:?} -> {:?}, owners {} -> {}",
+            forged_before.resource_version,
+            forged_now.resource_version,
+            forged_before.owners,
+            forged_now.owners
+        ));
+    }
+    // Deleting the attackers leaves both Secrets (and the victim) alone.
+    for name in ["steal", "forge"] {
+        common::delete_role_and_wait(&client, &victim.ns.name, name, CONVERGE).await;
+    }
+    match secrets.get_opt("forged").await.unwrap() {
+        Some(s) if SecretSnapshot::of(&s) == forged_before => {}
+        other => problems.push(format!(
+            "Secret forged did not survive the attackers' deletion unchanged: exists {}",
+            other.is_some()
+        )),
+    }
+    problems.extend(victim.changes(&client).await);
+    victim.delete(&client).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[tokio::test]
+async fn tenants_cannot_reach_into_other_namespaces() {
+    let _serial = common::serial().await;
+    let operator = Operator::shared().await;
+    let client = common::kube_client().await;
+    let victim = Victim::create(&client, "rbac-victim").await;
+    let own = TestNamespace::new(&client, "rbac-tenant").await;
+    let user = common::unique("tenant-b");
+    bind_tenant(&client, &own.name, &user).await;
+    let tenant = impersonating_client(&user).await;
+    let before = AwsActivity::now(operator).await;
+
+    let theirs = common::roles_api(&tenant, &victim.ns.name);
+    let mut problems = Vec::new();
+    let mut expect_forbidden = |what: &str, result: Result<(), kube::Error>| match result {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => problems.push(format!("{what}: expected 403 Forbidden, got {other:?}")),
+    };
+    expect_forbidden(
+        "get the victim's CR",
+        theirs.get(victim.name).await.map(drop),
+    );
+    expect_forbidden(
+        "list CRs in the victim's namespace",
+        theirs.list(&ListParams::default()).await.map(drop),
+    );
+    expect_forbidden(
+        "list CRs cluster-wide",
+        Api::<CrossAccountRole>::all(tenant.clone())
+            .list(&ListParams::default())
+            .await
+            .map(drop),
+    );
+    expect_forbidden(
+        "edit the victim's CR",
+        theirs
+            .patch(
+                victim.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"policies": {"managed": [ADMIN]}}})),
+            )
+            .await
+            .map(drop),
+    );
+    expect_forbidden(
+        "edit the victim's status",
+        theirs
+            .patch_status(
+                victim.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"roleArn": "x"}})),
+            )
+            .await
+            .map(drop),
+    );
+    expect_forbidden(
+        "strip the victim's finalizer",
+        theirs
+            .patch(
+                victim.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await
+            .map(drop),
+    );
+    expect_forbidden(
+        "delete the victim's CR",
+        theirs
+            .delete(victim.name, &DeleteParams::default())
+            .await
+            .map(drop),
+    );
+    expect_forbidden(
+        "delete all CRs of the victim's namespace",
+        theirs
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await
+            .map(drop),
+    );
+    expect_forbidden(
+        "read the victim's Secret",
+        Api::<Secret>::namespaced(tenant.clone(), &victim.ns.name)
+            .get(&victim.secret_name)
+            .await
+            .map(drop),
+    );
+    expect_forbidden(
+        "create a CR in the victim's namespace",
+        theirs
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "planted"}, "spec": {"accountRef": common::account_name()}})).unwrap(),
+            )
+            .await
+            .map(drop),
+    );
+    let accounts = Api::<AwsAccount>::all(tenant.clone());
+    expect_forbidden(
+        "widen the AwsAccount's guardrails",
+        accounts
+            .patch(
+                &common::account_name(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"allowedPolicyArns": ["*"]}})),
+            )
+            .await
+            .map(drop),
+    );
+    expect_forbidden(
+        "register an AwsAccount",
+        accounts
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": common::unique("rogue")}, "spec": {"accountId": "111111111111", "allowedNamespaces": {"names": [own.name]}, "allowedPolicyArns": ["*"]}})).unwrap(),
+            )
+            .await
+            .map(drop),
+    );
+    // The tenant's own namespace works: the RBAC above is not simply broken.
+    common::roles_api(&tenant, &own.name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "mine"}, "spec": {"accountRef": "rbac-test-no-such-account"}})).unwrap(),
+        )
+        .await
+        .expect("a tenant creates a CR in its own namespace");
+    common::roles_api(&tenant, &own.name)
+        .delete("mine", &DeleteParams::default())
+        .await
+        .expect("a tenant deletes its own CR");
+    common::wait_until_role_gone(&client, &own.name, "mine", CONVERGE).await;
+
+    let activity = AwsActivity::now(operator).await.since(before);
+    problems.extend(victim.changes(&client).await);
+    victim.delete(&client).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_quiet(
+        activity,
+        "a tenant's reach into another namespace",
+        &operator.metrics_text().await,
+    );
+}
+
+/// A tenant controls its own CR fully (metadata and, in the worst case, status): it adds the
+/// cleanup finalizer itself, points status at the victim's role and Secret, asks for the
+/// victim's grant, and deletes the CR. Cleanup must still touch only what the CR owns.
+#[tokio::test]
+async fn a_forged_status_cannot_direct_cleanup_at_another_role() {
+    let _serial = common::serial().await;
+    let operator = Operator::shared().await;
+    let client = common::kube_client().await;
+    let victim = Victim::create(&client, "cleanup-victim").await;
+    let own = TestNamespace::new(&client, "cleanup-tenant").await;
+    let user = common::unique("tenant-c");
+    bind_tenant(&client, &own.name, &user).await;
+    let tenant = impersonating_client(&user).await;
+    let api = common::roles_api(&tenant, &own.name);
+    let before = AwsActivity::now(operator).await;
+
+    let cr: CrossAccountRole = serde_json::from_value(json!({
+        "metadata": {"name": "decoy", "finalizers": ["crossaccount.io/cleanup"]},
+        "spec": {
+            "accountRef": common::account_name(),
+            "roleName": victim.role_name,
+            "grants": [{"user": DEVELOPER}],
+            "credentials": {"secretName": "decoy-aws"},
+        },
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &cr)
+        .await
+        .expect("the tenant creates its decoy");
+    let mut problems = expect_refusal(
+        &client,
+        &own.name,
+        "decoy",
+        "RoleNotOwned",
+        &[victim.role_arn()],
+    )
+    .await;
+    api.patch_status(
+        "decoy",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "roleArn": victim.role_arn(),
+            "credentials": {"secretName": victim.secret_name},
+        }})),
+    )
+    .await
+    .expect("the tenant forges its status");
+    api.delete("decoy", &DeleteParams::default())
+        .await
+        .expect("the tenant deletes its decoy");
+    common::wait_until_role_gone(&client, &own.name, "decoy", CONVERGE).await;
+
+    let activity = AwsActivity::now(operator).await.since(before);
+    problems.extend(victim.changes(&client).await);
+    victim.delete(&client).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_quiet(
+        activity,
+        "the cleanup of a forged CR",
+        &operator.metrics_text().await,
+    );
+}
+
+/// Mints credentials (two sets: issue and a forced re-issue), then looks for every credential
+/// value of every operator-written Secret in the cluster in the operator's whole log, all events,
+/// every CrossAccountRole's and AwsAccount's status and the metrics. Prints only counts.
+#[tokio::test]
+async fn issued_credentials_never_appear_in_logs_events_status_or_metrics() {
+    let _serial = common::serial().await;
+    let operator = Operator::shared().await;
+    let client = common::kube_client().await;
+    let victim = Victim::create(&client, "leak").await;
+    // A second set: deleting the Secret makes the operator mint again.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &victim.ns.name);
+    let first = secrets.get(&victim.secret_name).await.unwrap();
+    secrets
+        .delete(&victim.secret_name, &DeleteParams::default())
+        .await
+        .expect("delete the victim's Secret");
+    common::poll("a new Secret with new credentials", CONVERGE, || {
+        let secrets = secrets.clone();
+        let (name, old) = (victim.secret_name.clone(), first.data.clone());
+        async move {
+            match secrets.get_opt(&name).await {
+                Ok(Some(s)) if s.data.is_some() && s.data != old => Ok(()),
+                Ok(_) => Err("not re-issued yet".to_owned()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+
+    let managed = Api::<Secret>::all(client.clone())
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=cross-account-operator"))
+        .await
+        .expect("list the operator's Secrets");
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    for secret in managed.items.iter().chain(std::iter::once(&first)) {
+        for key in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+        ] {
+            if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
+                let v = String::from_utf8_lossy(&v.0).into_owned();
+                if v.len() >= 16 {
+                    values.insert(
+                        v,
+                        format!(
+                            "{key} of {}/{}",
+                            secret.namespace().unwrap_or_default(),
+                            secret.name_any()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        values.len() >= 6,
+        "expected at least two sets of credentials, found {} values",
+        values.len()
+    );
+
+    let statuses = {
+        let roles = Api::<CrossAccountRole>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        let accounts = Api::<AwsAccount>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        let mut text = String::new();
+        for r in &roles.items {
+            text.push_str(&serde_json::to_string(&r.status).unwrap());
+        }
+        for a in &accounts.items {
+            text.push_str(&serde_json::to_string(&a.status).unwrap());
+        }
+        text
+    };
+    let places = [
+        ("the operator log", operator_log()),
+        (
+            "events (all namespaces, both APIs)",
+            all_events_text(&client).await,
+        ),
+        ("CrossAccountRole and AwsAccount status", statuses),
+        ("the /metrics text", operator.metrics_text().await),
+    ];
+    let mut leaks = Vec::new();
+    for (value, what) in &values {
+        for (place, text) in &places {
+            if text.contains(value.as_str()) {
+                leaks.push(format!("{what} appears in {place}"));
+            }
+        }
+    }
+    println!(
+        "searched {} credential values from {} Secrets in {} places ({} bytes)",
+        values.len(),
+        managed.items.len() + 1,
+        places.len(),
+        places.iter().map(|(_, t)| t.len()).sum::<usize>()
+    );
+    victim.delete(&client).await;
+    assert!(leaks.is_empty(), "credential material leaked: {leaks:#?}");
+}
