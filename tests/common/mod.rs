@@ -2,6 +2,8 @@
 //! `make env-up` starts; its variables come from `target/devenv/env` (the Makefile loads it).
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod aws_proxy;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
