@@ -266,7 +266,7 @@ async fn outage_fails_every_matching_request_until_cleared() {
 }
 
 #[tokio::test]
-async fn probability_and_times_limit_how_often_a_rule_fires() {
+async fn probability_body_and_times_limit_where_and_how_often_a_rule_fires() {
     let proxy = start_proxy().await;
     let (iam, _) = clients(&proxy.endpoint(), 1).await;
     proxy.set_rules(vec![
@@ -290,6 +290,26 @@ async fn probability_and_times_limit_how_often_a_rule_fires() {
     );
     assert_eq!(proxy.count("iam", "GetUser").faulted, throttled);
     assert_eq!(proxy.count("iam", "GetUser").total(), calls);
+
+    // A rule for one resource: the other user's calls pass.
+    proxy.reset_counts();
+    proxy.set_rules(vec![
+        FaultRule::new(Fault::Throttling)
+            .service("iam")
+            .body_contains("UserName=devTest"),
+    ]);
+    let err = iam
+        .get_user()
+        .user_name("devTest")
+        .send()
+        .await
+        .expect_err("devTest's calls are throttled");
+    assert_eq!(err.code(), Some("Throttling"));
+    iam.get_user()
+        .user_name("cross-account-operator")
+        .send()
+        .await
+        .expect("another user's calls pass");
 
     // A rule that may fire twice, then lets everything through.
     proxy.reset_counts();

@@ -63,11 +63,13 @@ impl Fault {
 }
 
 /// A fault and the requests it applies to: a service (`iam`, `sts`; any when `None`), a set of
-/// operations (any when empty), a probability, and optionally a maximum number of times.
+/// operations (any when empty), optionally a text the form body must contain (to pick resources,
+/// e.g. `RoleName=app-`), a probability, and optionally a maximum number of times.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FaultRule {
     pub service: Option<String>,
     pub operations: BTreeSet<String>,
+    pub body_contains: Option<String>,
     pub probability: f64,
     pub times: Option<u64>,
     pub fault: Fault,
@@ -79,6 +81,7 @@ impl FaultRule {
         Self {
             service: None,
             operations: BTreeSet::new(),
+            body_contains: None,
             probability: 1.0,
             times: None,
             fault,
@@ -97,6 +100,12 @@ impl FaultRule {
         self
     }
 
+    /// Only requests whose (form-encoded) body contains `text`, such as `RoleName=app-`.
+    pub fn body_contains(mut self, text: &str) -> Self {
+        self.body_contains = Some(text.to_owned());
+        self
+    }
+
     /// Applies to each matching request with this probability (0.0 to 1.0).
     pub fn probability(mut self, probability: f64) -> Self {
         self.probability = probability;
@@ -109,9 +118,13 @@ impl FaultRule {
         self
     }
 
-    fn matches(&self, service: &str, operation: &str) -> bool {
+    fn matches(&self, service: &str, operation: &str, body: &[u8]) -> bool {
         self.service.as_deref().is_none_or(|s| s == service)
             && (self.operations.is_empty() || self.operations.contains(operation))
+            && self.body_contains.as_deref().is_none_or(|text| {
+                body.windows(text.len().max(1))
+                    .any(|window| window == text.as_bytes())
+            })
     }
 }
 
@@ -296,7 +309,7 @@ impl State {
         let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
         let service = service_of(&parts.headers);
         let operation = operation_of(parts.uri.query(), &body);
-        let decision = self.decide(&service, &operation);
+        let decision = self.decide(&service, &operation, &body);
         self.count(&service, &operation, &decision);
         match decision {
             Decision::Drop => Err(Dropped),
@@ -310,11 +323,11 @@ impl State {
         }
     }
 
-    fn decide(&self, service: &str, operation: &str) -> Decision {
+    fn decide(&self, service: &str, operation: &str, body: &[u8]) -> Decision {
         let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for active in rules.iter() {
             let rule = &active.rule;
-            if !rule.matches(service, operation) {
+            if !rule.matches(service, operation, body) {
                 continue;
             }
             let fires =
