@@ -421,13 +421,13 @@ impl Member {
         format!("{}-{:02}", self.prefix, self.index)
     }
     fn inline(&self) -> bool {
-        self.index % 3 == 0
+        self.index.is_multiple_of(3)
     }
     fn grant(&self) -> bool {
-        self.index % 5 == 0
+        self.index.is_multiple_of(5)
     }
     fn credentials(&self) -> bool {
-        self.index % 2 == 0
+        self.index.is_multiple_of(2)
     }
 
     fn spec(&self, managed: &[&str], wave: u32) -> Value {
@@ -1017,8 +1017,11 @@ async fn operator_rides_out_an_apiserver_restart() {
         members[5].spec(&[S3_READ, EC2_READ], 2),
     )
     .await;
+    // A new object is seen once the CrossAccountRole watch has relisted. After the errors of the
+    // restart, kube's watcher backoff (client-go's: 0.8 s doubling to 30 s, with jitter up to the
+    // same again) can delay that by a minute; see docs/reliability.md (F3).
     let new_ready_in =
-        wait_all_ready(&client, &ns.name, 6, Duration::from_secs(60), &scenario).await;
+        wait_all_ready(&client, &ns.name, 6, Duration::from_secs(120), &scenario).await;
     eprintln!(
         "apiserver restart took {restart_took:?}; updates Ready {recovered_in:?} later; a new CR Ready in {new_ready_in:?}"
     );
@@ -1261,7 +1264,7 @@ async fn sigkill_at_random_points_leaves_nothing_behind() {
     let members = fleet(&prefix, 8);
     // Slower IAM makes the work of a round take seconds, so that a kill lands inside it.
     scenario.proxy.set_rules(vec![
-        FaultRule::new(Fault::Latency(Duration::from_millis(300))).service("iam"),
+        FaultRule::new(Fault::Latency(Duration::from_millis(400))).service("iam"),
     ]);
 
     // Each round: start an operator, make a change, kill it at a random moment.
@@ -1314,7 +1317,7 @@ async fn sigkill_at_random_points_leaves_nothing_behind() {
                 }
             }
         }
-        let delay = Duration::from_millis(rng.random_range(300..3000));
+        let delay = Duration::from_millis(rng.random_range(200..2500));
         // The kill moment (the fault being injected), not a wait for a state.
         tokio::time::sleep(delay).await;
         let pending = pending_work(&client, &ns.name, range.len(), action).await;
