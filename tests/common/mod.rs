@@ -2,6 +2,7 @@
 //! `make env-up` starts; its variables come from `target/devenv/env` (the Makefile loads it).
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod aws_proxy;
 pub mod tenant;
 
 use std::{
@@ -237,6 +238,19 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(3);
 /// `--cluster-name` of the shared test operator: part of ownership tags and external IDs.
 pub const CLUSTER_NAME: &str = "it";
 
+/// How [`Operator::start_with`] differs from the default test operator.
+#[derive(Default, Clone)]
+pub struct OperatorOptions {
+    /// `AWS_ENDPOINT_URL` of the operator (default: the environment's).
+    pub aws_endpoint: Option<String>,
+    /// `--resync-interval` (default [`RESYNC_INTERVAL`]).
+    pub resync: Option<Duration>,
+    /// Flags after the default ones.
+    pub args: Vec<String>,
+    /// Environment variables besides the inherited ones.
+    pub env: Vec<(String, String)>,
+}
+
 /// The operator binary running as a child process of this test binary, with its HTTP endpoints
 /// on a free loopback port and its log in `<devenv>/logs/operator-<test binary>.log`.
 pub struct Operator {
@@ -293,6 +307,12 @@ impl Operator {
     /// that writes to `log` (found at `log_path`), tied to the test binary's life. Tests that need
     /// to restart the operator use this instead of [`Operator::shared`].
     pub fn start(log: std::fs::File, log_path: PathBuf) -> Operator {
+        Operator::start_with(log, log_path, OperatorOptions::default())
+    }
+
+    /// [`Operator::start`] with `options`: another AWS endpoint (a fault proxy), more flags and
+    /// environment variables.
+    pub fn start_with(log: std::fs::File, log_path: PathBuf, options: OperatorOptions) -> Operator {
         env("KUBECONFIG");
         env("AWS_ENDPOINT_URL");
         let port = free_port();
@@ -305,13 +325,21 @@ impl Operator {
                 "--http-addr",
                 &format!("127.0.0.1:{port}"),
                 "--resync-interval",
-                &format!("{}ms", RESYNC_INTERVAL.as_millis()),
+                &format!(
+                    "{}ms",
+                    options.resync.unwrap_or(RESYNC_INTERVAL).as_millis()
+                ),
             ])
+            .args(&options.args)
             .env("RUST_LOG", "info,cross_account_operator=debug")
             .env("NO_COLOR", "1")
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
+        if let Some(endpoint) = &options.aws_endpoint {
+            command.env("AWS_ENDPOINT_URL", endpoint);
+        }
         let (pid, exit) = spawn_tied_to_test(command).unwrap_or_else(|e| {
             panic!("cannot start {OPERATOR_BIN}: {e} (run `cargo build --bins`)")
         });
@@ -412,6 +440,25 @@ impl Operator {
             "--- last {lines} lines of {} ---\n{tail}\n--- end of operator log ---",
             self.log_path.display()
         )
+    }
+
+    /// SIGKILL (no chance to finish anything), then waits for the process to end; returns its
+    /// exit status.
+    pub fn kill(&self) -> String {
+        if self.exited().is_none() {
+            // SAFETY: kill(2) on the pid of our own child, not reaped yet (see `stop`).
+            unsafe {
+                libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        let (lock, cvar) = &*self.exit;
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = cvar
+            .wait_timeout_while(guard, Duration::from_secs(10), |status| status.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        guard
+            .clone()
+            .unwrap_or_else(|| panic!("the operator survived SIGKILL for 10s"))
     }
 
     /// SIGTERM, then waits (up to 30 s) for the process to end; returns its exit status.
