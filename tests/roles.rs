@@ -271,6 +271,31 @@ async fn seed_role_is_created_with_trust_policy_grant_tags_and_status() {
     });
     assert!(allows_assume, "grant policy {grant_name}: {grant}");
 
+    // Each AWS change has an event of its own that says what was done (not one event whose
+    // count grows while later notes are dropped).
+    let notes: BTreeSet<(String, String)> =
+        kube::Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns.name)
+            .list(&Default::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("AwsChange"))
+            .map(|e| (e.action.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect();
+    for (action, mentions) in [
+        ("CreateRole", role_name.as_str()),
+        ("AttachRolePolicy", S3_READ),
+        ("PutUserPolicy", DEVELOPER),
+    ] {
+        assert!(
+            notes
+                .iter()
+                .any(|(a, note)| a == action && note.contains(mentions)),
+            "an AwsChange event with action {action} mentioning {mentions}: {notes:?}"
+        );
+    }
+
     let listing = kubectl(&["get", "xar", "-n", &ns.name]);
     let line = listing
         .lines()

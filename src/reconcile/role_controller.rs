@@ -482,10 +482,20 @@ fn next_visit<A: Aws>(ctx: &Context<A>, credentials: Option<&CredentialsOutcome>
     }
 }
 
+/// One event per AWS change. The action is the IAM operation: kube's recorder folds events of
+/// the same object, type, reason and action within minutes into one (keeping the first note),
+/// so with a shared action every change after the first would only raise a count.
 async fn publish_changes<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>, applied: &[Change]) {
     for change in applied {
         tracing::info!(operation = change.operation(), "{}", change.describe());
-        publish(cr, ctx, EventType::Normal, "AwsChange", change.describe()).await;
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "AwsChange".to_owned(),
+            note: Some(change.describe()),
+            action: change.operation().to_owned(),
+            secondary: None,
+        };
+        record(ctx, &event, &cr.object_ref(&())).await;
     }
 }
 
@@ -513,7 +523,11 @@ async fn publish_to<A: Aws>(
         action: "Reconcile".to_owned(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, object).await {
+    record(ctx, &event, object).await;
+}
+
+async fn record<A: Aws>(ctx: &Context<A>, event: &Event, object: &ObjectReference) {
+    if let Err(e) = ctx.recorder.publish(event, object).await {
         tracing::warn!(error = %e, "could not publish an event");
     }
 }
