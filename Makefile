@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 ENV_FILE := target/devenv/env
 
-.PHONY: help build crds fmt lint unit integration test env-up env-down demo
+.PHONY: help build crds fmt lint unit integration test env-up env-down demo bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,15 @@ env-down: ## Stop the local environment
 integration: ## Integration tests against a running environment (make env-up first)
 	@test -f $(ENV_FILE) || { echo "no $(ENV_FILE): run 'make env-up' first" >&2; exit 1; }
 	set -a; . $(ENV_FILE); set +a; $(CARGO) test --no-fail-fast --test '*' -- --test-threads=4
+
+BENCH_N ?= 200
+bench: ## Benchmark at BENCH_N objects (default 200) beside the floor and ACK; writes target/bench/
+	$(CARGO) bench --bench convergence --no-run
+	peer=$$(bench/peer/build-ack.sh); \
+	  hack/devenv/down.sh; hack/devenv/up.sh; status=0; \
+	  ( set -a; . $(ENV_FILE); eval "$$peer"; BENCH_N=$(BENCH_N); set +a; \
+	    $(CARGO) bench --bench convergence ) || status=$$?; \
+	  hack/devenv/down.sh; exit $$status
 
 test: fmt lint unit ## Everything: checks, unit tests, environment up, integration tests, environment down
 	$(CARGO) build --bins --tests

@@ -1,0 +1,162 @@
+//! The floor: a plain client that knows the answer in advance and issues exactly the minimal
+//! call sequence for N roles, with the operator's concurrency, through the same proxy to the
+//! same moto. No Kubernetes, no reads beyond the one existence check, no retries of its own.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_iam::types::Tag;
+use futures::{StreamExt, stream};
+use serde_json::json;
+
+/// The clients the floor uses: IAM in the target account (management role session), IAM and
+/// STS in the source account (the operator's user).
+pub struct FloorClients {
+    pub target_iam: aws_sdk_iam::Client,
+    pub source_iam: aws_sdk_iam::Client,
+    pub source_sts: aws_sdk_sts::Client,
+}
+
+/// What one floor role looks like: the same shape as the benchmark's CrossAccountRole.
+pub struct FloorRole {
+    pub name: String,
+    pub arn: String,
+}
+
+pub struct FloorSpec<'a> {
+    pub source_account: &'a str,
+    pub operator_user: &'a str,
+    pub grant_user: &'a str,
+    pub managed_policy: &'a str,
+    pub credentials: bool,
+}
+
+/// Runs the minimal sequence for every role, `concurrency` roles at a time; returns the wall
+/// time. Panics on any error: the floor has no business failing.
+pub async fn run(
+    clients: &FloorClients,
+    spec: &FloorSpec<'_>,
+    roles: &[FloorRole],
+    concurrency: usize,
+) -> Duration {
+    let start = Instant::now();
+    stream::iter(roles)
+        .map(|role| one_role(clients, spec, role))
+        .buffer_unordered(concurrency)
+        .collect::<Vec<()>>()
+        .await;
+    start.elapsed()
+}
+
+async fn one_role(clients: &FloorClients, spec: &FloorSpec<'_>, role: &FloorRole) {
+    let FloorSpec {
+        source_account,
+        operator_user,
+        grant_user,
+        ..
+    } = spec;
+    let external_id = format!("floor-{}", role.name);
+    let trust = json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "CrossAccountOperator",
+                "Effect": "Allow",
+                "Principal": {"AWS": format!("arn:aws:iam::{source_account}:user/{operator_user}")},
+                "Action": ["sts:AssumeRole", "sts:SetSourceIdentity"],
+                "Condition": {"StringEquals": {"sts:ExternalId": external_id}},
+            },
+            {
+                "Sid": "Grants",
+                "Effect": "Allow",
+                "Principal": {"AWS": format!("arn:aws:iam::{source_account}:user/{grant_user}")},
+                "Action": "sts:AssumeRole",
+            },
+        ],
+    });
+    let absent = clients
+        .target_iam
+        .get_role()
+        .role_name(&role.name)
+        .send()
+        .await;
+    assert!(absent.is_err(), "floor role {} already exists", role.name);
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build().expect("tag");
+    clients
+        .target_iam
+        .create_role()
+        .role_name(&role.name)
+        .assume_role_policy_document(trust.to_string())
+        .tags(tag("crossaccount.io/cluster", "floor"))
+        .tags(tag("crossaccount.io/namespace", "floor"))
+        .tags(tag("crossaccount.io/name", &role.name))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("floor CreateRole {}: {e:?}", role.name));
+    clients
+        .target_iam
+        .attach_role_policy()
+        .role_name(&role.name)
+        .policy_arn(spec.managed_policy)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("floor AttachRolePolicy {}: {e:?}", role.name));
+    let grant = json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role.arn}],
+    });
+    clients
+        .source_iam
+        .put_user_policy()
+        .user_name(*grant_user)
+        .policy_name(grant_policy_name(&role.name))
+        .policy_document(grant.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("floor PutUserPolicy {}: {e:?}", role.name));
+    if spec.credentials {
+        clients
+            .source_sts
+            .assume_role()
+            .role_arn(&role.arn)
+            .role_session_name(format!("floor.{}", role.name))
+            .external_id(external_id)
+            .duration_seconds(3600)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("floor AssumeRole {}: {e:?}", role.name));
+    }
+}
+
+fn grant_policy_name(role: &str) -> String {
+    format!("floor-assume-{role}")
+}
+
+/// Removes what `run` created (not timed, not counted).
+pub async fn clean(clients: &FloorClients, spec: &FloorSpec<'_>, roles: &[FloorRole]) {
+    stream::iter(roles)
+        .map(|role| async move {
+            let _ = clients
+                .source_iam
+                .delete_user_policy()
+                .user_name(spec.grant_user)
+                .policy_name(grant_policy_name(&role.name))
+                .send()
+                .await;
+            let _ = clients
+                .target_iam
+                .detach_role_policy()
+                .role_name(&role.name)
+                .policy_arn(spec.managed_policy)
+                .send()
+                .await;
+            let _ = clients
+                .target_iam
+                .delete_role()
+                .role_name(&role.name)
+                .send()
+                .await;
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+}
