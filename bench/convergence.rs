@@ -520,9 +520,18 @@ async fn operator_phase(
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        // The operator's own count of AssumeRole is of credential mints only: the session of
+        // the management role (one per target account after a start) goes through the SDK's
+        // credentials provider, which the proxy counts but the operator's metric does not.
+        let credential_mints = metric_sum(
+            &metrics_text(&metrics).await,
+            "crossaccount_aws_requests_total",
+            "operation=\"AssumeRole\"",
+        ) as u64;
         result.restart = Some(report::Restart {
             seconds_to_reconcile_all: restart_began.elapsed().as_secs_f64(),
             calls: calls_between(&before_restart, &calls_now(proxy)),
+            credential_mints,
         });
         op = op2;
     } else {
