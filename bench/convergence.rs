@@ -473,20 +473,8 @@ async fn operator_phase(
 
     let mut result = PhaseResult::new(label, convergence, to_ready, settings.n);
     if credentials {
-        // Settle (the reconciles our own Secret and status writes cause), then a window of
-        // several resyncs.
-        tokio::time::sleep(Duration::from_secs(settings.resync_seconds)).await;
-        let window = Duration::from_secs(settings.resync_seconds * settings.steady_resyncs as u64)
-            + Duration::from_secs(settings.resync_seconds / 2);
-        let (start_calls, start_cpu) = (calls_now(proxy), op.proc.now().cpu_seconds);
-        tokio::time::sleep(window).await;
-        let steady = op.proc.now();
-        result.steady_state = Some(report::SteadyState {
-            window_seconds: window.as_secs_f64(),
-            resyncs: settings.steady_resyncs,
-            calls: calls_between(&start_calls, &calls_now(proxy)),
-            cpu_seconds: steady.cpu_seconds - start_cpu,
-        });
+        let (steady_state, steady) = steady_window(&mut op.proc, proxy, settings).await;
+        result.steady_state = Some(steady_state);
         result.memory = Some(Memory::new(idle, at_ready, steady, settings.n));
 
         // Restart with fresh credentials in every Secret: nothing may be minted again.
@@ -677,18 +665,8 @@ async fn ack_phase(
         settings.n, convergence.all_ready_seconds, convergence.p50_seconds, convergence.p99_seconds
     );
     let mut result = PhaseResult::new("ack-roles", convergence, to_ready, settings.n);
-    tokio::time::sleep(Duration::from_secs(settings.resync_seconds)).await;
-    let window = Duration::from_secs(settings.resync_seconds * settings.steady_resyncs as u64)
-        + Duration::from_secs(settings.resync_seconds / 2);
-    let (start_calls, start_cpu) = (calls_now(proxy), ack.now().cpu_seconds);
-    tokio::time::sleep(window).await;
-    let steady = ack.now();
-    result.steady_state = Some(report::SteadyState {
-        window_seconds: window.as_secs_f64(),
-        resyncs: settings.steady_resyncs,
-        calls: calls_between(&start_calls, &calls_now(proxy)),
-        cpu_seconds: steady.cpu_seconds - start_cpu,
-    });
+    let (steady_state, steady) = steady_window(&mut ack, proxy, settings).await;
+    result.steady_state = Some(steady_state);
     result.memory = Some(Memory::new(idle, at_ready, steady, settings.n));
     let before_delete = calls_now(proxy);
     result.delete_seconds = Some(delete_all(&api, CLIENT_PARALLEL, settings.timeout()).await);
@@ -696,6 +674,28 @@ async fn ack_phase(
     ack.stop();
     drop_namespace(client, &ns).await;
     result
+}
+
+/// After a settle period of one resync (the reconciles a controller's own writes cause), a
+/// window of several resyncs: every AWS call in it, and the CPU the controller used.
+async fn steady_window(
+    proc: &mut Measured,
+    proxy: &AwsProxy,
+    settings: &Settings,
+) -> (report::SteadyState, process::Sample) {
+    tokio::time::sleep(Duration::from_secs(settings.resync_seconds)).await;
+    let window = Duration::from_secs(settings.resync_seconds * u64::from(settings.steady_resyncs))
+        + Duration::from_secs(settings.resync_seconds / 2);
+    let (start_calls, start_cpu) = (calls_now(proxy), proc.now().cpu_seconds);
+    tokio::time::sleep(window).await;
+    let end = proc.now();
+    let steady = report::SteadyState {
+        window_seconds: window.as_secs_f64(),
+        resyncs: settings.steady_resyncs,
+        calls: calls_between(&start_calls, &calls_now(proxy)),
+        cpu_seconds: end.cpu_seconds - start_cpu,
+    };
+    (steady, end)
 }
 
 async fn wait_for_crd(client: &Client, name: &str) {
