@@ -83,7 +83,7 @@ pub fn start(
     credentials: &aws_credential_types::Credentials,
     namespace: &str,
     concurrency: usize,
-    resync_seconds: u64,
+    resync_seconds: Option<u64>,
     metrics_port: u16,
     log: &Path,
 ) -> Measured {
@@ -106,10 +106,6 @@ pub fn start(
             namespace,
             "--reconcile-default-max-concurrent-syncs",
             &concurrency.to_string(),
-            // Drift detection as often as ours, so the steady-state window compares like for like
-            // (ACK's default is 10 h).
-            "--reconcile-default-resync-seconds",
-            &resync_seconds.to_string(),
             "--metrics-addr",
             &format!("127.0.0.1:{metrics_port}"),
             "--healthz-addr",
@@ -120,6 +116,11 @@ pub fn start(
         .env("AWS_ACCESS_KEY_ID", credentials.access_key_id())
         .env("AWS_SECRET_ACCESS_KEY", credentials.secret_access_key())
         .env("AWS_REGION", "us-east-1");
+    // Drift detection as often as ours for the steady-state window, so it compares like for
+    // like (ACK's default is 10 h).
+    if let Some(seconds) = resync_seconds {
+        command.args(["--reconcile-default-resync-seconds", &seconds.to_string()]);
+    }
     if let Some(token) = credentials.session_token() {
         command.env("AWS_SESSION_TOKEN", token);
     }
