@@ -457,35 +457,7 @@ impl Drop for CleanupOnPanic {
         if !std::thread::panicking() || !running {
             return;
         }
-        let namespace = self.namespace.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let Ok(client) = Client::try_default().await else {
-                    return;
-                };
-                let api = common::roles_api(&client, &namespace);
-                let _ = api
-                    .delete_collection(&DeleteParams::default(), &ListParams::default())
-                    .await;
-                let _ = common::try_poll(GONE, || {
-                    let api = api.clone();
-                    async move {
-                        match api.list(&ListParams::default()).await {
-                            Ok(list) if list.items.is_empty() => Ok(()),
-                            Ok(list) => Err(format!("{} left", list.items.len())),
-                            Err(e) => Err(e.to_string()),
-                        }
-                    }
-                })
-                .await;
-            });
-        })
-        .join()
-        .ok();
+        common::delete_roles_of(&self.namespace, GONE);
     }
 }
 

@@ -89,27 +89,7 @@ impl Drop for TestNamespace {
         // in this binary, delete them and give it the chance to clean up AWS and release them
         // (nothing else would: a deleted namespace stays Terminating in this environment).
         if std::thread::panicking() && Operator::running().is_some() {
-            let namespace = name.clone();
-            on_own_runtime(async move {
-                let Ok(client) = Client::try_default().await else {
-                    return;
-                };
-                let api = roles_api(&client, &namespace);
-                let _ = api
-                    .delete_collection(&DeleteParams::default(), &ListParams::default())
-                    .await;
-                let _ = try_poll(Duration::from_secs(60), || {
-                    let api = api.clone();
-                    async move {
-                        match api.list(&ListParams::default()).await {
-                            Ok(list) if list.items.is_empty() => Ok(()),
-                            Ok(list) => Err(format!("{} left", list.items.len())),
-                            Err(e) => Err(e.to_string()),
-                        }
-                    }
-                })
-                .await;
-            });
+            delete_roles_of(&name, Duration::from_secs(60));
         }
         // Best effort, on a runtime and client of its own: the test's runtime is blocked in this
         // drop, so the test's client (whose connections live on that runtime) cannot be used.
@@ -818,6 +798,33 @@ impl Drop for TargetRoleGuard {
 
 /// Runs `work` to completion on a runtime of its own in another thread. Drop impls use it: the
 /// test's runtime is blocked in the drop, so clients living on it cannot be used there.
+/// Deletes every CrossAccountRole of `namespace` and waits (up to `timeout`, best effort) until
+/// a running operator has released them; for a test that panics half-way. It runs on a runtime
+/// and client of its own: the test's runtime is blocked in the drop that calls this.
+pub fn delete_roles_of(namespace: &str, timeout: Duration) {
+    let namespace = namespace.to_owned();
+    on_own_runtime(async move {
+        let Ok(client) = Client::try_default().await else {
+            return;
+        };
+        let api = roles_api(&client, &namespace);
+        let _ = api
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await;
+        let _ = try_poll(timeout, || {
+            let api = api.clone();
+            async move {
+                match api.list(&ListParams::default()).await {
+                    Ok(list) if list.items.is_empty() => Ok(()),
+                    Ok(list) => Err(format!("{} left", list.items.len())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+    });
+}
+
 fn on_own_runtime<F>(work: F)
 where
     F: Future<Output = ()> + Send + 'static,
