@@ -18,6 +18,8 @@ use k8s_openapi::jiff::Timestamp;
 pub struct SyncedRole {
     pub arn: String,
     pub created: Option<Timestamp>,
+    /// The role's maximum session duration as synced (caps the credentials' duration).
+    pub max_session_duration: i32,
 }
 
 /// Which inputs the sync was made from: reuse only while they are unchanged.
@@ -92,6 +94,7 @@ mod tests {
         SyncedRole {
             arn: "arn:aws:iam::111111111111:role/r".into(),
             created: None,
+            max_session_duration: 3600,
         }
     }
 

@@ -317,12 +317,9 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Outcome
             }
         }
     };
-    let desired_max_session = spec
-        .max_session_duration
-        .unwrap_or(super::desired::DEFAULT_MAX_SESSION);
     let for_credentials = RoleForCredentials {
         arn: &role.arn,
-        max_session_duration: desired_max_session,
+        max_session_duration: role.max_session_duration,
         account_cap: account.spec.max_session_duration_seconds,
         created: role.created,
         external_id: owner.external_id(),
@@ -373,14 +370,17 @@ async fn sync_iam<A: Aws>(
     publish_changes(cr, ctx, &applied).await;
     result?;
 
+    let max_session_duration = desired.max_session_duration;
     Ok(Ok(match observed.role {
         Some(role) => SyncedRole {
             arn: role.arn,
             created: role.created,
+            max_session_duration,
         },
         None => SyncedRole {
             arn: desired.arn,
             created: Some(Timestamp::now()),
+            max_session_duration,
         },
     }))
 }
