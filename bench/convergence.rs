@@ -626,24 +626,8 @@ async fn ack_phase(
     let idle = ack.now();
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &ns, &peer_ack::role_resource());
-    let trust = json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "CrossAccountOperator",
-                "Effect": "Allow",
-                "Principal": {"AWS": format!("arn:aws:iam::{}:user/{OPERATOR_USER}", env.source_account)},
-                "Action": ["sts:AssumeRole", "sts:SetSourceIdentity"],
-            },
-            {
-                "Sid": "Grants",
-                "Effect": "Allow",
-                "Principal": {"AWS": format!("arn:aws:iam::{}:user/{GRANT_USER}", env.source_account)},
-                "Action": "sts:AssumeRole",
-            },
-        ],
-    })
-    .to_string();
+    let trust =
+        floor::trust_policy(&env.source_account, OPERATOR_USER, GRANT_USER, None).to_string();
     let objects = (0..settings.n)
         .map(|i| {
             peer_ack::role_object(

@@ -55,24 +55,12 @@ async fn one_role(clients: &FloorClients, spec: &FloorSpec<'_>, role: &FloorRole
         ..
     } = spec;
     let external_id = format!("floor-{}", role.name);
-    let trust = json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "CrossAccountOperator",
-                "Effect": "Allow",
-                "Principal": {"AWS": format!("arn:aws:iam::{source_account}:user/{operator_user}")},
-                "Action": ["sts:AssumeRole", "sts:SetSourceIdentity"],
-                "Condition": {"StringEquals": {"sts:ExternalId": external_id}},
-            },
-            {
-                "Sid": "Grants",
-                "Effect": "Allow",
-                "Principal": {"AWS": format!("arn:aws:iam::{source_account}:user/{grant_user}")},
-                "Action": "sts:AssumeRole",
-            },
-        ],
-    });
+    let trust = trust_policy(
+        source_account,
+        operator_user,
+        grant_user,
+        Some(&external_id),
+    );
     let absent = clients
         .target_iam
         .get_role()
@@ -125,6 +113,37 @@ async fn one_role(clients: &FloorClients, spec: &FloorSpec<'_>, role: &FloorRole
             .await
             .unwrap_or_else(|e| panic!("floor AssumeRole {}: {e:?}", role.name));
     }
+}
+
+/// The benchmark's trust policy, the shape the operator generates: the operator (with the
+/// external ID, when one is given) and the granted user. The peer's Roles use it too.
+pub fn trust_policy(
+    source_account: &str,
+    operator_user: &str,
+    grant_user: &str,
+    external_id: Option<&str>,
+) -> serde_json::Value {
+    let mut operator = json!({
+        "Sid": "CrossAccountOperator",
+        "Effect": "Allow",
+        "Principal": {"AWS": format!("arn:aws:iam::{source_account}:user/{operator_user}")},
+        "Action": ["sts:AssumeRole", "sts:SetSourceIdentity"],
+    });
+    if let Some(id) = external_id {
+        operator["Condition"] = json!({"StringEquals": {"sts:ExternalId": id}});
+    }
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            operator,
+            {
+                "Sid": "Grants",
+                "Effect": "Allow",
+                "Principal": {"AWS": format!("arn:aws:iam::{source_account}:user/{grant_user}")},
+                "Action": "sts:AssumeRole",
+            },
+        ],
+    })
 }
 
 fn grant_policy_name(role: &str) -> String {
