@@ -4,6 +4,7 @@
 pub mod api;
 pub mod aws;
 pub mod config;
+pub mod controller;
 pub mod crds;
 pub mod error;
 pub mod http;

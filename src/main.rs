@@ -11,7 +11,7 @@ use cross_account_operator::{
     aws::{AccountApi, Aws, principal_from_caller, sdk::SdkAws},
     config::Config,
     http,
-    leader::{self, Ended},
+    leader::{self, Ended, LeaseSettings},
     metrics::Metrics,
     reconcile::{self, Context, OperatorIdentity, account_controller::arn_account},
     startup, telemetry,
@@ -93,15 +93,21 @@ async fn main() -> anyhow::Result<()> {
         let readiness = readiness.clone();
         tokio::spawn(async move {
             leader::run_as_leader(
-                client, &namespace, &lease, identity, readiness, stop_rx, work,
+                client,
+                &namespace,
+                &lease,
+                identity,
+                LeaseSettings::default(),
+                readiness,
+                stop_rx,
+                work,
             )
             .await
-            .context("leader election failed")
         })
     } else {
         tokio::spawn(async move {
             work(stop_rx).await;
-            Ok(Ended::Shutdown)
+            Ended::Shutdown
         })
     };
     tracing::info!(cluster = %config.cluster_name, "cross-account-operator started");
@@ -118,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let _ = stop_tx.send(true);
     server.await??;
-    match outcome? {
+    match outcome {
         Ended::Shutdown => {
             tracing::info!("stopped");
             Ok(())

@@ -1,17 +1,40 @@
 //! Checks made once at start, before any controller runs.
 
+use std::time::{Duration, Instant};
+
 use kube::{Api, Client, Resource, api::ListParams};
 use serde::de::DeserializeOwned;
 
 use crate::{
     api::{AwsAccount, CrossAccountRole},
+    controller::watch::{WatchFailure, WatchRetry},
     error::StartupError,
 };
 
+/// How long a start waits for an apiserver that cannot be reached (a restarted container may come
+/// up while its control plane is being upgraded) before it fails.
+pub const APISERVER_WAIT: Duration = Duration::from_secs(120);
+
 /// Fails with a message naming `kubectl apply -f crds/` when a CRD of this operator is missing.
+/// While the apiserver cannot be reached it retries, with the watches' backoff, for up to
+/// [`APISERVER_WAIT`].
 pub async fn ensure_crds_installed(client: &Client) -> Result<(), StartupError> {
-    probe::<AwsAccount>(client, "AwsAccount").await?;
-    probe::<CrossAccountRole>(client, "CrossAccountRole").await
+    let started = Instant::now();
+    let mut retry = WatchRetry::default();
+    loop {
+        let result = match probe::<AwsAccount>(client, "AwsAccount").await {
+            Ok(()) => probe::<CrossAccountRole>(client, "CrossAccountRole").await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(StartupError::Kube { kind, source }) if started.elapsed() < APISERVER_WAIT => {
+                let wait = retry.after(WatchFailure::Unavailable, rand::random());
+                tracing::warn!(error = %source, kind, retry_in = ?wait, "cannot reach the Kubernetes API yet");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn probe<K>(client: &Client, kind: &'static str) -> Result<(), StartupError>

@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Resource, ResourceExt,
     core::DeserializeGuard,
-    runtime::{Controller, controller::Action, watcher},
+    runtime::{Controller, WatchStreamExt, controller::Action, reflector, watcher},
 };
 use tracing::info_span;
 
@@ -23,6 +23,7 @@ use crate::{
         names::{condition as cond, reason},
     },
     aws::{AccountAccess, AccountApi, Aws},
+    controller::watch::{NoTriggerBackoff, recovering},
 };
 
 const KIND: &str = "AwsAccount";
@@ -40,12 +41,19 @@ pub fn controller<A: Aws>(
     impl Stream<Item = ()> + Send,
     impl Future<Output = ()> + Send,
 ) {
-    let controller = Controller::new(
-        Api::<Guarded>::all(ctx.client.clone()),
-        watcher::Config::default(),
-    );
-    let store = controller.store();
-    let stream = controller
+    let (store, writer) = reflector::store();
+    let trigger = recovering(
+        "AwsAccount",
+        watcher::watcher(
+            Api::<Guarded>::all(ctx.client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .reflect(writer)
+    .applied_objects();
+    let stream = Controller::for_stream(trigger, store.clone())
+        // The watch paces its own retries.
+        .trigger_backoff(NoTriggerBackoff)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -18,7 +18,7 @@ use kube::{
 };
 
 use super::ReconcileError;
-use crate::api::AwsAccount;
+use crate::{api::AwsAccount, controller::watch::recovering};
 
 /// The read side, shared by all reconciles.
 pub struct Caches {
@@ -97,19 +97,23 @@ impl CacheFeeds {
         impl Stream<Item = Result<DeserializeGuard<AwsAccount>, watcher::Error>> + Send + 'static,
         impl Stream<Item = Result<PartialObjectMeta<Namespace>, watcher::Error>> + Send + 'static,
     ) {
-        let accounts = watcher(
-            Api::<DeserializeGuard<AwsAccount>>::all(client.clone()),
-            watcher::Config::default(),
+        let accounts = recovering(
+            "AwsAccount",
+            watcher(
+                Api::<DeserializeGuard<AwsAccount>>::all(client.clone()),
+                watcher::Config::default(),
+            ),
         )
-        .default_backoff()
         .reflect(self.accounts)
         .touched_objects();
         // Metadata only: labels are all that allowedNamespaces needs.
-        let namespaces = watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watcher::Config::default(),
+        let namespaces = recovering(
+            "Namespace",
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default(),
+            ),
         )
-        .default_backoff()
         .reflect(self.namespaces)
         .touched_objects()
         .predicate_filter(predicates::labels, Default::default());

@@ -16,7 +16,7 @@ use k8s_openapi::{
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    core::{DeserializeGuard, error_boundary::InvalidObject},
+    core::{DeserializeGuard, PartialObjectMeta, error_boundary::InvalidObject},
     runtime::{
         Controller, Predicate, WatchStreamExt,
         controller::Action,
@@ -52,6 +52,7 @@ use crate::{
         names::{FINALIZER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, condition as cond, reason},
     },
     aws::{AccountAccess, Aws, Change, Principal},
+    controller::watch::{NoTriggerBackoff, recovering},
 };
 
 const KIND: &str = "CrossAccountRole";
@@ -75,11 +76,13 @@ pub fn controller<A: Aws>(
     // Status-only updates (our own writes) do not trigger a reconcile: only spec (generation,
     // which deletion also bumps) and annotation (adoption) changes do, besides resync.
     let (store, writer) = reflector::store();
-    let trigger = watcher(
-        Api::<Guarded>::all(client.clone()),
-        watcher::Config::default(),
+    let trigger = recovering(
+        "CrossAccountRole",
+        watcher(
+            Api::<Guarded>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
-    .default_backoff()
     .reflect(writer)
     .applied_objects()
     .predicate_filter(
@@ -91,10 +94,19 @@ pub fn controller<A: Aws>(
     let account_roles = store.clone();
     let (accounts, namespaces) = feeds.streams(&client);
     let stream = controller
+        // Each watch paces its own retries; a failing one must not pause the others.
+        .trigger_backoff(NoTriggerBackoff)
         // Owned Secrets, and only those (label selector): tampering or deletion is undone.
-        .owns(
-            Api::<Secret>::all(client),
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
+        .owns_stream(
+            recovering(
+                "Secret",
+                watcher(
+                    Api::<PartialObjectMeta<Secret>>::all(client),
+                    watcher::Config::default()
+                        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
+                ),
+            )
+            .touched_objects(),
         )
         // A change to an AwsAccount (readiness, guardrails) re-queues the roles that use it; a
         // change to a namespace's labels (allowedNamespaces) the roles in it.

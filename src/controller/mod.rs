@@ -1,0 +1,3 @@
+//! The kube-runtime wiring of the controllers.
+
+pub(crate) mod watch;
