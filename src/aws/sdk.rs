@@ -173,16 +173,10 @@ impl SdkAccount {
                         .send(),
                 )
                 .await?;
-            policies.insert(name, parse_observed(out.policy_document()));
+            policies.insert(name, policy::parse_observed(out.policy_document()));
         }
         Ok(policies)
     }
-}
-
-/// A document read from IAM; one that does not parse compares unequal to anything desired, so the
-/// plan rewrites it.
-fn parse_observed(text: &str) -> Value {
-    policy::parse_document(text).unwrap_or(Value::Null)
 }
 
 fn to_aws_error<E>(
@@ -271,7 +265,9 @@ impl AccountApi for SdkAccount {
                 .filter(|d| !d.is_empty())
                 .map(str::to_owned),
             max_session_duration: role.max_session_duration().unwrap_or(3600),
-            trust_policy: parse_observed(role.assume_role_policy_document().unwrap_or_default()),
+            trust_policy: policy::parse_observed(
+                role.assume_role_policy_document().unwrap_or_default(),
+            ),
             permissions_boundary: role
                 .permissions_boundary()
                 .and_then(|b| b.permissions_boundary_arn())
@@ -322,7 +318,7 @@ impl AccountApi for SdkAccount {
                 Self::absent_if_not_found(out)?.map(|o| o.policy_document().to_owned())
             }
         };
-        Ok(document.map(|d| parse_observed(&d)))
+        Ok(document.map(|d| policy::parse_observed(&d)))
     }
 
     async fn apply(&self, change: &Change) -> Result<(), AwsError> {
