@@ -19,8 +19,9 @@ crds: ## Regenerate crds/ (and the Helm chart's copy) from the Rust API types
 fmt: ## Check formatting
 	$(CARGO) fmt --all -- --check
 
-lint: ## Clippy with warnings as errors
+lint: ## Clippy with warnings as errors, and imports that run one way (hack/check-imports.py)
 	$(CARGO) clippy --all-targets -- -D warnings
+	python3 hack/check-imports.py
 
 unit: ## Pure unit tests (no environment needed); includes the check that crds/ is current
 	$(CARGO) test --lib --bins

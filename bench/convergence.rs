@@ -234,12 +234,7 @@ async fn run() {
 /// AssumeRole when credentials are asked for.
 async fn minimum(client: &Client, env: &DevEnv, credentials: bool) -> report::Minimum {
     use cross_account_operator::{
-        api::AwsAccount,
-        reconcile::{
-            desired::{Owner, desired_role},
-            plan::{Observed, plan_role_changes},
-            validate::{OperatorIdentity, validate},
-        },
+        api::AwsAccount, naming::OperatorIdentity, planned_writes_for_new_role,
     };
     let account = Api::<AwsAccount>::all(client.clone())
         .get(&env.account_name)
@@ -254,23 +249,16 @@ async fn minimum(client: &Client, env: &DevEnv, credentials: bool) -> report::Mi
     let operator = OperatorIdentity {
         cluster_name: "bench".into(),
         source_account_id: env.source_account.clone(),
+        partition: "aws".into(),
         principal_arn: format!("arn:aws:iam::{}:user/{OPERATOR_USER}", env.source_account),
         chained: false,
     };
     let labels = [("crossaccount.io/tenant".to_owned(), "true".to_owned())].into();
-    let spec = validate(&cr, &account, &labels, &operator)
-        .unwrap_or_else(|r| panic!("the benchmark spec is refused: {}", r.message));
-    let owner = Owner {
-        cluster: "bench".into(),
-        namespace: ns.into(),
-        name: name.into(),
-    };
-    let desired = desired_role(&spec, &owner, &operator, &account.spec.account_id);
-    let writes: Vec<String> =
-        plan_role_changes(&desired, &Observed::default(), &Default::default())
-            .iter()
-            .map(|c| c.operation().to_owned())
-            .collect();
+    let writes: Vec<String> = planned_writes_for_new_role(&cr, &account, &labels, &operator)
+        .unwrap_or_else(|message| panic!("the benchmark spec is refused: {message}"))
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
     let assume_role = u64::from(credentials);
     report::Minimum {
         reads: 1,

@@ -31,7 +31,7 @@ pub struct Config {
     pub leader_elect: bool,
 
     /// Namespace of the leader-election Lease. Default: the namespace the operator runs in
-    /// (POD_NAMESPACE), else `default`.
+    /// (`--pod-namespace`), else `default`.
     #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
     pub leader_election_namespace: Option<String>,
 
@@ -48,6 +48,17 @@ pub struct Config {
     /// assumed-role ARN drops the path.
     #[arg(long, env = "OPERATOR_ROLE_ARN")]
     pub operator_role_arn: Option<String>,
+
+    /// Name of the pod the operator runs in (the chart sets it from the downward API): the
+    /// leader-election identity and the events' reporting instance. Default: a name with the
+    /// process ID.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Namespace of the pod the operator runs in (the chart sets it from the downward API): the
+    /// default namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -108,6 +119,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Ok(Duration::from_secs(seconds))
+}
+
+impl Config {
+    /// The leader-election identity: the pod name, stable across container restarts, so that a
+    /// restarted leader takes its own Lease back at once.
+    pub fn identity(&self) -> String {
+        self.pod_name
+            .clone()
+            .unwrap_or_else(|| format!("cross-account-operator-{}", std::process::id()))
+    }
+
+    /// The namespace of the leader-election Lease.
+    pub fn lease_namespace(&self) -> String {
+        self.leader_election_namespace
+            .clone()
+            .or_else(|| self.pod_namespace.clone())
+            .unwrap_or_else(|| "default".to_owned())
+    }
 }
 
 #[cfg(test)]

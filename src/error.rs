@@ -1,7 +1,10 @@
-//! Errors of the operator. Every error has a `category()`: a short, fixed string used as metric label
-//! and event reason (never the error's payload).
+//! Errors of the operator, and their one vocabulary: every error has a `category()`, a short
+//! fixed string used as metric label (never the error's payload), and a reconcile error has the
+//! [`Reason`] its condition and event carry.
 
 use thiserror::Error;
+
+use crate::{api::names::Reason, aws::AwsError};
 
 /// Errors while starting the operator.
 #[derive(Error, Debug)]
@@ -23,157 +26,54 @@ impl StartupError {
     pub fn category(&self) -> &'static str {
         match self {
             StartupError::CrdMissing { .. } => "CrdMissing",
-            StartupError::Kube { .. } => "KubeError",
+            StartupError::Kube { .. } => KUBERNETES_CATEGORY,
         }
     }
 }
 
-/// What kind of failure an AWS call had; decides between retrying, waiting and giving up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AwsErrorKind {
-    /// The entity does not exist (IAM `NoSuchEntity`).
-    NotFound,
-    /// The caller may not do this (or its credentials are not accepted).
-    AccessDenied,
-    /// AWS asked us to slow down.
-    Throttled,
-    /// The entity exists already (IAM `EntityAlreadyExists`).
-    AlreadyExists,
-    /// AWS rejected the input (malformed policy, validation error).
-    Invalid,
-    /// A quota was hit (e.g. too many attached policies).
-    LimitExceeded,
-    /// A server error, timeout or network failure: worth retrying.
-    Transient,
-    /// Anything else.
-    Other,
-}
+/// The category of every failed Kubernetes API request.
+const KUBERNETES_CATEGORY: &str = "KubernetesError";
 
-impl AwsErrorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AwsErrorKind::NotFound => "not_found",
-            AwsErrorKind::AccessDenied => "access_denied",
-            AwsErrorKind::Throttled => "throttled",
-            AwsErrorKind::AlreadyExists => "already_exists",
-            AwsErrorKind::Invalid => "invalid",
-            AwsErrorKind::LimitExceeded => "limit_exceeded",
-            AwsErrorKind::Transient => "transient",
-            AwsErrorKind::Other => "error",
-        }
-    }
-}
-
-/// A failed AWS API call. The message is AWS's own (it names ARNs, never credentials).
+/// A reconcile that failed and is retried with backoff.
 #[derive(Error, Debug)]
-#[error("AWS {service} {operation} failed: {message}{}", request_id.as_ref().map(|id| format!(" (request ID {id})")).unwrap_or_default())]
-pub struct AwsError {
-    pub service: &'static str,
-    pub operation: &'static str,
-    pub kind: AwsErrorKind,
-    // Boxed strings keep the error small: it travels in every Result of the reconcile path.
-    pub code: Option<Box<str>>,
-    pub message: Box<str>,
-    pub request_id: Option<Box<str>>,
-    #[source]
-    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+pub enum ReconcileError {
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error("Kubernetes API request failed: {context}: {source}")]
+    Kube {
+        context: &'static str,
+        #[source]
+        source: kube::Error,
+    },
 }
 
-impl AwsError {
+impl ReconcileError {
+    /// The metric label of the failure.
     pub fn category(&self) -> &'static str {
-        match self.kind {
-            AwsErrorKind::NotFound => "AwsNotFound",
-            AwsErrorKind::AccessDenied => "AwsAccessDenied",
-            AwsErrorKind::Throttled => "AwsThrottled",
-            AwsErrorKind::AlreadyExists => "AwsAlreadyExists",
-            AwsErrorKind::Invalid => "AwsInvalidInput",
-            AwsErrorKind::LimitExceeded => "AwsLimitExceeded",
-            AwsErrorKind::Transient => "AwsUnavailable",
-            AwsErrorKind::Other => "AwsError",
+        match self {
+            ReconcileError::Aws(e) => e.category(),
+            ReconcileError::Kube { .. } => KUBERNETES_CATEGORY,
         }
     }
 
-    pub fn is_not_found(&self) -> bool {
-        self.kind == AwsErrorKind::NotFound
-    }
-
-    /// Classifies an AWS error from its code and HTTP status.
-    pub fn classify(code: Option<&str>, status: Option<u16>) -> AwsErrorKind {
-        match code {
-            Some("NoSuchEntity" | "NoSuchEntityException" | "NotFound") => AwsErrorKind::NotFound,
-            Some(
-                "AccessDenied"
-                | "AccessDeniedException"
-                | "InvalidClientTokenId"
-                | "SignatureDoesNotMatch"
-                | "ExpiredToken"
-                | "UnrecognizedClientException",
-            ) => AwsErrorKind::AccessDenied,
-            Some(
-                "Throttling"
-                | "ThrottlingException"
-                | "RequestLimitExceeded"
-                | "TooManyRequestsException"
-                | "RequestThrottled",
-            ) => AwsErrorKind::Throttled,
-            Some("EntityAlreadyExists") => AwsErrorKind::AlreadyExists,
-            Some(
-                "MalformedPolicyDocument"
-                | "ValidationError"
-                | "InvalidInput"
-                | "InvalidParameterValue"
-                | "PackedPolicyTooLarge",
-            ) => AwsErrorKind::Invalid,
-            Some("LimitExceeded") => AwsErrorKind::LimitExceeded,
-            Some(
-                "ServiceFailure"
-                | "InternalFailure"
-                | "ServiceUnavailable"
-                | "ConcurrentModification",
-            ) => AwsErrorKind::Transient,
-            _ => match status {
-                Some(403) => AwsErrorKind::AccessDenied,
-                Some(404) => AwsErrorKind::NotFound,
-                Some(429) => AwsErrorKind::Throttled,
-                Some(500..) | None => AwsErrorKind::Transient,
-                Some(_) => AwsErrorKind::Other,
-            },
+    /// The condition and event reason of the failure.
+    pub fn reason(&self) -> Reason {
+        match self {
+            ReconcileError::Aws(_) => Reason::AwsError,
+            ReconcileError::Kube { .. } => Reason::KubernetesError,
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    /// The message for a condition: no per-attempt detail such as AWS request IDs.
+    pub fn summary(&self) -> String {
+        match self {
+            ReconcileError::Aws(e) => e.summary(),
+            other => other.to_string(),
+        }
+    }
 
-    #[test]
-    fn errors_are_classified_by_code_then_status() {
-        let kind = AwsError::classify;
-        assert_eq!(
-            kind(Some("NoSuchEntity"), Some(404)),
-            AwsErrorKind::NotFound
-        );
-        assert_eq!(kind(Some("Throttling"), Some(400)), AwsErrorKind::Throttled);
-        assert_eq!(
-            kind(Some("EntityAlreadyExists"), Some(409)),
-            AwsErrorKind::AlreadyExists
-        );
-        assert_eq!(
-            kind(Some("MalformedPolicyDocument"), Some(400)),
-            AwsErrorKind::Invalid
-        );
-        assert_eq!(
-            kind(Some("AccessDenied"), Some(403)),
-            AwsErrorKind::AccessDenied
-        );
-        // moto's authorization errors do not decode into a code: the status decides.
-        assert_eq!(kind(None, Some(403)), AwsErrorKind::AccessDenied);
-        assert_eq!(kind(None, Some(503)), AwsErrorKind::Transient);
-        assert_eq!(
-            kind(None, None),
-            AwsErrorKind::Transient,
-            "no response at all is a network error"
-        );
-        assert_eq!(kind(Some("SomethingNew"), Some(400)), AwsErrorKind::Other);
+    /// A wrapper for `map_err`: the Kubernetes request failed while doing `context`.
+    pub fn kube(context: &'static str) -> impl FnOnce(kube::Error) -> Self {
+        move |source| ReconcileError::Kube { context, source }
     }
 }

@@ -21,7 +21,10 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
     jiff::Timestamp,
 };
-use kube::{Api, Client, api::PostParams};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
 use rand::Rng;
 use tokio::sync::watch;
 
@@ -149,8 +152,8 @@ impl Elector {
                 };
                 self.api.create(&PostParams::default(), &lease).await?
             }
-            (step, Some(mut lease)) => {
-                let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            (step, Some(lease)) => {
+                let mut spec = lease.spec.clone().unwrap_or_default();
                 if step == Step::Acquire {
                     spec.holder_identity = Some(self.identity.clone());
                     spec.acquire_time = stamp.clone();
@@ -158,10 +161,7 @@ impl Elector {
                 }
                 spec.lease_duration_seconds = Some(self.duration_seconds());
                 spec.renew_time = stamp;
-                // Carries the resourceVersion it was read with: a concurrent write fails it.
-                self.api
-                    .replace(&self.name, &PostParams::default(), &lease)
-                    .await?
+                self.write(&lease, &spec).await?
             }
             (_, None) => unreachable!("next_step gives Create for a missing Lease"),
         };
@@ -171,20 +171,36 @@ impl Elector {
 
     /// Gives the Lease up if we hold it, so that a standby need not wait for it to expire.
     async fn release(&mut self) -> Result<(), kube::Error> {
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+        let Some(lease) = self.api.get_opt(&self.name).await? else {
             return Ok(());
         };
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        let mut spec = lease.spec.clone().unwrap_or_default();
         if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             return Ok(());
         }
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
+        self.write(&lease, &spec).await.map(drop)
+    }
+
+    /// Writes `spec` over the Lease as it was read: a merge patch that carries the
+    /// resourceVersion it was decided on, so a concurrent write makes it fail (409). Every field
+    /// of the spec is set explicitly (`null` clears), so nothing of the old record survives.
+    async fn write(&self, read: &Lease, spec: &LeaseSpec) -> Result<Lease, kube::Error> {
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": read.metadata.resource_version},
+            "spec": {
+                "holderIdentity": spec.holder_identity,
+                "leaseDurationSeconds": spec.lease_duration_seconds,
+                "acquireTime": spec.acquire_time,
+                "renewTime": spec.renew_time,
+                "leaseTransitions": spec.lease_transitions,
+            },
+        });
         self.api
-            .replace(&self.name, &PostParams::default(), &lease)
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map(drop)
     }
 
     fn duration_seconds(&self) -> i32 {

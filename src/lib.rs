@@ -1,5 +1,8 @@
 //! cross-account-operator: manages cross-account IAM roles and temporary STS credentials from
 //! Kubernetes custom resources.
+//!
+//! Imports run one way: the binaries -> [`controller`] -> `pipeline` -> `aws` / [`api`]; the AWS
+//! seam imports nothing of Kubernetes, and no pipeline step imports a later one.
 
 pub mod api;
 pub mod aws;
@@ -10,6 +13,8 @@ pub mod error;
 pub mod http;
 pub mod leader;
 pub mod metrics;
-pub mod reconcile;
+pub mod naming;
+pub(crate) mod pipeline;
+pub use pipeline::planned_writes_for_new_role;
 pub mod startup;
 pub mod telemetry;

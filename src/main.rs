@@ -1,6 +1,6 @@
 //! The operator binary: config -> telemetry -> clients -> controllers + HTTP server, until SIGTERM.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use aws_config::{BehaviorVersion, timeout::TimeoutConfig};
@@ -8,12 +8,12 @@ use clap::Parser;
 use tokio::sync::watch;
 
 use cross_account_operator::{
-    aws::{AccountApi, Aws, principal_from_caller, sdk::SdkAws},
+    aws::SdkAws,
     config::Config,
-    http,
+    controller, http,
     leader::{self, Ended, LeaseSettings},
     metrics::Metrics,
-    reconcile::{self, Context, OperatorIdentity, account_controller::arn_account},
+    naming::OperatorIdentity,
     startup, telemetry,
 };
 
@@ -40,18 +40,15 @@ async fn main() -> anyhow::Result<()> {
         .load()
         .await;
     let aws = SdkAws::new(aws_config, metrics.clone());
-    let caller = aws.source().caller_arn().await.context(
+    let operator = OperatorIdentity::discover(
+        &aws,
+        config.cluster_name.clone(),
+        config.operator_role_arn.clone(),
+    )
+    .await
+    .context(
         "cannot determine the operator's own AWS identity (sts:GetCallerIdentity); check its AWS credentials",
     )?;
-    let operator = OperatorIdentity {
-        cluster_name: config.cluster_name.clone(),
-        source_account_id: arn_account(&caller).unwrap_or_default().to_owned(),
-        principal_arn: config
-            .operator_role_arn
-            .clone()
-            .unwrap_or_else(|| principal_from_caller(&caller)),
-        chained: caller.contains(":assumed-role/"),
-    };
     tracing::info!(principal = %operator.principal_arn, account = %operator.source_account_id, "operator identity");
 
     let readiness = http::Readiness::default();
@@ -69,26 +66,18 @@ async fn main() -> anyhow::Result<()> {
     .with_context(|| format!("cannot listen on {} (--http-addr)", config.http_addr))?;
     let server = tokio::spawn(server);
 
-    let (ctx, feeds) = Context::new(
-        client.clone(),
-        aws,
-        operator,
-        metrics,
-        config.resync_interval,
-    );
-    let ctx = Arc::new(ctx);
+    let settings = controller::Settings {
+        concurrency: config.concurrency,
+        resync_interval: config.resync_interval,
+        instance: config.pod_name.clone(),
+    };
     let work = {
-        let (readiness, concurrency) = (readiness.clone(), config.concurrency);
-        move |stop| reconcile::run(ctx, feeds, concurrency, readiness, stop)
+        let (client, readiness) = (client.clone(), readiness.clone());
+        move |stop| controller::run(client, aws, operator, metrics, settings, readiness, stop)
     };
     let mut runner = if config.leader_elect {
-        let namespace = config
-            .leader_election_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| "default".to_owned());
-        let identity = std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("cross-account-operator-{}", std::process::id()));
+        let namespace = config.lease_namespace();
+        let identity = config.identity();
         let lease = config.leader_election_id.clone();
         let readiness = readiness.clone();
         tokio::spawn(async move {

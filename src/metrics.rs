@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use k8s_openapi::jiff::Timestamp;
+use jiff::Timestamp;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
@@ -91,11 +91,11 @@ impl Collector for CredentialsExpiry {
 /// All metrics of the operator and the registry that exposes them.
 pub struct Metrics {
     registry: Registry,
-    pub credentials_expiry: Arc<CredentialsExpiry>,
-    pub aws_requests: Family<AwsRequestLabels, Counter>,
-    pub reconciles: Family<ReconcileLabels, Counter>,
-    pub reconcile_errors: Family<ReconcileErrorLabels, Counter>,
-    pub reconcile_duration: Family<ReconcileLabels, Histogram>,
+    pub(crate) credentials_expiry: Arc<CredentialsExpiry>,
+    pub(crate) aws_requests: Family<AwsRequestLabels, Counter>,
+    pub(crate) reconciles: Family<ReconcileLabels, Counter>,
+    pub(crate) reconcile_errors: Family<ReconcileErrorLabels, Counter>,
+    pub(crate) reconcile_duration: Family<ReconcileLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -153,6 +153,18 @@ impl Metrics {
     }
 }
 
+impl crate::aws::RequestLog for Metrics {
+    fn request(&self, service: &'static str, operation: &'static str, outcome: &'static str) {
+        self.aws_requests
+            .get_or_create(&AwsRequestLabels {
+                service,
+                operation,
+                outcome,
+            })
+            .inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,14 +189,20 @@ mod tests {
         metrics.credentials_expiry.set(
             "team-a",
             "signin",
-            Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(600),
+            Timestamp::now() + jiff::SignedDuration::from_secs(600),
         );
         let text = metrics.render();
+        let series =
+            r#"crossaccount_credentials_expiry_seconds{namespace="team-a",name="signin"} "#;
+        let seconds: f64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix(series))
+            .unwrap_or_else(|| panic!("no expiry series in {text}"))
+            .parse()
+            .expect("a number");
         assert!(
-            text.contains(
-                r#"crossaccount_credentials_expiry_seconds{namespace="team-a",name="signin"} 59"#
-            ),
-            "{text}"
+            (598.0..=600.0).contains(&seconds),
+            "expires in {seconds} s, set to 600 s from now"
         );
         assert!(text.contains(
             r#"crossaccount_aws_requests_total{service="iam",operation="GetRole",outcome="ok"} 1"#

@@ -15,7 +15,7 @@ use common::{
     aws_proxy::{AwsProxy, CallCount, Fault, FaultRule},
     env,
 };
-use cross_account_operator::error::{AwsError, AwsErrorKind};
+use cross_account_operator::aws::{AwsError, AwsErrorKind};
 
 /// The operator's own identity, talking to `endpoint` with `attempts` attempts per call (short
 /// backoff, so retried faults do not slow the tests down).
@@ -83,6 +83,7 @@ async fn forwards_signed_requests_unchanged_and_counts_them() {
         proxy.count("sts", "GetCallerIdentity"),
         CallCount {
             forwarded: 1,
+            succeeded: 1,
             faulted: 0,
             delayed: 0
         },
@@ -122,6 +123,7 @@ async fn throttling_is_a_retried_throttling_error() {
         proxy.count("iam", "GetUser"),
         CallCount {
             forwarded: 0,
+            succeeded: 0,
             faulted: 3,
             delayed: 0
         }
@@ -224,6 +226,7 @@ async fn latency_delays_and_then_forwards() {
         proxy.count("iam", "GetUser"),
         CallCount {
             forwarded: 1,
+            succeeded: 1,
             faulted: 0,
             delayed: 1
         }

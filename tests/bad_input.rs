@@ -1190,8 +1190,7 @@ async fn every_bad_input_is_refused_naming_the_field_without_touching_aws() {
     }
     // No role of any semantic case exists (default names: prefix, namespace, object name).
     for (_, name) in &created {
-        let role_name =
-            cross_account_operator::reconcile::validate::default_role_name("cat-", &ns.name, name);
+        let role_name = cross_account_operator::naming::default_role_name("cat-", &ns.name, name);
         if common::get_iam_role(&target, &role_name).await.is_some() {
             failures.push(format!("{name}: role {role_name} was created"));
         }

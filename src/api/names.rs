@@ -2,7 +2,7 @@
 
 /// Finalizer that guards the AWS cleanup of a CrossAccountRole.
 pub const FINALIZER: &str = "crossaccount.io/cleanup";
-/// Field manager for server-side apply of Secrets and status.
+/// Field manager for server-side apply of Secrets and status, and the events' reporter.
 pub const FIELD_MANAGER: &str = "cross-account-operator";
 
 /// Label put on every object the operator creates (and used to watch only those).
@@ -35,16 +35,69 @@ pub mod condition {
     pub const CREDENTIALS_READY: &str = "CredentialsReady";
 }
 
-/// Condition reasons; the same strings are event reasons.
-pub mod reason {
-    pub const SYNCED: &str = "Synced";
-    pub const VERIFIED: &str = "Verified";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const NOT_PERMITTED: &str = "NotPermitted";
-    pub const ACCOUNT_NOT_READY: &str = "AccountNotReady";
-    pub const ROLE_NOT_OWNED: &str = "RoleNotOwned";
-    pub const AWS_ERROR: &str = "AwsError";
-    pub const PROPAGATING: &str = "Propagating";
-    pub const CREDENTIALS_ISSUED: &str = "CredentialsIssued";
-    pub const SECRET_NOT_OWNED: &str = "SecretNotOwned";
+/// Why a condition is what it is, and why an event was published: one vocabulary, one string
+/// each (`kubectl describe` shows them as the condition's and the event's reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The role (and its grants) match the spec.
+    Synced,
+    /// The AwsAccount's management identity was verified.
+    Verified,
+    /// The spec (or the stored object) is not valid; fix it.
+    InvalidSpec,
+    /// The AwsAccount's guardrails do not allow the spec.
+    NotPermitted,
+    /// The AwsAccount does not exist or has not been verified.
+    AccountNotReady,
+    /// The IAM role belongs to someone else.
+    RoleNotOwned,
+    /// An AWS request failed; retried with backoff.
+    AwsError,
+    /// A Kubernetes API request failed; retried with backoff.
+    KubernetesError,
+    /// IAM has not propagated a new role yet; retried soon.
+    Propagating,
+    /// The Secret holds credentials issued by the operator.
+    CredentialsIssued,
+    /// The Secret's name is taken by a Secret this object does not own.
+    SecretNotOwned,
+    /// A change was made in AWS (event only; the action names the IAM operation).
+    AwsChange,
+    /// `deletionPolicy: Retain`: the role was left in AWS (event only).
+    Retained,
+    /// A rollout-restart target was restarted for new credentials (event only).
+    RolloutRestarted,
+    /// A rollout-restart target does not exist (event only).
+    RolloutTargetNotFound,
+    /// A rollout restart failed (event only).
+    RolloutRestartFailed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Synced => "Synced",
+            Reason::Verified => "Verified",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::NotPermitted => "NotPermitted",
+            Reason::AccountNotReady => "AccountNotReady",
+            Reason::RoleNotOwned => "RoleNotOwned",
+            Reason::AwsError => "AwsError",
+            Reason::KubernetesError => "KubernetesError",
+            Reason::Propagating => "Propagating",
+            Reason::CredentialsIssued => "CredentialsIssued",
+            Reason::SecretNotOwned => "SecretNotOwned",
+            Reason::AwsChange => "AwsChange",
+            Reason::Retained => "Retained",
+            Reason::RolloutRestarted => "RolloutRestarted",
+            Reason::RolloutTargetNotFound => "RolloutTargetNotFound",
+            Reason::RolloutRestartFailed => "RolloutRestartFailed",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

@@ -1,105 +1,221 @@
-//! In-memory IAM of one account, behind [`AccountApi`], for unit tests of the pipeline. It keeps
-//! documents as given and records every write, so tests can count them.
+//! In-memory IAM and STS behind [`Aws`] and [`AccountApi`], for unit tests of the pipeline and the
+//! controllers. It answers as IAM does where the reconciler depends on it: documents are stored
+//! as the text IAM received, with account principals rewritten to root ARNs, and handed back
+//! URL-encoded; removing what is not there is `NoSuchEntity`; a role with policies cannot be
+//! deleted (`DeleteConflict`). Every write is recorded, so tests can count them.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
-use super::{AccountApi, Change, ObservedRole, Principal};
-use crate::{
-    error::{AwsError, AwsErrorKind},
-    reconcile::credentials::{AssumeRoleRequest, IssuedCredentials},
+use super::{
+    AccountAccess, AccountApi, Arn, AssumeRoleRequest, Aws, AwsError, AwsErrorKind, Change,
+    IAM_DEFAULT_MAX_SESSION, IssuedCredentials, ObservedRole, Principal, policy,
 };
+
+/// What RFC 3986 leaves unencoded, as IAM does in the documents it returns.
+const URL_ENCODED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// A document as IAM hands it back.
+fn as_returned(document: &Value) -> String {
+    utf8_percent_encode(&policy::to_text(document), URL_ENCODED).to_string()
+}
+
+/// IAM stores an account principal `123456789012` as `arn:<partition>:iam::123456789012:root`.
+fn rewrite_principals(trust: &Value, partition: &str) -> Value {
+    let mut trust = trust.clone();
+    let rewrite = |id: &mut Value| {
+        if let Some(text) = id.as_str()
+            && text.len() == 12
+            && text.bytes().all(|b| b.is_ascii_digit())
+        {
+            *id = Value::String(Arn::root(partition, text).to_string());
+        }
+    };
+    let statements: Vec<&mut Value> = match &mut trust["Statement"] {
+        Value::Array(list) => list.iter_mut().collect(),
+        single @ Value::Object(_) => vec![single],
+        _ => Vec::new(),
+    };
+    for statement in statements {
+        match &mut statement["Principal"]["AWS"] {
+            Value::Array(ids) => ids.iter_mut().for_each(rewrite),
+            id @ Value::String(_) => rewrite(id),
+            _ => {}
+        }
+    }
+    trust
+}
+
+/// A role as IAM keeps it: documents as the text it returns.
+#[derive(Clone, Debug, Default)]
+struct StoredRole {
+    role: ObservedRole,
+    trust_policy: String,
+    inline_policies: BTreeMap<String, String>,
+}
+
+impl StoredRole {
+    fn observed(&self) -> ObservedRole {
+        ObservedRole {
+            trust_policy: policy::parse_observed(&self.trust_policy),
+            inline_policies: self
+                .inline_policies
+                .iter()
+                .map(|(name, text)| (name.clone(), policy::parse_observed(text)))
+                .collect(),
+            ..self.role.clone()
+        }
+    }
+}
 
 #[derive(Default)]
 struct State {
-    roles: BTreeMap<String, ObservedRole>,
-    /// Inline policies of users and roles, as (principal, policy name) -> document.
-    principal_policies: BTreeMap<(Principal, String), Value>,
+    roles: BTreeMap<String, StoredRole>,
+    /// Inline policies of users and roles, as (principal, policy name) -> document text.
+    principal_policies: BTreeMap<(Principal, String), String>,
     writes: Vec<Change>,
-    assumed: u32,
+    assumed: Vec<AssumeRoleRequest>,
 }
 
+/// One account's IAM and STS.
 #[derive(Clone)]
-pub struct FakeAccount {
+pub(crate) struct FakeAccount {
     account_id: String,
+    partition: String,
     state: Arc<Mutex<State>>,
 }
 
 impl FakeAccount {
-    pub fn new(account_id: &str) -> Self {
+    pub(crate) fn new(account_id: &str) -> Self {
         Self {
             account_id: account_id.to_owned(),
+            partition: "aws".to_owned(),
             state: Arc::default(),
         }
     }
 
+    /// An account of another partition (`aws-cn`, `aws-us-gov`).
+    pub(crate) fn in_partition(account_id: &str, partition: &str) -> Self {
+        Self {
+            partition: partition.to_owned(),
+            ..Self::new(account_id)
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The writes made so far (and forgets them).
-    pub fn take_writes(&self) -> Vec<Change> {
-        std::mem::take(&mut self.state.lock().unwrap().writes)
+    pub(crate) fn take_writes(&self) -> Vec<Change> {
+        std::mem::take(&mut self.lock().writes)
     }
 
-    pub fn role(&self, name: &str) -> Option<ObservedRole> {
-        self.state.lock().unwrap().roles.get(name).cloned()
+    /// The AssumeRole requests made so far with this account's identity.
+    pub(crate) fn assumed(&self) -> Vec<AssumeRoleRequest> {
+        self.lock().assumed.clone()
     }
 
-    /// Changes a role behind the operator's back (drift).
-    pub fn edit_role(&self, name: &str, edit: impl FnOnce(&mut ObservedRole)) {
-        edit(
-            self.state
-                .lock()
-                .unwrap()
-                .roles
-                .get_mut(name)
-                .expect("role exists"),
-        );
+    /// The role as GetRole would describe it.
+    pub(crate) fn role(&self, name: &str) -> Option<ObservedRole> {
+        self.lock().roles.get(name).map(StoredRole::observed)
+    }
+
+    /// Changes a role behind the operator's back (drift), as someone with IAM access would: the
+    /// documents go through IAM's storage again.
+    pub(crate) fn edit_role(&self, name: &str, edit: impl FnOnce(&mut ObservedRole)) {
+        let mut state = self.lock();
+        let partition = self.partition.clone();
+        let stored = state.roles.get_mut(name).expect("role exists");
+        let mut role = stored.observed();
+        edit(&mut role);
+        stored.trust_policy = as_returned(&rewrite_principals(&role.trust_policy, &partition));
+        stored.inline_policies = role
+            .inline_policies
+            .iter()
+            .map(|(n, doc)| (n.clone(), as_returned(doc)))
+            .collect();
+        stored.role = role;
     }
 
     /// Changes inline policies of users and roles behind the operator's back (drift).
-    pub fn edit_principal_policies(
+    pub(crate) fn edit_principal_policies(
         &self,
         edit: impl FnOnce(&mut BTreeMap<(Principal, String), Value>),
     ) {
-        edit(&mut self.state.lock().unwrap().principal_policies);
+        let mut state = self.lock();
+        let mut policies: BTreeMap<(Principal, String), Value> = state
+            .principal_policies
+            .iter()
+            .map(|(k, text)| (k.clone(), policy::parse_observed(text)))
+            .collect();
+        edit(&mut policies);
+        state.principal_policies = policies
+            .iter()
+            .map(|(k, doc)| (k.clone(), as_returned(doc)))
+            .collect();
     }
 
-    pub fn principal_policy(&self, principal: &Principal, name: &str) -> Option<Value> {
-        let state = self.state.lock().unwrap();
-        state
+    /// A user's or role's inline policy as GetUserPolicy/GetRolePolicy would return it, decoded.
+    pub(crate) fn principal_policy(&self, principal: &Principal, name: &str) -> Option<Value> {
+        self.lock()
             .principal_policies
             .get(&(principal.clone(), name.to_owned()))
-            .cloned()
+            .map(|text| policy::parse_observed(text))
     }
+
+    /// The raw text IAM would return for a role's trust policy (URL-encoded).
+    pub(crate) fn trust_policy_text(&self, role: &str) -> Option<String> {
+        self.lock().roles.get(role).map(|r| r.trust_policy.clone())
+    }
+}
+
+fn iam_error(operation: &'static str, kind: AwsErrorKind, code: &str, message: String) -> AwsError {
+    AwsError {
+        service: "iam",
+        operation,
+        kind,
+        code: Some(code.into()),
+        message: message.into(),
+        request_id: None,
+        source: None,
+    }
+}
+
+fn not_found(operation: &'static str, what: &str) -> AwsError {
+    iam_error(
+        operation,
+        AwsErrorKind::NotFound,
+        "NoSuchEntity",
+        format!("{what} cannot be found."),
+    )
 }
 
 fn role_entry<'a>(
     state: &'a mut State,
     role: &str,
     op: &'static str,
-) -> Result<&'a mut ObservedRole, AwsError> {
-    state.roles.get_mut(role).ok_or_else(|| not_found(op, role))
-}
-
-fn not_found(operation: &'static str, what: &str) -> AwsError {
-    AwsError {
-        service: "iam",
-        operation,
-        kind: AwsErrorKind::NotFound,
-        code: Some("NoSuchEntity".into()),
-        message: format!("{what} not found").into(),
-        request_id: None,
-        source: None,
-    }
+) -> Result<&'a mut StoredRole, AwsError> {
+    state
+        .roles
+        .get_mut(role)
+        .ok_or_else(|| not_found(op, &format!("The role with name {role}")))
 }
 
 impl AccountApi for FakeAccount {
     async fn caller_arn(&self) -> Result<String, AwsError> {
         Ok(format!(
-            "arn:aws:sts::{}:assumed-role/management/test",
-            self.account_id
+            "arn:{}:sts::{}:assumed-role/management/test",
+            self.partition, self.account_id
         ))
     }
 
@@ -107,15 +223,15 @@ impl AccountApi for FakeAccount {
         &self,
         request: &AssumeRoleRequest,
     ) -> Result<IssuedCredentials, AwsError> {
-        let mut state = self.state.lock().unwrap();
-        state.assumed += 1;
-        let n = state.assumed;
+        let mut state = self.lock();
+        state.assumed.push(request.clone());
+        let n = state.assumed.len();
         Ok(IssuedCredentials {
             access_key_id: format!("ASIAFAKE{n}"),
             secret_access_key: format!("secret-{n}"),
             session_token: format!("token-{n}-{}", request.session_name),
-            expiration: k8s_openapi::jiff::Timestamp::now()
-                + k8s_openapi::jiff::SignedDuration::from_secs(i64::from(request.duration_seconds)),
+            expiration: jiff::Timestamp::now()
+                + jiff::SignedDuration::from_secs(i64::from(request.duration_seconds)),
         })
     }
 
@@ -132,9 +248,8 @@ impl AccountApi for FakeAccount {
     }
 
     async fn apply(&self, change: &Change) -> Result<(), AwsError> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.lock();
         let op = change.operation();
-        let account_id = self.account_id.clone();
         match change {
             Change::CreateRole {
                 role,
@@ -146,63 +261,81 @@ impl AccountApi for FakeAccount {
                 tags,
             } => {
                 if state.roles.contains_key(role) {
-                    return Err(AwsError {
-                        kind: AwsErrorKind::AlreadyExists,
-                        ..not_found(op, role)
-                    });
+                    return Err(iam_error(
+                        op,
+                        AwsErrorKind::AlreadyExists,
+                        "EntityAlreadyExists",
+                        format!("Role with name {role} already exists."),
+                    ));
                 }
+                let arn = Arn::role(&self.partition, &self.account_id, path, role);
                 state.roles.insert(
                     role.clone(),
-                    ObservedRole {
-                        arn: format!("arn:aws:iam::{account_id}:role{path}{role}"),
-                        path: path.clone(),
-                        description: description.clone(),
-                        max_session_duration: max_session_duration.unwrap_or(3600),
-                        trust_policy: trust_policy.clone(),
-                        permissions_boundary: permissions_boundary.clone(),
-                        tags: tags.clone(),
-                        ..ObservedRole::default()
+                    StoredRole {
+                        role: ObservedRole {
+                            arn: arn.to_string(),
+                            path: path.clone(),
+                            description: description.clone(),
+                            max_session_duration: max_session_duration
+                                .unwrap_or(IAM_DEFAULT_MAX_SESSION),
+                            permissions_boundary: permissions_boundary.clone(),
+                            tags: tags.clone(),
+                            created: Some(jiff::Timestamp::now()),
+                            ..ObservedRole::default()
+                        },
+                        trust_policy: as_returned(&rewrite_principals(
+                            trust_policy,
+                            &self.partition,
+                        )),
+                        inline_policies: BTreeMap::new(),
                     },
                 );
             }
             Change::UpdateTrustPolicy { role, trust_policy } => {
-                role_entry(&mut state, role, op)?.trust_policy = trust_policy.clone()
+                let text = as_returned(&rewrite_principals(trust_policy, &self.partition));
+                role_entry(&mut state, role, op)?.trust_policy = text;
             }
             Change::UpdateRole {
                 role,
                 description,
                 max_session_duration,
             } => {
-                let r = role_entry(&mut state, role, op)?;
+                let r = &mut role_entry(&mut state, role, op)?.role;
                 r.description = Some(description.clone()).filter(|d| !d.is_empty());
                 r.max_session_duration = *max_session_duration;
             }
             Change::PutPermissionsBoundary { role, arn } => {
-                role_entry(&mut state, role, op)?.permissions_boundary = Some(arn.clone())
+                role_entry(&mut state, role, op)?.role.permissions_boundary = Some(arn.clone())
             }
             Change::DeletePermissionsBoundary { role } => {
-                role_entry(&mut state, role, op)?.permissions_boundary = None
+                let r = &mut role_entry(&mut state, role, op)?.role;
+                if r.permissions_boundary.take().is_none() {
+                    return Err(not_found(op, &format!("The boundary of role {role}")));
+                }
             }
-            Change::TagRole { role, tags } => {
-                role_entry(&mut state, role, op)?.tags.extend(tags.clone())
-            }
+            Change::TagRole { role, tags } => role_entry(&mut state, role, op)?
+                .role
+                .tags
+                .extend(tags.clone()),
             Change::UntagRole { role, keys } => {
-                let r = role_entry(&mut state, role, op)?;
+                let r = &mut role_entry(&mut state, role, op)?.role;
                 for k in keys {
                     r.tags.remove(k);
                 }
             }
             Change::AttachPolicy { role, arn } => {
                 role_entry(&mut state, role, op)?
+                    .role
                     .managed_policies
                     .insert(arn.clone());
             }
             Change::DetachPolicy { role, arn } => {
                 if !role_entry(&mut state, role, op)?
+                    .role
                     .managed_policies
                     .remove(arn)
                 {
-                    return Err(not_found(op, arn));
+                    return Err(not_found(op, &format!("Policy {arn}")));
                 }
             }
             Change::PutInlinePolicy {
@@ -212,7 +345,7 @@ impl AccountApi for FakeAccount {
             } => {
                 role_entry(&mut state, role, op)?
                     .inline_policies
-                    .insert(name.clone(), document.clone());
+                    .insert(name.clone(), as_returned(document));
             }
             Change::DeleteInlinePolicy { role, name } => {
                 if role_entry(&mut state, role, op)?
@@ -220,17 +353,18 @@ impl AccountApi for FakeAccount {
                     .remove(name)
                     .is_none()
                 {
-                    return Err(not_found(op, name));
+                    return Err(not_found(op, &format!("The role policy with name {name}")));
                 }
             }
             Change::DeleteRole { role } => {
-                let r = state.roles.get(role).ok_or_else(|| not_found(op, role))?;
-                if !r.managed_policies.is_empty() || !r.inline_policies.is_empty() {
-                    return Err(AwsError {
-                        kind: AwsErrorKind::Other,
-                        code: Some("DeleteConflict".into()),
-                        ..not_found(op, role)
-                    });
+                let r = role_entry(&mut state, role, op)?;
+                if !r.role.managed_policies.is_empty() || !r.inline_policies.is_empty() {
+                    return Err(iam_error(
+                        op,
+                        AwsErrorKind::Other,
+                        "DeleteConflict",
+                        "Cannot delete entity, must detach all policies first.".to_owned(),
+                    ));
                 }
                 state.roles.remove(role);
             }
@@ -239,9 +373,10 @@ impl AccountApi for FakeAccount {
                 policy_name,
                 document,
             } => {
-                state
-                    .principal_policies
-                    .insert((principal.clone(), policy_name.clone()), document.clone());
+                state.principal_policies.insert(
+                    (principal.clone(), policy_name.clone()),
+                    as_returned(document),
+                );
             }
             Change::DeleteGrant {
                 principal,
@@ -252,11 +387,108 @@ impl AccountApi for FakeAccount {
                     .remove(&(principal.clone(), policy_name.clone()))
                     .is_none()
                 {
-                    return Err(not_found(op, policy_name));
+                    return Err(not_found(
+                        op,
+                        &format!("The policy with name {policy_name}"),
+                    ));
                 }
             }
         }
         state.writes.push(change.clone());
         Ok(())
+    }
+}
+
+/// The source account and the target accounts, reached by account ID (management roles are
+/// not checked: the fake trusts them).
+#[derive(Clone)]
+pub(crate) struct FakeAws {
+    source: FakeAccount,
+    targets: Arc<Mutex<HashMap<String, FakeAccount>>>,
+}
+
+impl FakeAws {
+    pub(crate) fn new(source: FakeAccount) -> Self {
+        Self {
+            source,
+            targets: Arc::default(),
+        }
+    }
+
+    /// The target account `account_id` (created on first use).
+    pub(crate) fn account(&self, account_id: &str) -> FakeAccount {
+        if account_id == self.source.account_id {
+            return self.source.clone();
+        }
+        self.targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(account_id.to_owned())
+            .or_insert_with(|| FakeAccount::in_partition(account_id, &self.source.partition))
+            .clone()
+    }
+}
+
+impl Aws for FakeAws {
+    type Account = FakeAccount;
+
+    fn source(&self) -> FakeAccount {
+        self.source.clone()
+    }
+
+    async fn target(&self, access: &AccountAccess) -> FakeAccount {
+        self.account(&access.account_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn documents_come_back_url_encoded_with_account_principals_as_root_arns() {
+        let account = FakeAccount::in_partition("111111111111", "aws-cn");
+        let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Principal": {"AWS": ["123456789012", "arn:aws-cn:iam::123456789012:user/a b"]},
+            "Action": "sts:AssumeRole"}]});
+        account
+            .apply(&Change::CreateRole {
+                role: "r".into(),
+                path: "/".into(),
+                trust_policy: trust,
+                description: None,
+                max_session_duration: None,
+                permissions_boundary: None,
+                tags: BTreeMap::new(),
+            })
+            .await
+            .unwrap();
+        let text = account.trust_policy_text("r").unwrap();
+        assert!(
+            text.starts_with("%7B%22") && text.contains("%22Version%22"),
+            "{text}"
+        );
+        assert!(!text.contains('"') && !text.contains(' '), "{text}");
+        let role = account.get_role("r").await.unwrap().unwrap();
+        assert_eq!(role.arn, "arn:aws-cn:iam::111111111111:role/r");
+        assert_eq!(
+            role.trust_policy["Statement"][0]["Principal"]["AWS"],
+            json!([
+                "arn:aws-cn:iam::123456789012:root",
+                "arn:aws-cn:iam::123456789012:user/a b"
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn removing_what_is_not_there_is_no_such_entity() {
+        let account = FakeAccount::new("111111111111");
+        let err = account
+            .apply(&Change::DeleteRole { role: "x".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, AwsErrorKind::NotFound);
+        assert!(account.take_writes().is_empty());
     }
 }

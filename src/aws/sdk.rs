@@ -1,5 +1,5 @@
-//! The AWS SDK implementation of [`Aws`] and [`AccountApi`]. Every request is counted in
-//! `crossaccount_aws_requests_total` and every failure classified into an [`AwsError`].
+//! The AWS SDK implementation of [`Aws`] and [`AccountApi`]. Every request is reported to the
+//! [`RequestLog`] and every failure classified into an [`AwsError`].
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -14,13 +14,9 @@ use aws_smithy_runtime_api::client::{orchestrator::HttpResponse, result::SdkErro
 use serde_json::Value;
 
 use super::{
-    AccountAccess, AccountApi, Aws, Change, ObservedRole, Principal, policy,
+    AccountAccess, AccountApi, AssumeRoleRequest, Aws, AwsError, AwsErrorKind, Change,
+    IAM_DEFAULT_MAX_SESSION, IssuedCredentials, ObservedRole, Principal, RequestLog, policy,
     rate_limit::RateLimiter,
-};
-use crate::reconcile::credentials::{AssumeRoleRequest, IssuedCredentials};
-use crate::{
-    error::{AwsError, AwsErrorKind},
-    metrics::{AwsRequestLabels, Metrics},
 };
 
 /// Session name the operator uses when it assumes a management role.
@@ -33,10 +29,10 @@ const ASSUME_ROLE_BURST: u32 = 40;
 
 /// IAM and STS clients of one account.
 #[derive(Clone)]
-pub struct SdkAccount {
+pub(crate) struct SdkAccount {
     iam: aws_sdk_iam::Client,
     sts: aws_sdk_sts::Client,
-    metrics: Arc<Metrics>,
+    log: Arc<dyn RequestLog>,
     assume_limiter: Arc<RateLimiter>,
 }
 
@@ -47,27 +43,27 @@ pub struct SdkAws {
     base: SdkConfig,
     source: SdkAccount,
     targets: Mutex<HashMap<AccountAccess, SdkAccount>>,
-    metrics: Arc<Metrics>,
+    log: Arc<dyn RequestLog>,
 }
 
 impl SdkAws {
-    pub fn new(base: SdkConfig, metrics: Arc<Metrics>) -> Self {
-        let source = SdkAccount::new(&base, metrics.clone());
+    pub fn new(base: SdkConfig, log: Arc<dyn RequestLog>) -> Self {
+        let source = SdkAccount::new(&base, log.clone());
         Self {
             base,
             source,
             targets: Mutex::default(),
-            metrics,
+            log,
         }
     }
 }
 
 impl SdkAccount {
-    fn new(config: &SdkConfig, metrics: Arc<Metrics>) -> Self {
+    fn new(config: &SdkConfig, log: Arc<dyn RequestLog>) -> Self {
         Self {
             iam: aws_sdk_iam::Client::new(config),
             sts: aws_sdk_sts::Client::new(config),
-            metrics,
+            log,
             assume_limiter: Arc::new(RateLimiter::new(ASSUME_ROLE_RATE, ASSUME_ROLE_BURST)),
         }
     }
@@ -87,16 +83,9 @@ impl SdkAccount {
             .map_err(|err| to_aws_error(service, operation, err));
         let outcome = match &result {
             Ok(_) => "ok",
-            Err(e) => e.kind.as_str(),
+            Err(e) => e.category(),
         };
-        self.metrics
-            .aws_requests
-            .get_or_create(&AwsRequestLabels {
-                service,
-                operation,
-                outcome,
-            })
-            .inc();
+        self.log.request(service, operation, outcome);
         if let Err(e) = &result {
             tracing::debug!(service, operation, code = ?e.code, request_id = ?e.request_id, "AWS request failed");
         }
@@ -264,7 +253,9 @@ impl AccountApi for SdkAccount {
                 .description()
                 .filter(|d| !d.is_empty())
                 .map(str::to_owned),
-            max_session_duration: role.max_session_duration().unwrap_or(3600),
+            max_session_duration: role
+                .max_session_duration()
+                .unwrap_or(IAM_DEFAULT_MAX_SESSION),
             trust_policy: policy::parse_observed(
                 role.assume_role_policy_document().unwrap_or_default(),
             ),
@@ -279,7 +270,7 @@ impl AccountApi for SdkAccount {
                 .collect(),
             managed_policies: self.attached_policies(name).await?,
             inline_policies: self.inline_policies(name).await?,
-            created: k8s_openapi::jiff::Timestamp::from_second(role.create_date().secs()).ok(),
+            created: jiff::Timestamp::from_second(role.create_date().secs()).ok(),
         }))
     }
 
@@ -491,8 +482,7 @@ impl SdkAccount {
             access_key_id: c.access_key_id().to_owned(),
             secret_access_key: c.secret_access_key().to_owned(),
             session_token: c.session_token().to_owned(),
-            expiration: k8s_openapi::jiff::Timestamp::from_second(c.expiration().secs())
-                .unwrap_or_default(),
+            expiration: jiff::Timestamp::from_second(c.expiration().secs()).unwrap_or_default(),
         })
     }
 }
@@ -523,7 +513,7 @@ impl Aws for SdkAws {
             .to_builder()
             .credentials_provider(SharedCredentialsProvider::new(provider))
             .build();
-        let account = SdkAccount::new(&config, self.metrics.clone());
+        let account = SdkAccount::new(&config, self.log.clone());
         self.targets
             .lock()
             .expect("lock")

@@ -129,10 +129,14 @@ impl FaultRule {
 }
 
 /// Requests of one (service, operation): forwarded to the upstream (delayed ones included) and
-/// answered or dropped by a fault instead.
+/// answered by it, or answered or dropped by a fault instead. A request is counted as forwarded
+/// once the upstream answered it; it is sent on even when the client has gone away meanwhile
+/// (as AWS carries out a request whose caller died), so a count is what really reached AWS.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CallCount {
     pub forwarded: u64,
+    /// Of the forwarded ones, those the upstream answered with success (2xx).
+    pub succeeded: u64,
     pub faulted: u64,
     /// Forwarded after a `Latency` fault (also counted in `forwarded`).
     pub delayed: u64,
@@ -261,6 +265,7 @@ impl AwsProxy {
             .filter(|((s, _), _)| service.is_none_or(|want| want == s))
             .fold(CallCount::default(), |sum, (_, c)| CallCount {
                 forwarded: sum.forwarded + c.forwarded,
+                succeeded: sum.succeeded + c.succeeded,
                 faulted: sum.faulted + c.faulted,
                 delayed: sum.delayed + c.delayed,
             })
@@ -304,21 +309,43 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<State>) {
 }
 
 impl State {
-    async fn handle(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
+    async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Dropped> {
         let (parts, body) = request.into_parts();
         let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
         let service = service_of(&parts.headers);
         let operation = operation_of(parts.uri.query(), &body);
         let decision = self.decide(&service, &operation, &body);
-        self.count(&service, &operation, &decision);
         match decision {
-            Decision::Drop => Err(Dropped),
-            Decision::Answer(fault) => Ok(self.error_response(&fault)),
+            Decision::Drop => {
+                self.count_fault(&service, &operation);
+                Err(Dropped)
+            }
+            Decision::Answer(fault) => {
+                self.count_fault(&service, &operation);
+                Ok(self.error_response(&fault))
+            }
             Decision::Forward { delay } => {
-                if let Some(delay) = delay {
-                    tokio::time::sleep(delay).await;
-                }
-                self.forward(parts, body).await
+                // In a task of its own: a client that goes away does not stop the request.
+                let state = self.clone();
+                let sent = tokio::spawn(async move {
+                    if let Some(delay) = delay {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let answer = state.forward(parts, body).await;
+                    if let Ok(response) = &answer {
+                        state.count_answer(
+                            &service,
+                            &operation,
+                            delay.is_some(),
+                            response.status(),
+                        );
+                    }
+                    answer
+                });
+                sent.await.map_err(|_| Dropped)?
             }
         }
     }
@@ -356,20 +383,25 @@ impl State {
         Decision::Forward { delay: None }
     }
 
-    fn count(&self, service: &str, operation: &str, decision: &Decision) {
+    fn with_count(&self, service: &str, operation: &str, update: impl FnOnce(&mut CallCount)) {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts
-            .entry((service.to_owned(), operation.to_owned()))
-            .or_default();
-        match decision {
-            Decision::Forward { delay } => {
-                count.forwarded += 1;
-                if delay.is_some() {
-                    count.delayed += 1;
-                }
-            }
-            Decision::Answer(_) | Decision::Drop => count.faulted += 1,
-        }
+        update(
+            counts
+                .entry((service.to_owned(), operation.to_owned()))
+                .or_default(),
+        );
+    }
+
+    fn count_fault(&self, service: &str, operation: &str) {
+        self.with_count(service, operation, |c| c.faulted += 1);
+    }
+
+    fn count_answer(&self, service: &str, operation: &str, delayed: bool, status: StatusCode) {
+        self.with_count(service, operation, |c| {
+            c.forwarded += 1;
+            c.succeeded += u64::from(status.is_success());
+            c.delayed += u64::from(delayed);
+        });
     }
 
     /// The query-protocol error document IAM and STS answer with.

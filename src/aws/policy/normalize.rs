@@ -1,6 +1,7 @@
 //! The canonical form of a document, so that documents are compared by what they mean to IAM
 //! rather than by how they are written.
 
+use crate::aws::Arn;
 use serde_json::{Map, Value};
 
 use super::{scalar_text, to_text};
@@ -131,14 +132,14 @@ fn normalize_principal(value: &Value) -> Value {
 /// IAM stores an account principal `123456789012` as `arn:aws:iam::123456789012:root`; both
 /// become the bare account ID.
 fn account_root_to_id(id: &str) -> String {
-    let parts: Vec<&str> = id.split(':').collect();
-    match parts.as_slice() {
-        ["arn", partition, "iam", "", account, "root"]
-            if !partition.is_empty()
-                && account.len() == 12
-                && account.bytes().all(|b| b.is_ascii_digit()) =>
+    match Arn::parse(id) {
+        Some(arn)
+            if arn.service() == "iam"
+                && arn.resource() == "root"
+                && arn.account().len() == 12
+                && arn.account().bytes().all(|b| b.is_ascii_digit()) =>
         {
-            (*account).to_string()
+            arn.account().to_owned()
         }
         _ => id.to_string(),
     }

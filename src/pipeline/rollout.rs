@@ -1,4 +1,4 @@
-//! After new credentials are issued: restarts the CR's rollout targets (workloads that read
+//! Step 9: after new credentials are issued, restarts the CR's rollout targets (workloads that read
 //! credentials from environment variables) by stamping their pod template.
 
 use kube::{
@@ -19,7 +19,7 @@ fn kind_name(kind: RestartKind) -> &'static str {
 
 /// What happened to one target.
 #[derive(Debug)]
-pub enum RestartResult {
+pub(crate) enum RestartResult {
     Restarted,
     NotFound,
     Failed(kube::Error),
@@ -27,7 +27,7 @@ pub enum RestartResult {
 
 /// Stamps `stamp` (the new credentials' expiration, so one issue restarts once, however often it
 /// is applied) on each target's pod template in `namespace`.
-pub async fn restart_targets(
+pub(crate) async fn restart_targets(
     client: &Client,
     namespace: &str,
     targets: &[RestartTarget],

@@ -17,11 +17,11 @@ use kube::{
     },
 };
 
-use super::ReconcileError;
-use crate::{api::AwsAccount, controller::watch::recovering};
+use super::watch::recovering;
+use crate::{api::AwsAccount, error::ReconcileError};
 
 /// The read side, shared by all reconciles.
-pub struct Caches {
+pub(crate) struct Caches {
     client: Client,
     accounts: Store<DeserializeGuard<AwsAccount>>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
@@ -34,7 +34,7 @@ pub struct CacheFeeds {
 }
 
 impl Caches {
-    pub fn new(client: Client) -> (Caches, CacheFeeds) {
+    pub(crate) fn new(client: Client) -> (Caches, CacheFeeds) {
         let (accounts, accounts_writer) = reflector::store();
         let (namespaces, namespaces_writer) = reflector::store();
         (
@@ -52,7 +52,10 @@ impl Caches {
 
     /// The AwsAccount `name`, or `None` when it does not exist (or cannot be read: the account
     /// controller reports that on the AwsAccount).
-    pub async fn account(&self, name: &str) -> Result<Option<Arc<AwsAccount>>, ReconcileError> {
+    pub(crate) async fn account(
+        &self,
+        name: &str,
+    ) -> Result<Option<Arc<AwsAccount>>, ReconcileError> {
         if let Some(guarded) = self.accounts.get(&ObjectRef::new(name)) {
             return Ok(guarded.0.as_ref().ok().map(|a| Arc::new(a.clone())));
         }
@@ -64,7 +67,7 @@ impl Caches {
     }
 
     /// The labels of namespace `name`.
-    pub async fn namespace_labels(
+    pub(crate) async fn namespace_labels(
         &self,
         name: &str,
     ) -> Result<BTreeMap<String, String>, ReconcileError> {
@@ -79,7 +82,7 @@ impl Caches {
     }
 
     /// Completes once both caches hold their initial lists.
-    pub async fn synced(&self) {
+    pub(crate) async fn synced(&self) {
         tokio::join!(
             super::synced(self.accounts.clone()),
             super::synced(self.namespaces.clone())
@@ -90,7 +93,7 @@ impl Caches {
 impl CacheFeeds {
     /// The watches, reflected into the caches: every changed AwsAccount, and every namespace
     /// whose labels changed.
-    pub fn streams(
+    pub(crate) fn streams(
         self,
         client: &Client,
     ) -> (

@@ -5,57 +5,45 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kube::{ResourceExt, core::SelectorExt};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use super::desired::{Owner, trust_policy};
 use crate::{
-    api::{AwsAccount, CrossAccountRole, names},
+    api::{
+        AwsAccount, CrossAccountRole,
+        names::{self, Reason, condition as cond},
+    },
     aws::{
         Principal,
         policy::{self, PolicyKind},
     },
+    naming::{OperatorIdentity, Owner},
 };
-
-/// Who the operator is: fixed at start.
-#[derive(Clone, Debug)]
-pub struct OperatorIdentity {
-    /// `--cluster-name`: part of ownership tags and external IDs.
-    pub cluster_name: String,
-    /// The account the operator's own identity lives in.
-    pub source_account_id: String,
-    /// The principal the generated trust policies allow (an IAM user or role ARN).
-    pub principal_arn: String,
-    /// The operator itself runs on an assumed role, so sessions it mints are role chaining
-    /// (IAM caps those at one hour).
-    pub chained: bool,
-}
 
 /// Why a spec is not acted upon. Terminal until the CR or its AwsAccount changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    /// `InvalidSpec` or `NotPermitted`.
-    pub reason: &'static str,
+pub(crate) struct Refusal {
+    /// `InvalidSpec`, `NotPermitted`, `AccountNotReady` or `RoleNotOwned`.
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Refusal {
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: Reason, message: impl Into<String>) -> Self {
         Self {
-            reason: names::reason::INVALID_SPEC,
+            reason,
             message: message.into(),
         }
     }
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Reason::InvalidSpec, message)
+    }
     fn not_permitted(message: impl Into<String>) -> Self {
-        Self {
-            reason: names::reason::NOT_PERMITTED,
-            message: message.into(),
-        }
+        Self::new(Reason::NotPermitted, message)
     }
 }
 
 /// A spec that passed every check, with defaults filled in.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ValidatedSpec {
+pub(crate) struct ValidatedSpec {
     pub role_name: String,
     pub role_path: String,
     pub description: Option<String>,
@@ -72,16 +60,56 @@ pub struct ValidatedSpec {
 
 /// IAM's limit on the total size of a role's inline policies (characters without whitespace).
 const INLINE_AGGREGATE_LIMIT: usize = 10240;
-const ROLE_NAME_LIMIT: usize = 64;
 const DEFAULT_ROLE_PATH: &str = "/";
+
+/// The AwsAccount `spec.accountRef` names, if it exists and its management identity has been
+/// verified.
+pub(crate) fn ready_account<'a>(
+    cr: &CrossAccountRole,
+    account: Option<&'a AwsAccount>,
+) -> Result<&'a AwsAccount, Refusal> {
+    let Some(account) = account else {
+        return Err(Refusal::new(
+            Reason::AccountNotReady,
+            format!(
+                "AwsAccount {} (spec.accountRef) does not exist",
+                cr.spec.account_ref
+            ),
+        ));
+    };
+    let conditions = account
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    match conditions.iter().find(|c| c.type_ == cond::READY) {
+        Some(c) if c.status == "True" => Ok(account),
+        Some(c) => Err(Refusal::new(
+            Reason::AccountNotReady,
+            format!(
+                "AwsAccount {} is not Ready: {}",
+                account.name_any(),
+                c.message
+            ),
+        )),
+        None => Err(Refusal::new(
+            Reason::AccountNotReady,
+            format!(
+                "AwsAccount {} has not been verified yet",
+                account.name_any()
+            ),
+        )),
+    }
+}
 
 /// Checks `cr` against `account` (which must be the AwsAccount named by `spec.accountRef`) for a
 /// namespace with `namespace_labels`.
-pub fn validate(
+pub(crate) fn validate(
     cr: &CrossAccountRole,
     account: &AwsAccount,
     namespace_labels: &BTreeMap<String, String>,
     operator: &OperatorIdentity,
+    owner: &Owner,
 ) -> Result<ValidatedSpec, Refusal> {
     let namespace = cr.namespace().unwrap_or_default();
     let spec = &cr.spec;
@@ -98,7 +126,7 @@ pub fn validate(
             )));
         }
         Some(name) => name.clone(),
-        None => default_role_name(&prefix, &namespace, &cr.name_any()),
+        None => owner.default_role_name(&prefix),
     };
 
     let cap = guard.max_session_duration_seconds;
@@ -194,7 +222,9 @@ pub fn validate(
                 )));
             }
         };
-        let arn = principal.arn(&operator.source_account_id);
+        let arn = principal
+            .arn(&operator.partition, &operator.source_account_id)
+            .to_string();
         if !principal_allowed(&arn) {
             return Err(Refusal::not_permitted(format!(
                 "spec.grants[{i}]: {arn} is not allowed by AwsAccount {account_name} (allowedTrustPrincipals: {})",
@@ -203,7 +233,6 @@ pub fn validate(
         }
         grants.insert(principal);
     }
-    check_trust_policy_size(cr, operator, &namespace, &trust_principals, &grants)?;
 
     let adopt = cr
         .annotations()
@@ -244,41 +273,6 @@ pub fn validate(
     })
 }
 
-/// The generated trust policy must fit IAM's trust policy quota (2048 characters without
-/// whitespace by default): otherwise CreateRole/UpdateAssumeRolePolicy fail with LimitExceeded on
-/// every retry. Twenty long principals and twenty grants pass the schema but not IAM.
-fn check_trust_policy_size(
-    cr: &CrossAccountRole,
-    operator: &OperatorIdentity,
-    namespace: &str,
-    trusted: &BTreeSet<String>,
-    grants: &BTreeSet<Principal>,
-) -> Result<(), Refusal> {
-    let owner = Owner {
-        cluster: operator.cluster_name.clone(),
-        namespace: namespace.to_owned(),
-        name: cr.name_any(),
-    };
-    let granted: BTreeSet<String> = grants
-        .iter()
-        .map(|p| p.arn(&operator.source_account_id))
-        .collect();
-    let document = trust_policy(
-        &operator.principal_arn,
-        &owner.external_id(),
-        trusted,
-        &granted,
-    );
-    let size = policy::size_without_whitespace(&policy::to_text(&document));
-    let limit = PolicyKind::Trust.size_limit();
-    if size > limit {
-        return Err(Refusal::invalid(format!(
-            "spec.trust.principals and spec.grants: the generated trust policy would be {size} characters (without whitespace); IAM allows {limit}: trust fewer principals"
-        )));
-    }
-    Ok(())
-}
-
 fn check_namespace_allowed(
     account: &AwsAccount,
     namespace: &str,
@@ -313,27 +307,9 @@ fn check_namespace_allowed(
     )))
 }
 
-/// `<prefix><namespace>-<name>`, cut to IAM's 64 characters with a hash of the full name, so that
-/// long names stay distinct.
-pub fn default_role_name(prefix: &str, namespace: &str, name: &str) -> String {
-    let full = format!("{prefix}{namespace}-{name}");
-    if full.len() <= ROLE_NAME_LIMIT {
-        return full;
-    }
-    let hash = short_hash(&full);
-    let keep = ROLE_NAME_LIMIT - hash.len() - 1;
-    format!("{}-{hash}", &full[..keep])
-}
-
-/// 10 hex characters of SHA-256: enough to keep derived names apart.
-pub fn short_hash(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
-    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
-}
-
 /// Matches `*` against any run of characters (including `/` and none); every other character
 /// matches itself.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
@@ -373,9 +349,14 @@ mod tests {
         OperatorIdentity {
             cluster_name: "dev".into(),
             source_account_id: "123456789012".into(),
+            partition: "aws".into(),
             principal_arn: "arn:aws:iam::123456789012:user/cross-account-operator".into(),
             chained: false,
         }
+    }
+
+    fn owner_of(cr: &CrossAccountRole) -> Owner {
+        Owner::of(cr, &operator())
     }
 
     fn account(spec: serde_json::Value) -> AwsAccount {
@@ -401,7 +382,7 @@ mod tests {
     }
 
     fn check(cr: &CrossAccountRole, account: &AwsAccount) -> Result<ValidatedSpec, Refusal> {
-        validate(cr, account, &BTreeMap::new(), &operator())
+        validate(cr, account, &BTreeMap::new(), &operator(), &owner_of(cr))
     }
 
     fn refusal(result: Result<ValidatedSpec, Refusal>) -> Refusal {
@@ -432,18 +413,18 @@ mod tests {
         acct.spec.allowed_namespaces.names.clear();
         let cr = role(json!({"accountRef": "target"}));
         let r = refusal(check(&cr, &acct));
-        assert_eq!(r.reason, "NotPermitted");
+        assert_eq!(r.reason, Reason::NotPermitted);
         assert!(r.message.contains("namespace team-a"), "{}", r.message);
 
         acct.spec.allowed_namespaces.selector =
             Some(serde_json::from_value(json!({"matchLabels": {"tenant": "yes"}})).unwrap());
         let labels = BTreeMap::from([("tenant".to_owned(), "yes".to_owned())]);
-        assert!(validate(&cr, &acct, &labels, &operator()).is_ok());
-        assert!(validate(&cr, &acct, &BTreeMap::new(), &operator()).is_err());
+        assert!(validate(&cr, &acct, &labels, &operator(), &owner_of(&cr)).is_ok());
+        assert!(validate(&cr, &acct, &BTreeMap::new(), &operator(), &owner_of(&cr)).is_err());
 
         // An empty selector does not open the account to every namespace.
         acct.spec.allowed_namespaces.selector = Some(Default::default());
-        assert!(validate(&cr, &acct, &labels, &operator()).is_err());
+        assert!(validate(&cr, &acct, &labels, &operator(), &owner_of(&cr)).is_err());
     }
 
     #[test]
@@ -452,7 +433,7 @@ mod tests {
             json!({"accountRef": "target", "policies": {"managed": ["arn:aws:iam::111111111111:policy/Admin"]}}),
         );
         let r = refusal(check(&cr, &permissive()));
-        assert_eq!(r.reason, "NotPermitted");
+        assert_eq!(r.reason, Reason::NotPermitted);
         assert!(
             r.message.starts_with("spec.policies.managed[0]"),
             "{}",
@@ -481,14 +462,14 @@ mod tests {
         let mut strict = permissive();
         strict.spec.allow_inline_policies = false;
         let r = refusal(check(&cr, &strict));
-        assert_eq!(r.reason, "NotPermitted");
+        assert_eq!(r.reason, Reason::NotPermitted);
         assert!(r.message.contains("allowInlinePolicies"), "{}", r.message);
 
         let bad = role(
             json!({"accountRef": "target", "policies": {"inline": [{"name": "read", "document": "{not json"}]}}),
         );
         let r = refusal(check(&bad, &permissive()));
-        assert_eq!(r.reason, "InvalidSpec");
+        assert_eq!(r.reason, Reason::InvalidSpec);
         assert!(
             r.message.starts_with("spec.policies.inline[read].document"),
             "{}",
@@ -538,31 +519,10 @@ mod tests {
             user: Some("a".into()),
             role: Some("b".into()),
         }];
-        assert_eq!(refusal(check(&both, &permissive())).reason, "InvalidSpec");
-    }
-
-    #[test]
-    fn a_trust_policy_larger_than_iam_allows_is_refused() {
-        let principal = |i: usize| {
-            format!(
-                "arn:aws:iam::123456789012:user/{}{i:02}",
-                "a-long-path/".repeat(8)
-            )
-        };
-        let principals: Vec<String> = (0..20).map(principal).collect();
-        let cr = role(json!({"accountRef": "target", "trust": {"principals": principals}}));
-        let r = refusal(check(&cr, &permissive()));
-        assert_eq!(r.reason, "InvalidSpec");
-        assert!(
-            r.message
-                .starts_with("spec.trust.principals and spec.grants: the generated trust policy")
-                && r.message.contains("IAM allows 2048"),
-            "{}",
-            r.message
+        assert_eq!(
+            refusal(check(&both, &permissive())).reason,
+            Reason::InvalidSpec
         );
-        // A few principals fit.
-        let cr = role(json!({"accountRef": "target", "trust": {"principals": principals[..3]}}));
-        assert!(check(&cr, &permissive()).is_ok());
     }
 
     #[test]
@@ -595,7 +555,10 @@ mod tests {
     #[test]
     fn reserved_tags_and_bad_session_policies_are_refused() {
         let cr = role(json!({"accountRef": "target", "tags": {"crossaccount.io/name": "x"}}));
-        assert_eq!(refusal(check(&cr, &permissive())).reason, "InvalidSpec");
+        assert_eq!(
+            refusal(check(&cr, &permissive())).reason,
+            Reason::InvalidSpec
+        );
         let cr = role(json!({"accountRef": "target", "credentials": {"sessionPolicy": "[]"}}));
         assert!(
             refusal(check(&cr, &permissive()))
@@ -629,7 +592,7 @@ mod tests {
             "true".to_owned(),
         )]));
         let r = refusal(check(&cr, &permissive()));
-        assert_eq!(r.reason, "NotPermitted");
+        assert_eq!(r.reason, Reason::NotPermitted);
         assert!(
             r.message
                 .starts_with("metadata.annotations[crossaccount.io/adopt]")
@@ -639,17 +602,6 @@ mod tests {
         );
         // Without the annotation the account's setting does not matter.
         assert!(check(&role(json!({"accountRef": "target"})), &permissive()).is_ok());
-    }
-
-    #[test]
-    fn long_default_names_are_cut_with_a_distinguishing_hash() {
-        let ns = "a-namespace-with-a-rather-long-name";
-        let a = default_role_name("k8s-", ns, "and-a-long-object-name-number-one");
-        let b = default_role_name("k8s-", ns, "and-a-long-object-name-number-two");
-        assert_eq!(a.len(), 64);
-        assert_ne!(a, b);
-        assert!(a.starts_with("k8s-a-namespace"));
-        assert_eq!(default_role_name("", "ns", "n"), "ns-n");
     }
 
     #[test]

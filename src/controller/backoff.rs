@@ -10,13 +10,13 @@ const MAX: Duration = Duration::from_secs(300);
 
 /// Failure counts per object key (`namespace/name`), reset on success.
 #[derive(Default)]
-pub struct PerObjectBackoff {
+pub(crate) struct PerObjectBackoff {
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl PerObjectBackoff {
     /// The delay before retrying `key` after one more failure.
-    pub fn next(&self, key: &str) -> Duration {
+    pub(crate) fn next(&self, key: &str) -> Duration {
         let mut failures = self.failures.lock().expect("lock");
         let count = failures.entry(key.to_owned()).or_default();
         *count = count.saturating_add(1);
@@ -24,20 +24,20 @@ impl PerObjectBackoff {
     }
 
     /// Forgets the failures of `key`.
-    pub fn reset(&self, key: &str) {
+    pub(crate) fn reset(&self, key: &str) {
         self.failures.lock().expect("lock").remove(key);
     }
 }
 
 /// `BASE * 2^(failures-1)`, capped at `MAX`.
-pub fn backoff_delay(failures: u32) -> Duration {
+pub(crate) fn backoff_delay(failures: u32) -> Duration {
     let exponent = failures.saturating_sub(1).min(16);
     (BASE * 2u32.pow(exponent)).min(MAX)
 }
 
 /// `duration` scaled by a random factor in `[1 - spread/2, 1 + spread/2]`, so that objects that
 /// failed together do not retry together.
-pub fn jitter(duration: Duration, spread: f64) -> Duration {
+pub(crate) fn jitter(duration: Duration, spread: f64) -> Duration {
     let factor = 1.0 + spread * (rand::rng().random::<f64>() - 0.5);
     duration.mul_f64(factor)
 }

@@ -3,7 +3,7 @@
 //! refresh, a tampered Secret) reuse it instead of reading IAM again; a new generation, a
 //! changed AwsAccount, an error, or the passing of half a resync interval make the next
 //! reconcile read IAM in full. Drift is still found at every resync: requeues for resync are at
-//! least 80 % of the interval, beyond the memo's life.
+//! least 90 % of the interval (`requeue::RESYNC_SPREAD`), beyond the memo's life.
 
 use std::{
     collections::HashMap,
@@ -11,20 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::jiff::Timestamp;
-
-/// The outcome of a full IAM sync that later reconciles may reuse.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SyncedRole {
-    pub arn: String,
-    pub created: Option<Timestamp>,
-    /// The role's maximum session duration as synced (caps the credentials' duration).
-    pub max_session_duration: i32,
-}
+use crate::pipeline::SyncedRole;
 
 /// Which inputs the sync was made from: reuse only while they are unchanged.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SyncInputs {
+pub(crate) struct SyncInputs {
     pub generation: Option<i64>,
     /// resourceVersion of the AwsAccount (its guardrails shape the desired role).
     pub account_version: Option<String>,
@@ -37,14 +28,14 @@ struct Entry {
 }
 
 /// Per object key (`namespace/name`).
-pub struct RecentSyncs {
+pub(crate) struct RecentSyncs {
     entries: Mutex<HashMap<String, Entry>>,
     lifetime: Duration,
 }
 
 impl RecentSyncs {
     /// Entries live half of `resync_interval`.
-    pub fn new(resync_interval: Duration) -> Self {
+    pub(crate) fn new(resync_interval: Duration) -> Self {
         Self {
             entries: Mutex::default(),
             lifetime: resync_interval / 2,
@@ -52,14 +43,14 @@ impl RecentSyncs {
     }
 
     /// The role of a sync made from the same `inputs` less than the lifetime before `now`.
-    pub fn get(&self, key: &str, inputs: &SyncInputs, now: Instant) -> Option<SyncedRole> {
+    pub(crate) fn get(&self, key: &str, inputs: &SyncInputs, now: Instant) -> Option<SyncedRole> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let entry = entries.get(key)?;
         (entry.inputs == *inputs && now.saturating_duration_since(entry.at) < self.lifetime)
             .then(|| entry.role.clone())
     }
 
-    pub fn remember(&self, key: &str, inputs: SyncInputs, role: SyncedRole, now: Instant) {
+    pub(crate) fn remember(&self, key: &str, inputs: SyncInputs, role: SyncedRole, now: Instant) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.insert(
             key.to_owned(),
@@ -71,7 +62,7 @@ impl RecentSyncs {
         );
     }
 
-    pub fn forget(&self, key: &str) {
+    pub(crate) fn forget(&self, key: &str) {
         self.entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -134,9 +125,14 @@ mod tests {
 
     #[test]
     fn resync_requeues_always_outlive_the_memo() {
-        // next_visit requeues at the resync interval jittered by at most 20 %.
+        // The earliest resync next_visit schedules, with the jitter it really applies.
         let resync = Duration::from_secs(10);
+        let earliest = resync.mul_f64(1.0 - crate::controller::requeue::RESYNC_SPREAD / 2.0);
         let syncs = RecentSyncs::new(resync);
-        assert!(syncs.lifetime < resync.mul_f64(0.8));
+        assert!(
+            syncs.lifetime < earliest,
+            "{:?} vs {earliest:?}",
+            syncs.lifetime
+        );
     }
 }

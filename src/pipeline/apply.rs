@@ -1,14 +1,11 @@
-//! Step 5 (AWS writes): carries out a plan in order, in the target account or (grants) the source
+//! Step 6 (AWS writes): carries out a plan in order, in the target account or (grants) the source
 //! account. Removing something already gone counts as done.
 
-use crate::{
-    aws::{AccountApi, Change},
-    error::AwsError,
-};
+use crate::aws::{AccountApi, AwsError, Change};
 
 /// Applies `changes` in order and stops at the first failure. Returns the changes that were made
 /// (for events) and the failure, if any.
-pub async fn apply_changes<A: AccountApi>(
+pub(crate) async fn apply_changes<A: AccountApi>(
     target: &A,
     source: &A,
     changes: &[Change],
@@ -22,21 +19,9 @@ pub async fn apply_changes<A: AccountApi>(
         };
         match account.apply(change).await {
             Ok(()) => applied.push(change.clone()),
-            Err(e) if e.is_not_found() && is_removal(change) => {}
+            Err(e) if e.is_not_found() && change.is_removal() => {}
             Err(e) => return (applied, Err(e)),
         }
     }
     (applied, Ok(()))
-}
-
-fn is_removal(change: &Change) -> bool {
-    matches!(
-        change,
-        Change::DeleteRole { .. }
-            | Change::DetachPolicy { .. }
-            | Change::DeleteInlinePolicy { .. }
-            | Change::DeleteGrant { .. }
-            | Change::DeletePermissionsBoundary { .. }
-            | Change::UntagRole { .. }
-    )
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures::{Future, Stream, StreamExt};
-use k8s_openapi::jiff::Timestamp;
+use jiff::Timestamp;
 use kube::{
     Api, Resource, ResourceExt,
     core::DeserializeGuard,
@@ -13,17 +13,22 @@ use kube::{
 use tracing::info_span;
 
 use super::{
-    Context, ReconcileError,
+    Context,
     backoff::jitter,
-    status::{ConditionUpdate, apply_status, set_condition},
+    requeue::RESYNC_SPREAD,
+    watch::{NoTriggerBackoff, recovering},
 };
 use crate::{
     api::{
         AwsAccount, AwsAccountStatus,
-        names::{condition as cond, reason},
+        names::{Reason, condition as cond},
     },
-    aws::{AccountAccess, AccountApi, Aws},
-    controller::watch::{NoTriggerBackoff, recovering},
+    aws::{AccountApi, Arn, Aws},
+    error::ReconcileError,
+    pipeline::{
+        observe::access_of,
+        status::{ConditionUpdate, apply_status, set_condition},
+    },
 };
 
 const KIND: &str = "AwsAccount";
@@ -33,7 +38,7 @@ const KIND: &str = "AwsAccount";
 type Guarded = DeserializeGuard<AwsAccount>;
 
 /// The controller's stream and a future that completes once its cache synced.
-pub fn controller<A: Aws>(
+pub(super) fn controller<A: Aws>(
     ctx: Arc<Context<A>>,
     concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -75,7 +80,7 @@ async fn reconcile<A: Aws>(
                 ConditionUpdate::new(
                     cond::READY,
                     false,
-                    reason::INVALID_SPEC,
+                    Reason::InvalidSpec,
                     format!(
                         "this AwsAccount cannot be read by the operator ({}); fix the object \
                          (kubectl edit) or run an operator version that understands it",
@@ -104,37 +109,29 @@ fn error_policy<A: Aws>(
     super::retry_later(&ctx, KIND, &account.name_any(), error)
 }
 
-/// The account ID in an ARN (`arn:aws:sts::123456789012:assumed-role/...`).
-pub fn arn_account(arn: &str) -> Option<&str> {
-    arn.split(':').nth(4)
-}
-
 async fn verify<A: Aws>(account: &AwsAccount, ctx: &Context<A>) -> Result<Action, ReconcileError> {
-    let access = AccountAccess {
-        account_id: account.spec.account_id.clone(),
-        management_role_arn: account.spec.management_role_arn.clone(),
-        external_id: account.spec.management_external_id.clone(),
-    };
-    let identity = ctx.aws.target(&access).await.caller_arn().await;
+    let identity = ctx.aws.target(&access_of(account)).await.caller_arn().await;
+    let in_account =
+        |arn: &str| Arn::parse(arn).is_some_and(|a| a.account() == account.spec.account_id);
     let (update, caller_arn, result) = match identity {
-        Ok(arn) if arn_account(&arn) == Some(account.spec.account_id.as_str()) => (
+        Ok(arn) if in_account(&arn) => (
             ConditionUpdate::new(
                 cond::READY,
                 true,
-                reason::VERIFIED,
+                Reason::Verified,
                 format!(
                     "the operator acts in account {} as {arn}",
                     account.spec.account_id
                 ),
             ),
             Some(arn),
-            Ok(Action::requeue(jitter(ctx.resync_interval, 0.2))),
+            Ok(Action::requeue(jitter(ctx.resync_interval, RESYNC_SPREAD))),
         ),
         Ok(arn) => (
             ConditionUpdate::new(
                 cond::READY,
                 false,
-                reason::INVALID_SPEC,
+                Reason::InvalidSpec,
                 format!(
                     "the management identity {arn} is not in account {} (spec.accountId); check spec.managementRoleArn",
                     account.spec.account_id
@@ -144,7 +141,7 @@ async fn verify<A: Aws>(account: &AwsAccount, ctx: &Context<A>) -> Result<Action
             Ok(Action::await_change()),
         ),
         Err(e) => (
-            ConditionUpdate::new(cond::READY, false, reason::AWS_ERROR, e.to_string()),
+            ConditionUpdate::new(cond::READY, false, Reason::AwsError, e.summary()),
             None,
             Err(ReconcileError::Aws(e)),
         ),

@@ -1,76 +1,19 @@
-//! Step 4 (pure): the ordered, minimal list of IAM writes that turns what was observed into what
+//! Step 5 (pure): the ordered, minimal list of IAM writes that turns what was observed into what
 //! is desired. An empty plan means AWS is in sync.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
+use super::{desired::DesiredRole, observe::Observed};
+use crate::aws::{Change, IAM_DEFAULT_MAX_SESSION, ObservedRole, Principal, policy};
 
-use super::desired::{DEFAULT_MAX_SESSION, DesiredRole, Owner};
-use crate::aws::{Change, ObservedRole, Principal, policy};
-
-/// What observe read: the role (if it exists) and the grant policy of each principal looked at.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Observed {
-    pub role: Option<ObservedRole>,
-    /// Grant policy document per principal; `None` when the principal lacks it.
-    pub grants: BTreeMap<Principal, Option<Value>>,
-}
-
-/// Whether the operator may manage an existing role for this owner.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ownership {
-    /// No role yet, or the role carries this owner's tags.
-    Owned,
-    /// The role has no ownership tags and the CR asks to adopt it.
-    Adopt,
-    /// Tagged for another object, or untagged without adoption: hands off.
-    Foreign(String),
-}
-
-/// Decides [`Ownership`] from the role's tags.
-pub fn ownership(role: Option<&ObservedRole>, owner: &Owner, adopt: bool) -> Ownership {
-    let Some(role) = role else {
-        return Ownership::Owned;
-    };
-    let wanted = owner.tags();
-    let ours = wanted.iter().all(|(k, v)| role.tags.get(k) == Some(v));
-    if ours {
-        return Ownership::Owned;
-    }
-    let tagged = wanted.keys().any(|k| role.tags.contains_key(k));
-    match (tagged, adopt) {
-        (false, true) => Ownership::Adopt,
-        (false, false) => Ownership::Foreign(format!(
-            "role {} exists without this operator's ownership tags; annotate the CrossAccountRole with crossaccount.io/adopt: \"true\" to take it over",
-            role.arn
-        )),
-        (true, _) => Ownership::Foreign(format!(
-            "role {} belongs to another CrossAccountRole ({}/{} in cluster {})",
-            role.arn,
-            role.tags
-                .get(super::super::api::names::tags::NAMESPACE)
-                .map_or("?", String::as_str),
-            role.tags
-                .get(super::super::api::names::tags::NAME)
-                .map_or("?", String::as_str),
-            role.tags
-                .get(super::super::api::names::tags::CLUSTER)
-                .map_or("?", String::as_str),
-        )),
-    }
-}
-
-/// The writes that bring AWS to `desired`. `previously_granted` are the principals an earlier
-/// reconcile granted (read from the role's trust policy); those no longer desired are revoked.
-pub fn plan_role_changes(
-    desired: &DesiredRole,
-    observed: &Observed,
-    previously_granted: &BTreeSet<Principal>,
-) -> Vec<Change> {
+/// The writes that bring AWS to `desired`. The principals an earlier reconcile granted (read from
+/// the role's trust policy) that are no longer desired are revoked.
+pub(crate) fn plan_role_changes(desired: &DesiredRole, observed: &Observed) -> Vec<Change> {
     let role = desired.name.clone();
     // Grants are revoked first: the trust policy's Grants statement is the record of what was
     // granted, so it is rewritten only after the revocations succeeded.
-    let mut changes: Vec<Change> = previously_granted
+    let mut changes: Vec<Change> = observed
+        .previously_granted
         .difference(&desired.grants)
         .map(|principal| Change::DeleteGrant {
             principal: principal.clone(),
@@ -84,7 +27,7 @@ pub fn plan_role_changes(
                 path: desired.path.clone(),
                 trust_policy: desired.trust_policy.clone(),
                 description: desired.description.clone(),
-                max_session_duration: (desired.max_session_duration != DEFAULT_MAX_SESSION)
+                max_session_duration: (desired.max_session_duration != IAM_DEFAULT_MAX_SESSION)
                     .then_some(desired.max_session_duration),
                 permissions_boundary: desired.permissions_boundary.clone(),
                 tags: desired.tags.clone(),
@@ -203,7 +146,7 @@ fn plan_role_settings(desired: &DesiredRole, current: &ObservedRole, changes: &m
 
 /// The writes that remove a role and everything attached to it, and revoke `grants` (with
 /// `grant_policy_name`). Works from what was observed, so it needs no valid spec.
-pub fn plan_delete(
+pub(crate) fn plan_delete(
     role_name: &str,
     role: Option<&ObservedRole>,
     grants: &BTreeSet<Principal>,
@@ -244,15 +187,18 @@ pub fn plan_delete(
 mod tests {
     use super::*;
     use crate::{
-        aws::fake::FakeAccount,
-        reconcile::{
+        aws::{fake::FakeAccount, policy},
+        naming::{OperatorIdentity, Owner},
+        pipeline::{
             apply::apply_changes,
             cleanup::delete_role,
             desired::{desired_role, granted_principals},
             observe::observe,
-            validate::{OperatorIdentity, ValidatedSpec},
+            ownership::{Ownership, ownership},
+            validate::ValidatedSpec,
         },
     };
+    use serde_json::Value;
     use serde_json::json;
 
     const SOURCE: &str = "123456789012";
@@ -264,6 +210,7 @@ mod tests {
         OperatorIdentity {
             cluster_name: "dev".into(),
             source_account_id: SOURCE.into(),
+            partition: "aws".into(),
             principal_arn: format!("arn:aws:iam::{SOURCE}:user/cross-account-operator"),
             chained: false,
         }
@@ -307,18 +254,11 @@ mod tests {
         }
 
         async fn plan(&self, spec: &ValidatedSpec) -> Vec<Change> {
-            let desired = desired_role(spec, &owner(), &operator(), TARGET);
-            let (observed, previous) = observe(
-                &self.target,
-                &self.source,
-                &desired.name,
-                &desired.grant_policy_name,
-                &desired.grants,
-                SOURCE,
-            )
-            .await
-            .unwrap();
-            plan_role_changes(&desired, &observed, &previous)
+            let desired = desired_role(spec, &owner(), &operator(), TARGET).unwrap();
+            let observed = observe(&self.target, &self.source, &desired, SOURCE)
+                .await
+                .unwrap();
+            plan_role_changes(&desired, &observed)
         }
 
         /// Plans and applies; returns the writes made, in order, as both fake accounts saw them.
@@ -779,7 +719,7 @@ mod tests {
                 let again = world.plan(&wanted).await;
                 prop_assert!(again.is_empty(), "still planned after one sync: {:?}", operations(&again));
                 // Nothing observable differs from what was wanted.
-                let desired = desired_role(&wanted, &owner(), &operator(), TARGET);
+                let desired = desired_role(&wanted, &owner(), &operator(), TARGET).unwrap();
                 let role = world.target.role("CrossAccountSignin").unwrap();
                 prop_assert_eq!(&role.managed_policies, &desired.managed_policies);
                 prop_assert_eq!(&role.tags, &desired.tags);
@@ -796,35 +736,119 @@ mod tests {
             })?;
         }
 
-        /// An observed state equal to the desired one (in any of IAM's spellings) plans nothing.
+        /// An observed state equal to the desired one, in any of IAM's spellings (statements in
+        /// any order, one-element lists as scalars, principals reordered, account roots as IDs or
+        /// ARNs, documents URL-encoded as IAM returns them), plans nothing.
         #[test]
-        fn a_state_equal_to_the_desired_one_plans_nothing(wanted in spec(), reverse in any::<bool>()) {
-            let desired = desired_role(&wanted, &owner(), &operator(), TARGET);
-            let mut trust = desired.trust_policy.clone();
-            if reverse {
-                trust["Statement"].as_array_mut().unwrap().reverse();
-            }
+        fn a_state_equal_to_the_desired_one_plans_nothing(wanted in spec(), seed in any::<u64>()) {
+            let desired = desired_role(&wanted, &owner(), &operator(), TARGET).unwrap();
+            let mut rng = Spelling(seed);
             let observed = Observed {
                 role: Some(ObservedRole {
                     arn: desired.arn.clone(),
                     path: desired.path.clone(),
                     description: desired.description.clone(),
                     max_session_duration: desired.max_session_duration,
-                    trust_policy: trust,
+                    trust_policy: rng.as_iam_returns(&desired.trust_policy),
                     permissions_boundary: desired.permissions_boundary.clone(),
                     tags: desired.tags.clone(),
                     managed_policies: desired.managed_policies.clone(),
-                    inline_policies: desired.inline_policies.clone(),
+                    inline_policies: desired
+                        .inline_policies
+                        .iter()
+                        .map(|(name, doc)| (name.clone(), rng.as_iam_returns(doc)))
+                        .collect(),
                     created: None,
                 }),
                 grants: desired
                     .grants
                     .iter()
-                    .map(|p| (p.clone(), Some(desired.grant_policy.clone())))
+                    .map(|p| (p.clone(), Some(rng.as_iam_returns(&desired.grant_policy))))
                     .collect(),
+                previously_granted: desired.grants.clone(),
             };
-            let changes = plan_role_changes(&desired, &observed, &desired.grants);
+            let changes = plan_role_changes(&desired, &observed);
             prop_assert!(changes.is_empty(), "{:?}", operations(&changes));
+        }
+    }
+
+    /// Rewrites documents into other spellings IAM may hand back, driven by a seed.
+    struct Spelling(u64);
+
+    impl Spelling {
+        fn next(&mut self) -> u64 {
+            // splitmix64
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn coin(&mut self) -> bool {
+            self.next() & 1 == 1
+        }
+
+        fn shuffle(&mut self, items: &mut [Value]) {
+            for i in (1..items.len()).rev() {
+                let j = (self.next() % (i as u64 + 1)) as usize;
+                items.swap(i, j);
+            }
+        }
+
+        /// A one-element list as a scalar or a scalar as a one-element list, half of the time;
+        /// longer lists shuffled.
+        fn respell_list(&mut self, value: &mut Value) {
+            match value {
+                Value::Array(items) if items.len() == 1 && self.coin() => {
+                    *value = items.pop().unwrap();
+                }
+                Value::Array(items) => self.shuffle(items),
+                scalar @ Value::String(_) if self.coin() => {
+                    *scalar = Value::Array(vec![scalar.clone()]);
+                }
+                _ => {}
+            }
+        }
+
+        /// An account root ARN as the bare account ID, half of the time.
+        fn respell_principal(&mut self, id: &mut Value) {
+            let account = id
+                .as_str()
+                .and_then(|t| t.strip_prefix("arn:aws:iam::"))
+                .and_then(|t| t.strip_suffix(":root"))
+                .map(str::to_owned);
+            if let Some(account) = account.filter(|_| self.coin()) {
+                *id = Value::String(account);
+            }
+        }
+
+        fn as_iam_returns(&mut self, document: &Value) -> Value {
+            let mut doc = document.clone();
+            if let Some(statements) = doc["Statement"].as_array_mut() {
+                self.shuffle(statements);
+                for statement in statements.iter_mut() {
+                    for key in ["Action", "Resource"] {
+                        if let Some(value) = statement.get_mut(key) {
+                            self.respell_list(value);
+                        }
+                    }
+                    if let Some(ids) = statement.pointer_mut("/Principal/AWS") {
+                        if let Value::Array(list) = ids {
+                            for id in list.iter_mut() {
+                                self.respell_principal(id);
+                            }
+                        }
+                        self.respell_list(ids);
+                    }
+                }
+            }
+            let encoded = percent_encoding::utf8_percent_encode(
+                &policy::to_text(&doc),
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .to_string();
+            policy::parse_observed(&encoded)
         }
     }
 }

@@ -1,13 +1,13 @@
-//! Step 7: the Secret that holds the credentials (layout in the design's Secret contract). Building
+//! Step 8: the Secret that holds the credentials (layout in the design's Secret contract). Building
 //! and reading it is pure; writing is a server-side apply owned by the CrossAccountRole.
 
 use std::collections::BTreeMap;
 
+use jiff::Timestamp;
 use k8s_openapi::{
     ByteString,
     api::core::v1::Secret,
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
-    jiff::Timestamp,
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -15,17 +15,21 @@ use kube::{
 };
 use serde_json::json;
 
-use super::credentials::IssuedCredentials;
-use crate::api::{
-    CrossAccountRole,
-    names::{
-        EXPIRATION_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
-        REFRESH_AT_ANNOTATION,
+use super::credentials::HeldCredentials;
+use crate::{
+    api::{
+        CrossAccountRole,
+        names::{
+            EXPIRATION_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+            REFRESH_AT_ANNOTATION,
+        },
     },
+    aws::IssuedCredentials,
+    error::ReconcileError,
 };
 
 /// Keys of the Secret.
-pub mod keys {
+pub(crate) mod keys {
     pub const CREDENTIALS: &str = "credentials";
     pub const CREDENTIALS_JSON: &str = "credentials.json";
     pub const CONFIG: &str = "config";
@@ -37,21 +41,12 @@ pub mod keys {
     pub const ROLE_ARN: &str = "role_arn";
 }
 
-/// What goes into one Secret.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SecretContent {
-    pub credentials: IssuedCredentials,
-    pub role_arn: String,
-    pub region: Option<String>,
-    pub refresh_at: Timestamp,
-}
-
 fn rfc3339(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// The data keys of the Secret, as strings.
-pub fn render_data(content: &SecretContent) -> BTreeMap<String, String> {
+pub(crate) fn render_data(content: &HeldCredentials) -> BTreeMap<String, String> {
     let c = &content.credentials;
     let expiration = rfc3339(c.expiration);
     let mut data = BTreeMap::from([
@@ -96,7 +91,11 @@ pub fn render_data(content: &SecretContent) -> BTreeMap<String, String> {
 }
 
 /// The whole Secret for `cr`, owned by it.
-pub fn render_secret(cr: &CrossAccountRole, name: &str, content: &SecretContent) -> Secret {
+pub(crate) fn render_secret(
+    cr: &CrossAccountRole,
+    name: &str,
+    content: &HeldCredentials,
+) -> Secret {
     let owner = OwnerReference {
         api_version: CrossAccountRole::api_version(&()).into_owned(),
         kind: CrossAccountRole::kind(&()).into_owned(),
@@ -138,7 +137,7 @@ pub fn render_secret(cr: &CrossAccountRole, name: &str, content: &SecretContent)
 }
 
 /// Whether `secret` belongs to `cr` (controller owner reference with its UID).
-pub fn owned_by(secret: &Secret, cr: &CrossAccountRole) -> bool {
+pub(crate) fn owned_by(secret: &Secret, cr: &CrossAccountRole) -> bool {
     let uid = cr.uid();
     secret
         .owner_references()
@@ -148,7 +147,7 @@ pub fn owned_by(secret: &Secret, cr: &CrossAccountRole) -> bool {
 
 /// The content an existing Secret holds, if it is complete and consistent: every key as
 /// [`render_data`] would write it. A Secret that was edited or lost keys reads as `None`.
-pub fn read_content(secret: &Secret) -> Option<SecretContent> {
+pub(crate) fn read_held(secret: &Secret) -> Option<HeldCredentials> {
     let data = secret.data.as_ref()?;
     let text = |key: &str| {
         data.get(key)
@@ -161,7 +160,7 @@ pub fn read_content(secret: &Secret) -> Option<SecretContent> {
         .get(REFRESH_AT_ANNOTATION)?
         .parse()
         .ok()?;
-    let content = SecretContent {
+    let content = HeldCredentials {
         credentials: IssuedCredentials {
             access_key_id: field("AccessKeyId")?,
             secret_access_key: field("SecretAccessKey")?,
@@ -182,8 +181,15 @@ pub fn read_content(secret: &Secret) -> Option<SecretContent> {
     intact.then_some(content)
 }
 
+/// The Secret `name` in the CR's namespace, if it exists.
+pub(crate) async fn read(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, ReconcileError> {
+    api.get_opt(name)
+        .await
+        .map_err(ReconcileError::kube("reading the credentials Secret"))
+}
+
 /// Server-side applies `secret` with the operator's field manager.
-pub async fn apply_secret(api: &Api<Secret>, secret: &Secret) -> Result<(), kube::Error> {
+pub(crate) async fn write(api: &Api<Secret>, secret: &Secret) -> Result<(), ReconcileError> {
     let name = secret.name_any();
     let mut value = serde_json::to_value(secret).expect("a Secret serializes");
     value["apiVersion"] = json!("v1");
@@ -195,6 +201,25 @@ pub async fn apply_secret(api: &Api<Secret>, secret: &Secret) -> Result<(), kube
     )
     .await
     .map(drop)
+    .map_err(ReconcileError::kube("writing the credentials Secret"))
+}
+
+/// Deletes the Secret `name` if `cr` owns it (credentials switched off, renamed, or the CR is
+/// being deleted). Someone else's Secret of that name is left alone.
+pub(crate) async fn remove(
+    api: &Api<Secret>,
+    cr: &CrossAccountRole,
+    name: &str,
+) -> Result<(), ReconcileError> {
+    let existing = read(api, name).await?;
+    if existing.is_some_and(|s| owned_by(&s, cr)) {
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(ReconcileError::kube("deleting the credentials Secret")(e)),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -202,8 +227,8 @@ mod tests {
     use super::*;
     use crate::api::CrossAccountRoleSpec;
 
-    fn content(region: Option<&str>) -> SecretContent {
-        SecretContent {
+    fn content(region: Option<&str>) -> HeldCredentials {
+        HeldCredentials {
             credentials: IssuedCredentials {
                 access_key_id: "ASIAKEY".into(),
                 secret_access_key: "secret/with+chars".into(),
@@ -273,7 +298,7 @@ mod tests {
     fn an_intact_secret_reads_back_and_a_tampered_one_does_not() {
         for region in [None, Some("us-east-1")] {
             let secret = render_secret(&cr(), "signin-aws", &content(region));
-            assert_eq!(read_content(&secret), Some(content(region)));
+            assert_eq!(read_held(&secret), Some(content(region)));
         }
         let mut tampered = render_secret(&cr(), "signin-aws", &content(None));
         tampered
@@ -281,7 +306,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("AWS_ACCESS_KEY_ID".into(), ByteString(b"other".to_vec()));
-        assert_eq!(read_content(&tampered), None);
+        assert_eq!(read_held(&tampered), None);
         // A key added by someone else does not spoil the credentials (and cannot be removed by
         // server-side apply, so it must not cause a re-issue loop).
         let mut extra = render_secret(&cr(), "signin-aws", &content(None));
@@ -290,9 +315,9 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("extra".into(), ByteString(b"x".to_vec()));
-        assert_eq!(read_content(&extra), Some(content(None)));
+        assert_eq!(read_held(&extra), Some(content(None)));
         let mut missing = render_secret(&cr(), "signin-aws", &content(None));
         missing.data.as_mut().unwrap().remove("config");
-        assert_eq!(read_content(&missing), None);
+        assert_eq!(read_held(&missing), None);
     }
 }

@@ -1,0 +1,318 @@
+//! The seam's own model: what is read from IAM, the writes the reconciler asks for, principals,
+//! and the STS request and its answer. Plain data, in AWS's terms.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use serde_json::Value;
+
+use super::Arn;
+
+/// IAM's default (and minimum) maximum session duration of a role, in seconds.
+pub(crate) const IAM_DEFAULT_MAX_SESSION: i32 = 3600;
+/// IAM's cap on sessions of a role assumed with role-chained credentials, in seconds.
+pub(crate) const CHAINED_SESSION_LIMIT: i32 = 3600;
+/// STS's shortest session, in seconds.
+pub(crate) const MIN_SESSION: i32 = 900;
+
+/// How the operator reaches one account: directly (no management role: the operator's own
+/// account) or through a management role.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct AccountAccess {
+    pub account_id: String,
+    pub management_role_arn: Option<String>,
+    pub external_id: Option<String>,
+}
+
+/// A principal of the source account that is granted the right to assume a role.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Principal {
+    User(String),
+    Role(String),
+}
+
+impl Principal {
+    /// The principal's ARN (at the root path) in `account` of `partition`.
+    pub(crate) fn arn(&self, partition: &str, account: &str) -> Arn {
+        match self {
+            Principal::User(name) => Arn::user(partition, account, "/", name),
+            Principal::Role(name) => Arn::role(partition, account, "/", name),
+        }
+    }
+
+    /// The user or role an ARN of `account` names (at any path); `None` for anything else.
+    pub(crate) fn from_arn(arn: &Arn, account: &str) -> Option<Self> {
+        if arn.service() != "iam" || arn.account() != account {
+            return None;
+        }
+        let resource = arn.resource();
+        if resource.starts_with("user/") {
+            Some(Principal::User(arn.name().to_owned()))
+        } else if resource.starts_with("role/") {
+            Some(Principal::Role(arn.name().to_owned()))
+        } else {
+            None
+        }
+    }
+
+    /// `user NAME` or `role NAME`, for messages.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Principal::User(name) => format!("user {name}"),
+            Principal::Role(name) => format!("role {name}"),
+        }
+    }
+}
+
+/// An IAM role as read from AWS; documents are parsed (URL-decoded) JSON.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct ObservedRole {
+    pub arn: String,
+    pub path: String,
+    pub description: Option<String>,
+    pub max_session_duration: i32,
+    pub trust_policy: Value,
+    pub permissions_boundary: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub managed_policies: BTreeSet<String>,
+    pub inline_policies: BTreeMap<String, Value>,
+    /// When the role was created (IAM's CreateDate), to tell propagation delay from denial.
+    pub created: Option<Timestamp>,
+}
+
+/// One IAM write. The plan is a list of these; `apply` carries them out in order.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Change {
+    CreateRole {
+        role: String,
+        path: String,
+        trust_policy: Value,
+        description: Option<String>,
+        max_session_duration: Option<i32>,
+        permissions_boundary: Option<String>,
+        tags: BTreeMap<String, String>,
+    },
+    UpdateTrustPolicy {
+        role: String,
+        trust_policy: Value,
+    },
+    UpdateRole {
+        role: String,
+        description: String,
+        max_session_duration: i32,
+    },
+    PutPermissionsBoundary {
+        role: String,
+        arn: String,
+    },
+    DeletePermissionsBoundary {
+        role: String,
+    },
+    TagRole {
+        role: String,
+        tags: BTreeMap<String, String>,
+    },
+    UntagRole {
+        role: String,
+        keys: Vec<String>,
+    },
+    AttachPolicy {
+        role: String,
+        arn: String,
+    },
+    DetachPolicy {
+        role: String,
+        arn: String,
+    },
+    PutInlinePolicy {
+        role: String,
+        name: String,
+        document: Value,
+    },
+    DeleteInlinePolicy {
+        role: String,
+        name: String,
+    },
+    DeleteRole {
+        role: String,
+    },
+    /// Inline policy on a principal of the source account that lets it assume the role.
+    PutGrant {
+        principal: Principal,
+        policy_name: String,
+        document: Value,
+    },
+    DeleteGrant {
+        principal: Principal,
+        policy_name: String,
+    },
+}
+
+impl Change {
+    /// Whether the change is made in the source account (grants) rather than the target account.
+    pub(crate) fn in_source_account(&self) -> bool {
+        matches!(self, Change::PutGrant { .. } | Change::DeleteGrant { .. })
+    }
+
+    /// Whether the change removes something (so that "already gone" counts as done).
+    pub(crate) fn is_removal(&self) -> bool {
+        matches!(
+            self,
+            Change::DeleteRole { .. }
+                | Change::DetachPolicy { .. }
+                | Change::DeleteInlinePolicy { .. }
+                | Change::DeleteGrant { .. }
+                | Change::DeletePermissionsBoundary { .. }
+                | Change::UntagRole { .. }
+        )
+    }
+
+    /// Short human description for events and logs (names and ARNs only, no documents).
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Change::CreateRole { role, .. } => format!("created role {role}"),
+            Change::UpdateTrustPolicy { role, .. } => {
+                format!("updated the trust policy of role {role}")
+            }
+            Change::UpdateRole { role, .. } => {
+                format!("updated description/max session of role {role}")
+            }
+            Change::PutPermissionsBoundary { role, arn } => {
+                format!("set permissions boundary {arn} on role {role}")
+            }
+            Change::DeletePermissionsBoundary { role } => {
+                format!("removed the permissions boundary of role {role}")
+            }
+            Change::TagRole { role, tags } => format!("tagged role {role} ({})", keys(tags.keys())),
+            Change::UntagRole { role, keys: k } => {
+                format!("untagged role {role} ({})", keys(k.iter()))
+            }
+            Change::AttachPolicy { role, arn } => format!("attached {arn} to role {role}"),
+            Change::DetachPolicy { role, arn } => format!("detached {arn} from role {role}"),
+            Change::PutInlinePolicy { role, name, .. } => {
+                format!("put inline policy {name} on role {role}")
+            }
+            Change::DeleteInlinePolicy { role, name } => {
+                format!("deleted inline policy {name} of role {role}")
+            }
+            Change::DeleteRole { role } => format!("deleted role {role}"),
+            Change::PutGrant { principal, .. } => format!(
+                "granted {} the right to assume the role",
+                principal.describe()
+            ),
+            Change::DeleteGrant { principal, .. } => {
+                format!("removed the grant of {}", principal.describe())
+            }
+        }
+    }
+
+    /// The IAM operation name, for metrics, events and logs.
+    pub(crate) fn operation(&self) -> &'static str {
+        match self {
+            Change::CreateRole { .. } => "CreateRole",
+            Change::UpdateTrustPolicy { .. } => "UpdateAssumeRolePolicy",
+            Change::UpdateRole { .. } => "UpdateRole",
+            Change::PutPermissionsBoundary { .. } => "PutRolePermissionsBoundary",
+            Change::DeletePermissionsBoundary { .. } => "DeleteRolePermissionsBoundary",
+            Change::TagRole { .. } => "TagRole",
+            Change::UntagRole { .. } => "UntagRole",
+            Change::AttachPolicy { .. } => "AttachRolePolicy",
+            Change::DetachPolicy { .. } => "DetachRolePolicy",
+            Change::PutInlinePolicy { .. } => "PutRolePolicy",
+            Change::DeleteInlinePolicy { .. } => "DeleteRolePolicy",
+            Change::DeleteRole { .. } => "DeleteRole",
+            Change::PutGrant {
+                principal: Principal::User(_),
+                ..
+            } => "PutUserPolicy",
+            Change::PutGrant {
+                principal: Principal::Role(_),
+                ..
+            } => "PutRolePolicy",
+            Change::DeleteGrant {
+                principal: Principal::User(_),
+                ..
+            } => "DeleteUserPolicy",
+            Change::DeleteGrant {
+                principal: Principal::Role(_),
+                ..
+            } => "DeleteRolePolicy",
+        }
+    }
+}
+
+fn keys<'a>(keys: impl Iterator<Item = &'a String>) -> String {
+    keys.map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
+/// What to ask STS for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct AssumeRoleRequest {
+    pub role_arn: String,
+    pub external_id: String,
+    pub session_name: String,
+    pub source_identity: String,
+    pub duration_seconds: i32,
+    pub session_policy: Option<String>,
+}
+
+/// A set of temporary credentials. Debug output never shows the secret parts.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct IssuedCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    pub expiration: Timestamp,
+}
+
+impl std::fmt::Debug for IssuedCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCredentials")
+            .field("access_key_id", &"<redacted>")
+            .field("expiration", &self.expiration)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principals_round_trip_through_arns_in_every_partition() {
+        for partition in ["aws", "aws-cn", "aws-us-gov"] {
+            for p in [
+                Principal::User("devTest".into()),
+                Principal::Role("ci".into()),
+            ] {
+                let arn = p.arn(partition, "123456789012");
+                assert_eq!(Principal::from_arn(&arn, "123456789012"), Some(p.clone()));
+                assert_eq!(Principal::from_arn(&arn, "999999999999"), None);
+            }
+        }
+        let root = Arn::root("aws", "123456789012");
+        assert_eq!(Principal::from_arn(&root, "123456789012"), None);
+        let with_path = Arn::parse("arn:aws:iam::123456789012:role/team/ci").unwrap();
+        assert_eq!(
+            Principal::from_arn(&with_path, "123456789012"),
+            Some(Principal::Role("ci".into()))
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let creds = IssuedCredentials {
+            access_key_id: "ASIAEXAMPLEKEY".into(),
+            secret_access_key: "very-secret".into(),
+            session_token: "token-value".into(),
+            expiration: Timestamp::UNIX_EPOCH,
+        };
+        let text = format!("{creds:?}");
+        assert!(
+            !text.contains("ASIAEXAMPLEKEY")
+                && !text.contains("very-secret")
+                && !text.contains("token-value"),
+            "{text}"
+        );
+    }
+}

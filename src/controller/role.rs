@@ -1,0 +1,332 @@
+//! The CrossAccountRole controller: what triggers a reconcile, and the reconcile itself: for a
+//! live object the pipeline (`crate::pipeline::reconcile`) with the finalizer added before the
+//! first AWS write; for a deleted one cleanup, then the finalizer released.
+
+use std::{sync::Arc, time::Instant};
+
+use futures::{Future, Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Resource, ResourceExt,
+    core::{DeserializeGuard, PartialObjectMeta, error_boundary::InvalidObject},
+    runtime::{
+        Controller, Predicate, WatchStreamExt,
+        controller::Action,
+        predicates,
+        reflector::{self, ObjectRef},
+        watcher::{self, watcher},
+    },
+};
+use rand::Rng;
+use tracing::info_span;
+
+use super::{
+    Context, finalizer,
+    recent_sync::SyncInputs,
+    requeue::next_visit,
+    watch::{NoTriggerBackoff, recovering},
+};
+use crate::{
+    api::{
+        CrossAccountRole, DeletionPolicy,
+        names::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, Reason},
+    },
+    aws::Aws,
+    error::ReconcileError,
+    pipeline::{
+        self, Facts, Io, cleanup, secret,
+        status::{self, Ending, Note, Severity},
+    },
+};
+
+const KIND: &str = "CrossAccountRole";
+
+/// A CrossAccountRole as the watch delivers it: one stored in a shape this version cannot read
+/// (written under another CRD version, say) is an `Err` with its metadata, reported on the
+/// object instead of stalling the watch of every other object.
+type Guarded = DeserializeGuard<CrossAccountRole>;
+
+/// The controller's stream (drive it to run) and a future that completes once its cache synced.
+pub(super) fn controller<A: Aws>(
+    ctx: Arc<Context<A>>,
+    feeds: super::CacheFeeds,
+    concurrency: u16,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> (
+    impl Stream<Item = ()> + Send,
+    impl Future<Output = ()> + Send,
+) {
+    let client = ctx.client.clone();
+    // Status-only updates (our own writes) do not trigger a reconcile: only spec (generation,
+    // which deletion also bumps) and annotation (adoption) changes do, besides resync.
+    let (store, writer) = reflector::store();
+    let trigger = recovering(
+        "CrossAccountRole",
+        watcher(
+            Api::<Guarded>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation.combine(predicates::annotations),
+        Default::default(),
+    );
+    let controller = Controller::for_stream(trigger, store.clone());
+    let ready_store = store.clone();
+    let account_roles = store.clone();
+    let (accounts, namespaces) = feeds.streams(&client);
+    let stream = controller
+        // Each watch paces its own retries; a failing one must not pause the others.
+        .trigger_backoff(NoTriggerBackoff)
+        // Owned Secrets, and only those (label selector): tampering or deletion is undone.
+        .owns_stream(
+            recovering(
+                "Secret",
+                watcher(
+                    Api::<PartialObjectMeta<Secret>>::all(client),
+                    watcher::Config::default()
+                        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
+                ),
+            )
+            .touched_objects(),
+        )
+        // A change to an AwsAccount (readiness, guardrails) re-queues the roles that use it; a
+        // change to a namespace's labels (allowedNamespaces) the roles in it.
+        .watches_stream(accounts, move |account| {
+            let name = account.name_any();
+            account_roles
+                .state()
+                .into_iter()
+                .filter(move |g| matches!(&g.0, Ok(cr) if cr.spec.account_ref == name))
+                .map(|g| ObjectRef::from_obj(&*g))
+        })
+        .watches_stream(namespaces, move |ns| {
+            let name = ns.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(move |g| g.namespace().as_deref() == Some(name.as_str()))
+                .map(|g| ObjectRef::from_obj(&*g))
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .map(|result| {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
+    (stream, super::synced(ready_store))
+}
+
+fn key(obj: &impl ResourceExt) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The reconcile of one CrossAccountRole (what the controller calls).
+pub(super) async fn reconcile<A: Aws>(
+    guarded: Arc<Guarded>,
+    ctx: Arc<Context<A>>,
+) -> Result<Action, ReconcileError> {
+    let cr = match &guarded.0 {
+        Ok(cr) => cr,
+        Err(invalid) => return unreadable(&guarded, invalid, &ctx).await,
+    };
+    let span = info_span!(
+        "reconcile",
+        namespace = %cr.namespace().unwrap_or_default(),
+        name = %cr.name_any(),
+        account = %cr.spec.account_ref,
+    );
+    let work = async {
+        if cr.meta().deletion_timestamp.is_some() {
+            finalize(cr, &ctx).await
+        } else {
+            sync(cr, &ctx).await
+        }
+    };
+    super::measured(&ctx, KIND, &key(cr), span, work).await
+}
+
+fn error_policy<A: Aws>(
+    guarded: Arc<Guarded>,
+    error: &ReconcileError,
+    ctx: Arc<Context<A>>,
+) -> Action {
+    super::retry_later(&ctx, KIND, &key(&*guarded), error)
+}
+
+fn api_of<A: Aws>(ctx: &Context<A>, namespace: &str) -> Api<CrossAccountRole> {
+    Api::namespaced(ctx.client.clone(), namespace)
+}
+
+/// A live object: the pipeline, with what the caches know and the recent-sync memo; then its
+/// events, metrics and the next visit.
+async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Action, ReconcileError> {
+    let namespace = cr.namespace().unwrap_or_default();
+    let account = ctx.caches.account(&cr.spec.account_ref).await?;
+    let labels = ctx.caches.namespace_labels(&namespace).await?;
+    let key = key(cr);
+    let inputs = SyncInputs {
+        generation: cr.meta().generation,
+        account_version: account.as_ref().and_then(|a| a.resource_version()),
+    };
+    let recent = ctx.recent.get(&key, &inputs, Instant::now());
+    let reused = recent.is_some();
+    let facts = Facts {
+        account: account.as_deref(),
+        namespace_labels: &labels,
+        recent,
+        now: jiff::Timestamp::now(),
+        jitter: rand::rng().random(),
+    };
+    let io = Io {
+        kube: &ctx.client,
+        aws: &ctx.aws,
+        operator: &ctx.operator,
+    };
+    let api = api_of(ctx, &namespace);
+    let now = facts.now;
+    let report =
+        pipeline::reconcile(&io, cr, facts, async || finalizer::ensure(&api, cr).await).await;
+
+    for change in &report.outcome.applied {
+        tracing::info!(operation = change.operation(), "{}", change.describe());
+    }
+    ctx.events.publish(&cr.object_ref(&()), &report.notes).await;
+    match (&report.synced, &report.outcome.ending) {
+        (Some(role), _) => ctx
+            .recent
+            .remember(&key, inputs, role.clone(), Instant::now()),
+        // A refusal, or a failure of the IAM part, makes the next reconcile read IAM again.
+        (None, Ending::Refused(_)) => ctx.recent.forget(&key),
+        (None, Ending::Failed { .. }) if !reused => ctx.recent.forget(&key),
+        _ => {}
+    }
+    record_credentials_metric(cr, ctx, &report.outcome.ending);
+    if let Some(error) = report.error {
+        return Err(error);
+    }
+    Ok(
+        match next_visit(&report.outcome, ctx.resync_interval, now) {
+            Some(delay) => Action::requeue(delay),
+            None => Action::await_change(),
+        },
+    )
+}
+
+/// `crossaccount_credentials_expiry_seconds` follows the credentials the Secret holds.
+fn record_credentials_metric<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>, ending: &Ending) {
+    let (namespace, name) = (cr.namespace().unwrap_or_default(), cr.name_any());
+    match ending {
+        Ending::Synced(synced) => match &synced.credentials {
+            Some(pipeline::credentials::CredentialsOutcome::Ready { held, .. }) => ctx
+                .metrics
+                .credentials_expiry
+                .set(&namespace, &name, held.credentials.expiration),
+            Some(_) => {}
+            None => ctx.metrics.credentials_expiry.remove(&namespace, &name),
+        },
+        Ending::Refused(_) | Ending::Failed { .. } => {}
+    }
+}
+
+/// An object this version cannot read: said on the object (a Warning event, and `Ready` false
+/// with reason `InvalidSpec` in status) and left alone until it changes. Nothing in AWS is
+/// touched, and the finalizer, if any, stays: its cleanup needs a readable spec.
+async fn unreadable<A: Aws>(
+    guarded: &Guarded,
+    invalid: &InvalidObject,
+    ctx: &Context<A>,
+) -> Result<Action, ReconcileError> {
+    let message = format!(
+        "this CrossAccountRole cannot be read by the operator ({}); fix the object (kubectl edit) \
+         or run an operator version that understands it",
+        invalid.error
+    );
+    tracing::warn!(object = %key(guarded), error = %invalid.error, "unreadable CrossAccountRole");
+    let note = Note::new(Severity::Warning, Reason::InvalidSpec, message.clone());
+    ctx.events.publish(&guarded.object_ref(&()), &[note]).await;
+    let status =
+        status::unreadable_status(guarded.meta().generation, &message, jiff::Timestamp::now());
+    let api = api_of(ctx, &guarded.namespace().unwrap_or_default());
+    status::apply_status(&api, &guarded.name_any(), &status)
+        .await
+        .map_err(ReconcileError::kube("writing status"))?;
+    Ok(Action::await_change())
+}
+
+/// Deletion: clean up AWS (unless Retain), then release the finalizer.
+async fn finalize<A: Aws>(
+    cr: &CrossAccountRole,
+    ctx: &Context<A>,
+) -> Result<Action, ReconcileError> {
+    if !finalizer::has_finalizer(cr) {
+        return Ok(Action::await_change());
+    }
+    let object = cr.object_ref(&());
+    if cr.spec.deletion_policy == DeletionPolicy::Retain {
+        let note = Note::new(
+            Severity::Normal,
+            Reason::Retained,
+            "deletionPolicy is Retain: the IAM role is left in AWS",
+        );
+        ctx.events.publish(&object, &[note]).await;
+        release(cr, ctx).await?;
+        return Ok(Action::await_change());
+    }
+    ctx.recent.forget(&key(cr));
+    let Some(account) = ctx.caches.account(&cr.spec.account_ref).await? else {
+        // Without the AwsAccount there is no way into the target account; blocking deletion
+        // forever would help nobody, so say what may be left behind.
+        let role = cr
+            .status
+            .as_ref()
+            .and_then(|s| s.role_arn.clone())
+            .unwrap_or_else(|| "(unknown)".into());
+        let note = Note::new(
+            Severity::Warning,
+            Reason::AccountNotReady,
+            format!(
+                "AwsAccount {} no longer exists; role {role} could not be removed",
+                cr.spec.account_ref
+            ),
+        );
+        ctx.events.publish(&object, &[note]).await;
+        release(cr, ctx).await?;
+        return Ok(Action::await_change());
+    };
+    let (applied, result) = cleanup::cleanup_role(&ctx.aws, &ctx.operator, cr, &account).await;
+    cleanup_notes(ctx, &object, &applied).await;
+    result?;
+    release(cr, ctx).await?;
+    Ok(Action::await_change())
+}
+
+async fn cleanup_notes<A: Aws>(
+    ctx: &Context<A>,
+    object: &k8s_openapi::api::core::v1::ObjectReference,
+    applied: &[crate::aws::Change],
+) {
+    for change in applied {
+        tracing::info!(operation = change.operation(), "{}", change.describe());
+    }
+    let notes: Vec<Note> = applied.iter().map(Note::change).collect();
+    ctx.events.publish(object, &notes).await;
+}
+
+/// The last step of deletion: the credentials Secret goes (also where no garbage collector runs),
+/// the expiry metric is dropped, the finalizer is released.
+async fn release<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<(), ReconcileError> {
+    let namespace = cr.namespace().unwrap_or_default();
+    if let Some(credentials) = cr.status.as_ref().and_then(|s| s.credentials.as_ref()) {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        secret::remove(&secrets, cr, &credentials.secret_name).await?;
+    }
+    ctx.metrics
+        .credentials_expiry
+        .remove(&namespace, &cr.name_any());
+    finalizer::release(&api_of(ctx, &namespace), cr).await
+}

@@ -1,0 +1,299 @@
+//! Step 7: temporary credentials. Whether the held ones are reused or new ones are minted, and when
+//! to refresh them, is decided here purely (the clock and the jitter are passed in); the
+//! AssumeRole call itself goes through [`AccountApi::assume_role`] of the source account.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::{
+    api::{CredentialsSpec, names::Reason},
+    aws::{
+        AccountApi, AssumeRoleRequest, AwsError, AwsErrorKind, CHAINED_SESSION_LIMIT,
+        IssuedCredentials, MIN_SESSION,
+    },
+    naming::{OperatorIdentity, Owner},
+};
+
+/// Credentials are never refreshed later than this before they expire.
+pub(crate) const REFRESH_FLOOR: Duration = Duration::from_secs(600);
+/// At most this share of the time until the planned refresh is taken off it as jitter, so that
+/// credentials issued together spread out without ever refreshing right after being issued.
+const JITTER_SHARE: f64 = 0.1;
+
+/// Credentials as the Secret holds them, with what they were issued for.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct HeldCredentials {
+    pub credentials: IssuedCredentials,
+    pub role_arn: String,
+    pub region: Option<String>,
+    pub refresh_at: Timestamp,
+}
+
+/// The role the credentials are for.
+pub(crate) struct RoleForCredentials<'a> {
+    pub arn: &'a str,
+    pub max_session_duration: i32,
+    pub account_cap: Option<i32>,
+}
+
+/// The held credentials, if they may be kept at `now`: issued for this role and region and not
+/// yet due for refresh (so an operator restart mints nothing).
+pub(crate) fn reusable(
+    held: Option<HeldCredentials>,
+    role: &RoleForCredentials<'_>,
+    spec: &CredentialsSpec,
+    now: Timestamp,
+) -> Option<HeldCredentials> {
+    held.filter(|h| h.role_arn == role.arn && now < h.refresh_at && h.region == spec.region)
+}
+
+/// What to ask STS for.
+pub(crate) fn assume_request(
+    owner: &Owner,
+    spec: &CredentialsSpec,
+    role: &RoleForCredentials<'_>,
+    operator: &OperatorIdentity,
+) -> AssumeRoleRequest {
+    AssumeRoleRequest {
+        role_arn: role.arn.to_owned(),
+        external_id: owner.external_id(),
+        session_name: owner.session_name(),
+        source_identity: owner.session_name(),
+        duration_seconds: session_duration(
+            spec.duration_seconds,
+            role.max_session_duration,
+            role.account_cap,
+            operator.chained,
+        ),
+        session_policy: spec.session_policy.clone(),
+    }
+}
+
+/// How a mint ended, short of an error.
+#[derive(Debug)]
+pub(crate) enum Minted {
+    Issued(IssuedCredentials),
+    /// IAM has not propagated the new role yet.
+    Propagating(String),
+}
+
+/// Assumes the role with the operator's source identity.
+pub(crate) async fn mint<A: AccountApi>(
+    source: &A,
+    request: &AssumeRoleRequest,
+    role_created: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<Minted, AwsError> {
+    match source.assume_role(request).await {
+        Ok(credentials) => Ok(Minted::Issued(credentials)),
+        Err(e) if waiting_for_propagation(e.kind, role_created, now) => {
+            Ok(Minted::Propagating(format!(
+                "waiting for IAM to propagate the new role before assuming it ({})",
+                e.summary()
+            )))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Newly issued credentials as they are kept, with their refresh time.
+pub(crate) fn hold(
+    credentials: IssuedCredentials,
+    role: &RoleForCredentials<'_>,
+    spec: &CredentialsSpec,
+    now: Timestamp,
+    jitter: f64,
+) -> HeldCredentials {
+    let refresh_at = refresh_due_at(now, credentials.expiration, spec.refresh_percent, jitter);
+    HeldCredentials {
+        credentials,
+        role_arn: role.arn.to_owned(),
+        region: spec.region.clone(),
+        refresh_at,
+    }
+}
+
+/// How the credentials step ended, short of an error.
+#[derive(Debug)]
+pub(crate) enum CredentialsOutcome {
+    /// The Secret holds valid credentials; `issued` when they were minted by this reconcile.
+    Ready {
+        secret_name: String,
+        held: HeldCredentials,
+        issued: bool,
+    },
+    /// A known delay (IAM propagation): try again soon.
+    Waiting { message: String },
+    /// The Secret name belongs to someone else: terminal until the spec changes.
+    SecretNotOwned { message: String },
+}
+
+impl CredentialsOutcome {
+    /// Reason of the `CredentialsReady` condition.
+    pub(crate) fn reason(&self) -> Reason {
+        match self {
+            CredentialsOutcome::Ready { .. } => Reason::CredentialsIssued,
+            CredentialsOutcome::Waiting { .. } => Reason::Propagating,
+            CredentialsOutcome::SecretNotOwned { .. } => Reason::SecretNotOwned,
+        }
+    }
+}
+
+/// The session length to request: the spec's, capped by the role's maximum, the account's cap, and
+/// IAM's one-hour limit for role chaining when the operator itself runs on an assumed role.
+pub(crate) fn session_duration(
+    requested: i32,
+    role_max: i32,
+    account_cap: Option<i32>,
+    operator_chained: bool,
+) -> i32 {
+    let mut duration = requested.min(role_max);
+    if let Some(cap) = account_cap {
+        duration = duration.min(cap);
+    }
+    if operator_chained {
+        duration = duration.min(CHAINED_SESSION_LIMIT);
+    }
+    duration.max(MIN_SESSION)
+}
+
+/// When credentials issued at `issued` and expiring at `expiration` should be replaced:
+/// `refresh_percent` of the lifetime, but never later than [`REFRESH_FLOOR`] before expiry, then
+/// brought forward by up to [`JITTER_SHARE`] of that delay (`jitter` in [0, 1) picks how much).
+/// The result is in whole seconds (as stored in the Secret) and at least a second after `issued`.
+pub(crate) fn refresh_due_at(
+    issued: Timestamp,
+    expiration: Timestamp,
+    refresh_percent: i32,
+    jitter: f64,
+) -> Timestamp {
+    let lifetime = expiration.duration_since(issued).as_secs_f64();
+    let floor = REFRESH_FLOOR.as_secs_f64();
+    let share = f64::from(refresh_percent.clamp(1, 100)) / 100.0;
+    let planned = (lifetime * share).min(lifetime - floor);
+    if planned <= 0.0 {
+        return issued;
+    }
+    let delay = (planned * (1.0 - JITTER_SHARE * jitter.clamp(0.0, 1.0))).max(1.0);
+    let due = Timestamp::from_second(
+        (issued.as_second() as f64 + issued.subsec_nanosecond() as f64 / 1e9 + delay).ceil() as i64,
+    )
+    .unwrap_or(issued);
+    let latest = expiration - SignedDuration::try_from(REFRESH_FLOOR).expect("small duration");
+    due.min(latest.max(issued))
+}
+
+/// After a role is created, IAM may deny assuming it for a while; denials within this window are
+/// waited out rather than reported as failures.
+const PROPAGATION_WINDOW: SignedDuration = SignedDuration::from_secs(180);
+
+/// Whether a failed AssumeRole is IAM still propagating a new role (wait and retry) rather than a
+/// real denial: access denied within [`PROPAGATION_WINDOW`] of the role's creation.
+pub(crate) fn waiting_for_propagation(
+    kind: AwsErrorKind,
+    role_created: Option<Timestamp>,
+    now: Timestamp,
+) -> bool {
+    kind == AwsErrorKind::AccessDenied
+        && role_created.is_none_or(|created| now.duration_since(created) < PROPAGATION_WINDOW)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    #[test]
+    fn refresh_happens_at_the_share_of_the_lifetime() {
+        assert_eq!(refresh_due_at(at(0), at(3600), 50, 0.0), at(1800));
+        assert_eq!(refresh_due_at(at(0), at(36000), 67, 0.0), at(24120));
+    }
+
+    #[test]
+    fn refresh_is_never_later_than_ten_minutes_before_expiry() {
+        // 90 % of 15 minutes would be 13.5 minutes: too close to the end.
+        assert_eq!(refresh_due_at(at(0), at(900), 90, 0.0), at(300));
+        assert_eq!(refresh_due_at(at(0), at(3600), 90, 0.0), at(3000));
+    }
+
+    #[test]
+    fn expired_or_odd_inputs_give_a_time_not_before_issue() {
+        assert_eq!(refresh_due_at(at(100), at(50), 67, 0.5), at(100));
+        assert_eq!(refresh_due_at(at(0), at(500), 67, 0.5), at(0));
+    }
+
+    #[test]
+    fn a_small_share_still_refreshes_after_its_delay_not_at_once() {
+        // 1 % of 900 s is 9 s; jitter takes off at most 10 % of that.
+        let due = refresh_due_at(at(0), at(900), 1, 0.999);
+        assert!(due >= at(8) && due <= at(9), "{due}");
+    }
+
+    #[test]
+    fn jitter_applies_below_the_floor_too() {
+        let plain = refresh_due_at(at(0), at(900), 67, 0.0);
+        let jittered = refresh_due_at(at(0), at(900), 67, 0.9);
+        assert_eq!(plain, at(300));
+        assert!(jittered < plain && jittered >= at(270), "{jittered}");
+    }
+
+    #[test]
+    fn due_times_are_whole_seconds() {
+        let issued =
+            Timestamp::from_second(1_800_000_000).unwrap() + SignedDuration::from_millis(400);
+        let due = refresh_due_at(issued, at(3600), 50, 0.3);
+        assert_eq!(due.subsec_nanosecond(), 0);
+        assert!(due > issued);
+    }
+
+    proptest! {
+        #[test]
+        fn jitter_only_moves_refresh_earlier_and_within_bounds(
+            lifetime in 900i64..43200, percent in 1i32..=90, jitter in 0.0f64..1.0
+        ) {
+            let (issued, expiration) = (at(0), at(lifetime));
+            let plain = refresh_due_at(issued, expiration, percent, 0.0);
+            let jittered = refresh_due_at(issued, expiration, percent, jitter);
+            prop_assert!(jittered <= plain);
+            prop_assert!(jittered > issued, "never right after being issued");
+            prop_assert!(jittered <= expiration - SignedDuration::from_secs(600));
+            let window = (plain.duration_since(issued).as_secs_f64() * JITTER_SHARE).ceil() as i64 + 1;
+            prop_assert!(plain.duration_since(jittered).as_secs() <= window);
+        }
+    }
+
+    #[test]
+    fn access_denied_right_after_creation_is_propagation() {
+        let now = at(1000);
+        assert!(waiting_for_propagation(
+            AwsErrorKind::AccessDenied,
+            Some(at(950)),
+            now
+        ));
+        assert!(
+            !waiting_for_propagation(AwsErrorKind::AccessDenied, Some(at(0)), now),
+            "an old role is really denied"
+        );
+        assert!(
+            !waiting_for_propagation(AwsErrorKind::Throttled, Some(at(999)), now),
+            "other errors back off"
+        );
+        assert!(
+            waiting_for_propagation(AwsErrorKind::AccessDenied, None, now),
+            "creation time unknown: give it the benefit"
+        );
+    }
+
+    #[test]
+    fn session_durations_are_clamped() {
+        assert_eq!(session_duration(43200, 3600, None, false), 3600);
+        assert_eq!(session_duration(7200, 43200, Some(5400), false), 5400);
+        assert_eq!(session_duration(7200, 43200, None, true), 3600);
+        assert_eq!(session_duration(900, 3600, None, false), 900);
+    }
+}

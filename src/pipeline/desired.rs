@@ -1,0 +1,255 @@
+//! Step 2 (pure): the IAM state a validated spec asks for: the generated trust policy, ownership
+//! tags, the grant policy, and the documents' fit within IAM's size quotas.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+
+use super::validate::{Refusal, ValidatedSpec};
+use crate::{
+    api::names::Reason,
+    aws::{
+        Arn, IAM_DEFAULT_MAX_SESSION, Principal,
+        policy::{self, PolicyKind},
+    },
+    naming::{OperatorIdentity, Owner},
+};
+
+/// Statement IDs of the generated trust policy. The `Grants` statement also records which
+/// source-account principals were granted, so removed grants can be found again later.
+pub(crate) mod sid {
+    pub const OPERATOR: &str = "CrossAccountOperator";
+    pub const TRUSTED: &str = "TrustedPrincipals";
+    pub const GRANTS: &str = "Grants";
+}
+
+/// Everything the plan compares against AWS.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct DesiredRole {
+    pub name: String,
+    pub path: String,
+    pub arn: String,
+    pub description: Option<String>,
+    pub max_session_duration: i32,
+    pub trust_policy: Value,
+    pub permissions_boundary: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub managed_policies: BTreeSet<String>,
+    pub inline_policies: BTreeMap<String, Value>,
+    pub grants: BTreeSet<Principal>,
+    pub grant_policy_name: String,
+    pub grant_policy: Value,
+}
+
+/// The desired role for a validated spec in `target_account`, or the refusal when its generated
+/// trust policy would not fit IAM's quota.
+pub(crate) fn desired_role(
+    spec: &ValidatedSpec,
+    owner: &Owner,
+    operator: &OperatorIdentity,
+    target_account: &str,
+) -> Result<DesiredRole, Refusal> {
+    let arn = Arn::role(
+        &operator.partition,
+        target_account,
+        &spec.role_path,
+        &spec.role_name,
+    )
+    .to_string();
+    let grant_arns: BTreeSet<String> = spec
+        .grants
+        .iter()
+        .map(|p| {
+            p.arn(&operator.partition, &operator.source_account_id)
+                .to_string()
+        })
+        .collect();
+    let trust_policy = trust_policy(
+        &operator.principal_arn,
+        &owner.external_id(),
+        &spec.trust_principals,
+        &grant_arns,
+    );
+    check_trust_policy_size(&trust_policy)?;
+    let mut tags = spec.tags.clone();
+    tags.extend(owner.tags());
+    Ok(DesiredRole {
+        name: spec.role_name.clone(),
+        path: spec.role_path.clone(),
+        description: spec.description.clone(),
+        max_session_duration: spec.max_session_duration.unwrap_or(IAM_DEFAULT_MAX_SESSION),
+        trust_policy,
+        permissions_boundary: spec.permissions_boundary.clone(),
+        tags,
+        managed_policies: spec.managed_policies.clone(),
+        inline_policies: spec.inline_policies.clone(),
+        grants: spec.grants.clone(),
+        grant_policy_name: owner.grant_policy_name(),
+        grant_policy: grant_policy(&arn),
+        arn,
+    })
+}
+
+/// The generated trust policy must fit IAM's trust policy quota (2048 characters without
+/// whitespace by default): otherwise CreateRole/UpdateAssumeRolePolicy fail with LimitExceeded on
+/// every retry. Twenty long principals and twenty grants pass the schema but not IAM.
+fn check_trust_policy_size(document: &Value) -> Result<(), Refusal> {
+    let size = policy::size_without_whitespace(&policy::to_text(document));
+    let limit = PolicyKind::Trust.size_limit();
+    if size > limit {
+        return Err(Refusal::new(
+            Reason::InvalidSpec,
+            format!(
+                "spec.trust.principals and spec.grants: the generated trust policy would be {size} characters (without whitespace); IAM allows {limit}: trust fewer principals"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The trust policy: the operator may assume the role (and tag the session and set a source
+/// identity) only with the CR's external ID; extra principals and granted principals may assume
+/// it without one (the console cannot send one).
+pub(crate) fn trust_policy(
+    operator_arn: &str,
+    external_id: &str,
+    trusted: &BTreeSet<String>,
+    granted: &BTreeSet<String>,
+) -> Value {
+    let mut statements = vec![json!({
+        "Sid": sid::OPERATOR,
+        "Effect": "Allow",
+        "Principal": {"AWS": operator_arn},
+        "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
+        "Condition": {"StringEquals": {"sts:ExternalId": external_id}},
+    })];
+    for (sid, principals) in [(sid::TRUSTED, trusted), (sid::GRANTS, granted)] {
+        if !principals.is_empty() {
+            statements.push(json!({
+                "Sid": sid,
+                "Effect": "Allow",
+                "Principal": {"AWS": principals.iter().collect::<Vec<_>>()},
+                "Action": "sts:AssumeRole",
+            }));
+        }
+    }
+    json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+/// The inline policy on a granted principal: it may assume this role.
+pub(crate) fn grant_policy(role_arn: &str) -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role_arn}],
+    })
+}
+
+/// The source-account principals an existing trust policy records as granted (its `Grants`
+/// statement), so that grants removed from the spec can be revoked.
+pub(crate) fn granted_principals(
+    trust_policy: &Value,
+    source_account: &str,
+) -> BTreeSet<Principal> {
+    let statements = match &trust_policy["Statement"] {
+        Value::Array(list) => list.clone(),
+        single @ Value::Object(_) => vec![single.clone()],
+        _ => Vec::new(),
+    };
+    let arns = statements
+        .iter()
+        .filter(|s| s["Sid"] == sid::GRANTS)
+        .flat_map(|s| match &s["Principal"]["AWS"] {
+            Value::String(arn) => vec![arn.clone()],
+            Value::Array(list) => list
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        });
+    arns.filter_map(|arn| Principal::from_arn(&Arn::parse(&arn)?, source_account))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operator(partition: &str) -> OperatorIdentity {
+        OperatorIdentity {
+            cluster_name: "dev".into(),
+            source_account_id: "123456789012".into(),
+            partition: partition.into(),
+            principal_arn: format!("arn:{partition}:iam::123456789012:user/cross-account-operator"),
+            chained: false,
+        }
+    }
+
+    fn owner() -> Owner {
+        Owner {
+            cluster: "dev".into(),
+            namespace: "team-a".into(),
+            name: "reader".into(),
+        }
+    }
+
+    fn spec() -> ValidatedSpec {
+        ValidatedSpec {
+            role_name: "team-a-reader".into(),
+            role_path: "/tenants/".into(),
+            description: None,
+            max_session_duration: None,
+            managed_policies: BTreeSet::new(),
+            inline_policies: BTreeMap::new(),
+            trust_principals: BTreeSet::new(),
+            grants: BTreeSet::from([Principal::User("devTest".into())]),
+            tags: BTreeMap::new(),
+            permissions_boundary: None,
+            adopt: false,
+        }
+    }
+
+    #[test]
+    fn arns_carry_the_operators_partition_and_the_accounts_path() {
+        for partition in ["aws", "aws-cn", "aws-us-gov"] {
+            let desired =
+                desired_role(&spec(), &owner(), &operator(partition), "111111111111").unwrap();
+            assert_eq!(
+                desired.arn,
+                format!("arn:{partition}:iam::111111111111:role/tenants/team-a-reader")
+            );
+            assert_eq!(
+                desired.grant_policy["Statement"][0]["Resource"],
+                desired.arn
+            );
+            assert_eq!(
+                granted_principals(&desired.trust_policy, "123456789012"),
+                BTreeSet::from([Principal::User("devTest".into())])
+            );
+            assert_eq!(desired.max_session_duration, IAM_DEFAULT_MAX_SESSION);
+        }
+    }
+
+    #[test]
+    fn a_trust_policy_larger_than_iam_allows_is_refused() {
+        let principal = |i: usize| {
+            format!(
+                "arn:aws:iam::123456789012:user/{}{i:02}",
+                "a-long-path/".repeat(8)
+            )
+        };
+        let mut big = spec();
+        big.trust_principals = (0..20).map(principal).collect();
+        let r = desired_role(&big, &owner(), &operator("aws"), "111111111111").unwrap_err();
+        assert_eq!(r.reason, Reason::InvalidSpec);
+        assert!(
+            r.message
+                .starts_with("spec.trust.principals and spec.grants: the generated trust policy")
+                && r.message.contains("IAM allows 2048"),
+            "{}",
+            r.message
+        );
+        // A few principals fit.
+        big.trust_principals = (0..3).map(principal).collect();
+        assert!(desired_role(&big, &owner(), &operator("aws"), "111111111111").is_ok());
+    }
+}

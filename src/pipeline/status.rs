@@ -1,0 +1,566 @@
+//! Last step: status. The status and the events to publish are derived as data from the outcome
+//! of the pipeline (pure); writing is a server-side apply of the status subresource, skipped
+//! when nothing but timestamps would change.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{
+    Api, Resource,
+    api::{Patch, PatchParams},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+
+use super::{credentials::CredentialsOutcome, rollout::RestartResult, validate::Refusal};
+use crate::{
+    api::{
+        CredentialsStatus, CrossAccountRoleStatus,
+        names::{FIELD_MANAGER, Reason, condition as cond},
+    },
+    aws::Change,
+};
+
+/// One condition to set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ConditionUpdate {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl ConditionUpdate {
+    pub(crate) fn new(
+        type_: &'static str,
+        status: bool,
+        reason: Reason,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// `conditions` with `update` applied: the transition time is kept when the status did not change.
+pub(crate) fn set_condition(
+    conditions: &mut Vec<Condition>,
+    update: ConditionUpdate,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let status = if update.status { "True" } else { "False" }.to_owned();
+    let previous = conditions.iter().position(|c| c.type_ == update.type_);
+    let last_transition_time = match previous.map(|i| &conditions[i]) {
+        Some(old) if old.status == status => old.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    let condition = Condition {
+        type_: update.type_.to_owned(),
+        status,
+        reason: update.reason.as_str().to_owned(),
+        message: update.message,
+        observed_generation: generation,
+        last_transition_time,
+    };
+    match previous {
+        Some(i) => conditions[i] = condition,
+        None => conditions.push(condition),
+    }
+}
+
+/// The status of `type_` in `conditions`, if set.
+pub(crate) fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether an event is routine or needs attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Severity {
+    Normal,
+    Warning,
+}
+
+/// An event to publish about the object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Note {
+    pub severity: Severity,
+    pub reason: Reason,
+    /// What was done: the IAM operation for AWS changes, `Reconcile` otherwise. kube's recorder
+    /// folds events of the same object, type, reason and action within minutes into one
+    /// (keeping the first note), so each kind of change needs its own action.
+    pub action: String,
+    pub message: String,
+}
+
+impl Note {
+    pub(crate) fn new(severity: Severity, reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            severity,
+            reason,
+            action: "Reconcile".to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// One event per AWS change, named by its IAM operation.
+    pub(crate) fn change(change: &Change) -> Self {
+        Self {
+            severity: Severity::Normal,
+            reason: Reason::AwsChange,
+            action: change.operation().to_owned(),
+            message: change.describe(),
+        }
+    }
+}
+
+/// What the role and credentials steps established.
+#[derive(Debug)]
+pub(crate) struct Synced {
+    pub role_arn: String,
+    pub account_id: String,
+    pub external_id: String,
+    /// `None` when the spec asks for no credentials.
+    pub credentials: Option<CredentialsOutcome>,
+    /// The rollout restarts made for newly issued credentials.
+    pub restarts: Vec<(String, RestartResult)>,
+}
+
+/// How one run of the pipeline ended.
+#[derive(Debug)]
+pub(crate) enum Ending {
+    Synced(Box<Synced>),
+    /// Terminal until the CR or its AwsAccount changes.
+    Refused(Refusal),
+    /// Retried with backoff; the message carries no per-attempt detail.
+    Failed {
+        reason: Reason,
+        message: String,
+    },
+}
+
+/// The outcome of one run: how it ended and the AWS changes it made on the way.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub ending: Ending,
+    pub applied: Vec<Change>,
+}
+
+/// The status `old` becomes after `outcome`, and the events to publish: one per AWS change, the
+/// issued credentials and rollout restarts, and a Warning when a failure's reason changes (not
+/// on every retry).
+pub(crate) fn derive_status(
+    old: &CrossAccountRoleStatus,
+    outcome: &Outcome,
+    generation: Option<i64>,
+    principal_arn: &str,
+    now: Timestamp,
+) -> (CrossAccountRoleStatus, Vec<Note>) {
+    let mut status = old.clone();
+    let mut notes: Vec<Note> = outcome.applied.iter().map(Note::change).collect();
+    let previous = |type_| condition(&old.conditions, type_).map(|c| c.reason.clone());
+    let mut credentials_condition = None;
+    let mut credentials_asked = false;
+    let (ok, why, message) = match &outcome.ending {
+        Ending::Synced(synced) => {
+            status.role_arn = Some(synced.role_arn.clone());
+            status.account_id = Some(synced.account_id.clone());
+            status.external_id = Some(synced.external_id.clone());
+            status.principal_arn = Some(principal_arn.to_owned());
+            credentials_asked = synced.credentials.is_some();
+            credentials_condition = credentials_status(
+                &mut status,
+                synced.credentials.as_ref(),
+                &synced.role_arn,
+                &mut notes,
+            );
+            notes.extend(synced.restarts.iter().map(restart_note));
+            (
+                true,
+                Reason::Synced,
+                format!("IAM role {} is in sync", synced.role_arn),
+            )
+        }
+        Ending::Refused(refusal) => (false, refusal.reason, refusal.message.clone()),
+        Ending::Failed { reason, message } => (false, *reason, message.clone()),
+    };
+    set_condition(
+        &mut status.conditions,
+        ConditionUpdate::new(cond::ROLE_SYNCED, ok, why, message.clone()),
+        generation,
+        now,
+    );
+    // Ready: the role is in sync and, when asked for, the credentials are too.
+    let ready = match &credentials_condition {
+        Some(update) if ok && !update.status => {
+            ConditionUpdate::new(cond::READY, false, update.reason, update.message.clone())
+        }
+        _ => ConditionUpdate::new(cond::READY, ok, why, message.clone()),
+    };
+    if let Some(update) = credentials_condition {
+        if !update.status
+            && previous(cond::CREDENTIALS_READY).as_deref() != Some(update.reason.as_str())
+        {
+            notes.push(Note::new(
+                Severity::Warning,
+                update.reason,
+                update.message.clone(),
+            ));
+        }
+        set_condition(&mut status.conditions, update, generation, now);
+    } else if ok && !credentials_asked {
+        status
+            .conditions
+            .retain(|c| c.type_ != cond::CREDENTIALS_READY);
+    }
+    set_condition(&mut status.conditions, ready, generation, now);
+    status.observed_generation = generation;
+    if !ok && previous(cond::ROLE_SYNCED).as_deref() != Some(why.as_str()) {
+        notes.push(Note::new(Severity::Warning, why, message));
+    }
+    (status, notes)
+}
+
+/// Fills `status.credentials` and returns the `CredentialsReady` condition for an outcome; a
+/// newly issued set gets an event.
+fn credentials_status(
+    status: &mut CrossAccountRoleStatus,
+    outcome: Option<&CredentialsOutcome>,
+    role_arn: &str,
+    notes: &mut Vec<Note>,
+) -> Option<ConditionUpdate> {
+    let Some(outcome) = outcome else {
+        status.credentials = None;
+        return None;
+    };
+    let why = outcome.reason();
+    Some(match outcome {
+        CredentialsOutcome::Ready {
+            secret_name,
+            held,
+            issued,
+        } => {
+            let expiration = held.credentials.expiration;
+            if *issued {
+                notes.push(Note::new(
+                    Severity::Normal,
+                    Reason::CredentialsIssued,
+                    format!(
+                        "issued credentials for {role_arn} into Secret {secret_name}, valid until {expiration}"
+                    ),
+                ));
+            }
+            status.credentials = Some(CredentialsStatus {
+                secret_name: secret_name.clone(),
+                expiration: Some(Time(expiration)),
+                next_refresh: Some(Time(held.refresh_at)),
+            });
+            ConditionUpdate::new(
+                cond::CREDENTIALS_READY,
+                true,
+                why,
+                format!("Secret {secret_name} holds valid credentials"),
+            )
+        }
+        CredentialsOutcome::Waiting { message }
+        | CredentialsOutcome::SecretNotOwned { message } => {
+            ConditionUpdate::new(cond::CREDENTIALS_READY, false, why, message.clone())
+        }
+    })
+}
+
+fn restart_note((target, result): &(String, RestartResult)) -> Note {
+    match result {
+        RestartResult::Restarted => Note::new(
+            Severity::Normal,
+            Reason::RolloutRestarted,
+            format!("restarted {target} for new credentials"),
+        ),
+        RestartResult::NotFound => Note::new(
+            Severity::Warning,
+            Reason::RolloutTargetNotFound,
+            format!("rollout restart target {target} does not exist in this namespace"),
+        ),
+        RestartResult::Failed(e) => Note::new(
+            Severity::Warning,
+            Reason::RolloutRestartFailed,
+            format!("could not restart {target}: {e}"),
+        ),
+    }
+}
+
+/// The status of an object this version cannot read: `Ready` and `RoleSynced` false with reason
+/// `InvalidSpec` and `message`.
+pub(crate) fn unreadable_status(
+    generation: Option<i64>,
+    message: &str,
+    now: Timestamp,
+) -> CrossAccountRoleStatus {
+    let mut status = CrossAccountRoleStatus {
+        observed_generation: generation,
+        ..Default::default()
+    };
+    for type_ in [cond::READY, cond::ROLE_SYNCED] {
+        set_condition(
+            &mut status.conditions,
+            ConditionUpdate::new(type_, false, Reason::InvalidSpec, message),
+            generation,
+            now,
+        );
+    }
+    status
+}
+
+/// Server-side applies `status` to the status subresource of `name` (field manager owned by the
+/// operator, forced: the operator is the only writer of status).
+pub(crate) async fn apply_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    status: &S,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{aws::IssuedCredentials, pipeline::credentials::HeldCredentials};
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    const ROLE: &str = "arn:aws:iam::111111111111:role/r";
+
+    fn synced(credentials: Option<CredentialsOutcome>) -> Outcome {
+        Outcome {
+            ending: Ending::Synced(Box::new(Synced {
+                role_arn: ROLE.into(),
+                account_id: "111111111111".into(),
+                external_id: "crossaccount:dev:a:r".into(),
+                credentials,
+                restarts: Vec::new(),
+            })),
+            applied: Vec::new(),
+        }
+    }
+
+    fn ready(issued: bool) -> CredentialsOutcome {
+        CredentialsOutcome::Ready {
+            secret_name: "r-aws".into(),
+            held: HeldCredentials {
+                credentials: IssuedCredentials {
+                    access_key_id: "ASIAKEY".into(),
+                    secret_access_key: "secret".into(),
+                    session_token: "token".into(),
+                    expiration: at(3600),
+                },
+                role_arn: ROLE.into(),
+                region: None,
+                refresh_at: at(2400),
+            },
+            issued,
+        }
+    }
+
+    fn derive(
+        old: &CrossAccountRoleStatus,
+        outcome: &Outcome,
+        now: i64,
+    ) -> (CrossAccountRoleStatus, Vec<Note>) {
+        derive_status(
+            old,
+            outcome,
+            Some(1),
+            "arn:aws:iam::123456789012:user/op",
+            at(now),
+        )
+    }
+
+    fn reasons(notes: &[Note]) -> Vec<(Severity, &'static str)> {
+        notes
+            .iter()
+            .map(|n| (n.severity, n.reason.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_status_is_unchanged() {
+        let mut conditions = Vec::new();
+        set_condition(
+            &mut conditions,
+            ConditionUpdate::new("Ready", false, Reason::AwsError, "down"),
+            Some(1),
+            at(10),
+        );
+        set_condition(
+            &mut conditions,
+            ConditionUpdate::new("Ready", false, Reason::AwsError, "still down"),
+            Some(1),
+            at(20),
+        );
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].last_transition_time, Time(at(10)));
+        assert_eq!(conditions[0].message, "still down");
+
+        set_condition(
+            &mut conditions,
+            ConditionUpdate::new("Ready", true, Reason::Synced, "ok"),
+            Some(2),
+            at(30),
+        );
+        assert_eq!(conditions[0].last_transition_time, Time(at(30)));
+        assert_eq!(conditions[0].status, "True");
+        assert_eq!(conditions[0].observed_generation, Some(2));
+    }
+
+    #[test]
+    fn a_first_sync_with_credentials_is_ready_with_its_events() {
+        let mut outcome = synced(Some(ready(true)));
+        outcome
+            .applied
+            .push(Change::DeleteRole { role: "x".into() });
+        let (status, notes) = derive(&CrossAccountRoleStatus::default(), &outcome, 0);
+        for type_ in [cond::READY, cond::ROLE_SYNCED, cond::CREDENTIALS_READY] {
+            assert_eq!(
+                condition(&status.conditions, type_).unwrap().status,
+                "True",
+                "{type_}"
+            );
+        }
+        assert_eq!(status.role_arn.as_deref(), Some(ROLE));
+        assert_eq!(
+            status.credentials.as_ref().unwrap().next_refresh,
+            Some(Time(at(2400)))
+        );
+        assert_eq!(
+            reasons(&notes),
+            [
+                (Severity::Normal, "AwsChange"),
+                (Severity::Normal, "CredentialsIssued")
+            ]
+        );
+        assert_eq!(notes[0].action, "DeleteRole");
+        assert!(
+            !notes
+                .iter()
+                .any(|n| n.message.contains("ASIAKEY") || n.message.contains("secret"))
+        );
+    }
+
+    #[test]
+    fn an_unchanged_steady_state_derives_the_same_status_without_events() {
+        let (first, _) = derive(
+            &CrossAccountRoleStatus::default(),
+            &synced(Some(ready(true))),
+            0,
+        );
+        let (again, notes) = derive(&first, &synced(Some(ready(false))), 600);
+        assert_eq!(again, first, "nothing but time passed: no status write");
+        assert!(notes.is_empty());
+    }
+
+    #[test]
+    fn a_failure_warns_once_per_reason_and_keeps_its_transition_time() {
+        let (ok, _) = derive(&CrossAccountRoleStatus::default(), &synced(None), 0);
+        let failed = |message: &str| Outcome {
+            ending: Ending::Failed {
+                reason: Reason::AwsError,
+                message: message.into(),
+            },
+            applied: Vec::new(),
+        };
+        let (first, notes) = derive(&ok, &failed("AWS iam GetRole failed: Rate exceeded"), 10);
+        assert_eq!(reasons(&notes), [(Severity::Warning, "AwsError")]);
+        let ready = condition(&first.conditions, cond::READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "AwsError")
+        );
+        let (second, notes) = derive(&first, &failed("AWS iam GetRole failed: Rate exceeded"), 20);
+        assert!(notes.is_empty(), "no event on a retry with the same reason");
+        assert_eq!(second, first, "a stable message writes no new status");
+    }
+
+    #[test]
+    fn a_refusal_is_terminal_and_said_once() {
+        let outcome = Outcome {
+            ending: Ending::Refused(Refusal::new(
+                Reason::NotPermitted,
+                "namespace a is not allowed",
+            )),
+            applied: Vec::new(),
+        };
+        let (status, notes) = derive(&CrossAccountRoleStatus::default(), &outcome, 0);
+        assert_eq!(reasons(&notes), [(Severity::Warning, "NotPermitted")]);
+        assert_eq!(
+            condition(&status.conditions, cond::READY).unwrap().reason,
+            "NotPermitted"
+        );
+        let (_, notes) = derive(&status, &outcome, 5);
+        assert!(notes.is_empty());
+    }
+
+    #[test]
+    fn credentials_that_are_switched_off_leave_no_condition() {
+        let (with, _) = derive(
+            &CrossAccountRoleStatus::default(),
+            &synced(Some(ready(true))),
+            0,
+        );
+        let (without, _) = derive(&with, &synced(None), 5);
+        assert!(condition(&without.conditions, cond::CREDENTIALS_READY).is_none());
+        assert!(without.credentials.is_none());
+    }
+
+    #[test]
+    fn waiting_for_propagation_is_not_ready_and_warns() {
+        let outcome = synced(Some(CredentialsOutcome::Waiting {
+            message: "waiting for IAM".into(),
+        }));
+        let (status, notes) = derive(&CrossAccountRoleStatus::default(), &outcome, 0);
+        let ready = condition(&status.conditions, cond::READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Propagating")
+        );
+        assert_eq!(
+            condition(&status.conditions, cond::ROLE_SYNCED)
+                .unwrap()
+                .status,
+            "True"
+        );
+        assert_eq!(reasons(&notes), [(Severity::Warning, "Propagating")]);
+    }
+
+    #[test]
+    fn unreadable_objects_say_so_in_both_conditions() {
+        let status = unreadable_status(Some(3), "cannot be read", at(0));
+        for type_ in [cond::READY, cond::ROLE_SYNCED] {
+            let c = condition(&status.conditions, type_).unwrap();
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("False", "InvalidSpec")
+            );
+        }
+        assert_eq!(status.observed_generation, Some(3));
+    }
+}
