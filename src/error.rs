@@ -45,6 +45,9 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    /// An AwsAccount is stored in a shape this version cannot read (said on it, and on the CR).
+    #[error("AwsAccount {name} cannot be read by the operator")]
+    UnreadableAccount { name: String },
 }
 
 impl ReconcileError {
@@ -53,6 +56,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Aws(e) => e.category(),
             ReconcileError::Kube { .. } => KUBERNETES_CATEGORY,
+            ReconcileError::UnreadableAccount { .. } => "UnreadableAccount",
         }
     }
 
@@ -61,6 +65,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Aws(_) => Reason::AwsError,
             ReconcileError::Kube { .. } => Reason::KubernetesError,
+            ReconcileError::UnreadableAccount { .. } => Reason::AccountNotReady,
         }
     }
 

@@ -264,6 +264,8 @@ where
     }
 
     tracing::info!(lease = %name, "acquired leadership; starting controllers");
+    // Ready again once the controllers' caches have synced (they say so).
+    readiness.set(false);
     let (work_stop_tx, work_stop_rx) = watch::channel(false);
     let work = work(work_stop_rx);
     tokio::pin!(work);

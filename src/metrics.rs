@@ -96,6 +96,7 @@ pub struct Metrics {
     pub(crate) reconciles: Family<ReconcileLabels, Counter>,
     pub(crate) reconcile_errors: Family<ReconcileErrorLabels, Counter>,
     pub(crate) reconcile_duration: Family<ReconcileLabels, Histogram>,
+    pub(crate) abandoned_roles: Counter,
 }
 
 impl Default for Metrics {
@@ -127,6 +128,12 @@ impl Default for Metrics {
             "Time taken by one reconcile, by kind",
             reconcile_duration.clone(),
         );
+        let abandoned_roles = Counter::default();
+        registry.register(
+            "abandoned_roles",
+            "IAM roles left in AWS because their AwsAccount was deleted before their CrossAccountRole",
+            abandoned_roles.clone(),
+        );
         let credentials_expiry = Arc::new(CredentialsExpiry::default());
         registry.register_collector(Box::new(credentials_expiry.clone()));
         Self {
@@ -136,6 +143,7 @@ impl Default for Metrics {
             reconciles,
             reconcile_errors,
             reconcile_duration,
+            abandoned_roles,
         }
     }
 }

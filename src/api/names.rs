@@ -14,6 +14,9 @@ pub const EXPIRATION_ANNOTATION: &str = "crossaccount.io/expiration";
 /// Annotation on the Secret with the time the operator plans to replace the credentials (RFC 3339);
 /// read after a restart so that credentials that are not yet due are kept.
 pub const REFRESH_AT_ANNOTATION: &str = "crossaccount.io/refresh-at";
+/// Annotation on the Secret with a fingerprint of the AssumeRole request its credentials answer
+/// (role, session length and policy): a change of the request mints new credentials at once.
+pub const REQUEST_ANNOTATION: &str = "crossaccount.io/request";
 /// Annotation on a CrossAccountRole that allows it to take over an untagged role of the same name.
 pub const ADOPT_ANNOTATION: &str = "crossaccount.io/adopt";
 /// Pod-template annotation bumped on rollout-restart targets when credentials change.

@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     future::Future,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use aws_config::SdkConfig;
@@ -42,9 +43,14 @@ pub(crate) struct SdkAccount {
 pub struct SdkAws {
     base: SdkConfig,
     source: SdkAccount,
-    targets: Mutex<HashMap<AccountAccess, SdkAccount>>,
+    /// Clients of target accounts with when they were last used: one unused for
+    /// [`IDLE_CLIENT_LIFETIME`] (an AwsAccount deleted, or its management role changed) is dropped.
+    targets: Mutex<HashMap<AccountAccess, (SdkAccount, Instant)>>,
     log: Arc<dyn RequestLog>,
 }
+
+/// How long a target account's client is kept without use.
+const IDLE_CLIENT_LIFETIME: Duration = Duration::from_secs(3600);
 
 impl SdkAws {
     pub fn new(base: SdkConfig, log: Arc<dyn RequestLog>) -> Self {
@@ -498,8 +504,14 @@ impl Aws for SdkAws {
         let Some(role_arn) = &access.management_role_arn else {
             return self.source.clone();
         };
-        if let Some(cached) = self.targets.lock().expect("lock").get(access) {
-            return cached.clone();
+        let now = Instant::now();
+        {
+            let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+            targets.retain(|_, (_, used)| now.duration_since(*used) < IDLE_CLIENT_LIFETIME);
+            if let Some((cached, used)) = targets.get_mut(access) {
+                *used = now;
+                return cached.clone();
+            }
         }
         let mut provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
             .session_name(MANAGEMENT_SESSION_NAME)
@@ -516,9 +528,10 @@ impl Aws for SdkAws {
         let account = SdkAccount::new(&config, self.log.clone());
         self.targets
             .lock()
-            .expect("lock")
+            .unwrap_or_else(|e| e.into_inner())
             .entry(access.clone())
-            .or_insert(account)
+            .or_insert((account, now))
+            .0
             .clone()
     }
 }

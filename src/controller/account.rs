@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use kube::{
     Api, Resource, ResourceExt,
     core::DeserializeGuard,
-    runtime::{Controller, WatchStreamExt, controller::Action, reflector, watcher},
+    runtime::{Controller, WatchStreamExt, controller::Action, predicates, reflector, watcher},
 };
 use tracing::info_span;
 
@@ -55,7 +55,9 @@ pub(super) fn controller<A: Aws>(
         ),
     )
     .reflect(writer)
-    .applied_objects();
+    .applied_objects()
+    // Our own status writes do not trigger a verification: spec changes and the schedule do.
+    .predicate_filter(predicates::generation, Default::default());
     let stream = Controller::for_stream(trigger, store.clone())
         // The watch paces its own retries.
         .trigger_backoff(NoTriggerBackoff)

@@ -3,12 +3,16 @@
 //! moment ago, whose watch event has not arrived) falls back to one GET. The same watches
 //! re-queue the roles that depend on a changed account or namespace.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::Arc,
+};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
-    Api, Client,
+    Api, Client, Resource, ResourceExt,
     core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         WatchStreamExt, predicates,
@@ -18,7 +22,11 @@ use kube::{
 };
 
 use super::watch::recovering;
-use crate::{api::AwsAccount, error::ReconcileError};
+use crate::{
+    api::{AwsAccount, names::condition as cond},
+    error::ReconcileError,
+    pipeline::validate::AccountLookup,
+};
 
 /// The read side, shared by all reconciles.
 pub(crate) struct Caches {
@@ -50,19 +58,25 @@ impl Caches {
         )
     }
 
-    /// The AwsAccount `name`, or `None` when it does not exist (or cannot be read: the account
-    /// controller reports that on the AwsAccount).
-    pub(crate) async fn account(
+    /// The AwsAccount `name` as the cache knows it; a miss (an object created a moment ago)
+    /// asks the apiserver.
+    pub(crate) async fn account(&self, name: &str) -> Result<AccountLookup, ReconcileError> {
+        match self.accounts.get(&ObjectRef::new(name)) {
+            Some(guarded) => Ok(lookup(Some(&guarded))),
+            None => self.account_from_apiserver(name).await,
+        }
+    }
+
+    /// The AwsAccount `name` read from the apiserver, past the cache: before a deletion gives up
+    /// on an account that seems gone.
+    pub(crate) async fn account_from_apiserver(
         &self,
         name: &str,
-    ) -> Result<Option<Arc<AwsAccount>>, ReconcileError> {
-        if let Some(guarded) = self.accounts.get(&ObjectRef::new(name)) {
-            return Ok(guarded.0.as_ref().ok().map(|a| Arc::new(a.clone())));
-        }
-        Api::<AwsAccount>::all(self.client.clone())
+    ) -> Result<AccountLookup, ReconcileError> {
+        Api::<DeserializeGuard<AwsAccount>>::all(self.client.clone())
             .get_opt(name)
             .await
-            .map(|a| a.map(Arc::new))
+            .map(|found| lookup(found.as_ref()))
             .map_err(ReconcileError::kube("reading the AwsAccount"))
     }
 
@@ -90,9 +104,54 @@ impl Caches {
     }
 }
 
+fn lookup(found: Option<&DeserializeGuard<AwsAccount>>) -> AccountLookup {
+    match found.map(|g| &g.0) {
+        None => AccountLookup::Missing,
+        Some(Ok(account)) => AccountLookup::Found(Arc::new(account.clone())),
+        Some(Err(invalid)) => AccountLookup::Unreadable(invalid.error.clone()),
+    }
+}
+
+/// What of an AwsAccount its CrossAccountRoles depend on: its spec (generation) and whether it
+/// is verified. Its other status changes (a new message, the caller ARN) do not concern them.
+fn account_relevance(account: &DeserializeGuard<AwsAccount>) -> u64 {
+    let ready = account.0.as_ref().ok().and_then(|a| {
+        let conditions = &a.status.as_ref()?.conditions;
+        conditions
+            .iter()
+            .find(|c| c.type_ == cond::READY)
+            .map(|c| c.status.clone())
+    });
+    let mut hasher = DefaultHasher::new();
+    (account.meta().generation, account.0.is_ok(), ready).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The AwsAccounts whose change must reach their CrossAccountRoles: a new spec, a change of
+/// readiness, a deletion; `seen` remembers what each looked like. Errors pass (the watch paces
+/// itself).
+fn relevant_account_change(
+    seen: &mut HashMap<String, u64>,
+    event: Result<watcher::Event<DeserializeGuard<AwsAccount>>, watcher::Error>,
+) -> Option<Result<DeserializeGuard<AwsAccount>, watcher::Error>> {
+    match event {
+        Err(e) => Some(Err(e)),
+        Ok(watcher::Event::Apply(account) | watcher::Event::InitApply(account)) => {
+            let relevance = account_relevance(&account);
+            let before = seen.insert(account.name_any(), relevance);
+            (before != Some(relevance)).then_some(Ok(account))
+        }
+        Ok(watcher::Event::Delete(account)) => {
+            seen.remove(&account.name_any());
+            Some(Ok(account))
+        }
+        Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+    }
+}
+
 impl CacheFeeds {
-    /// The watches, reflected into the caches: every changed AwsAccount, and every namespace
-    /// whose labels changed.
+    /// The watches, reflected into the caches: every AwsAccount change its CrossAccountRoles
+    /// depend on, and every namespace whose labels changed.
     pub(crate) fn streams(
         self,
         client: &Client,
@@ -108,7 +167,10 @@ impl CacheFeeds {
             ),
         )
         .reflect(self.accounts)
-        .touched_objects();
+        .filter_map({
+            let mut seen = HashMap::new();
+            move |event| std::future::ready(relevant_account_change(&mut seen, event))
+        });
         // Metadata only: labels are all that allowedNamespaces needs.
         let namespaces = recovering(
             "Namespace",
@@ -121,5 +183,71 @@ impl CacheFeeds {
         .touched_objects()
         .predicate_filter(predicates::labels, Default::default());
         (accounts, namespaces)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn account(
+        generation: i64,
+        ready: Option<&str>,
+        message: &str,
+    ) -> DeserializeGuard<AwsAccount> {
+        let mut value = json!({
+            "apiVersion": "crossaccount.io/v1alpha1", "kind": "AwsAccount",
+            "metadata": {"name": "target", "generation": generation},
+            "spec": {"accountId": "111111111111"},
+        });
+        if let Some(status) = ready {
+            value["status"] = json!({"conditions": [{"type": "Ready", "status": status,
+                "reason": "x", "message": message, "lastTransitionTime": "2026-12-01T00:00:00Z"}]});
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn passes(
+        seen: &mut HashMap<String, u64>,
+        event: watcher::Event<DeserializeGuard<AwsAccount>>,
+    ) -> bool {
+        relevant_account_change(seen, Ok(event)).is_some()
+    }
+
+    #[test]
+    fn only_spec_readiness_and_deletion_reach_the_roles() {
+        let mut seen = HashMap::new();
+        assert!(passes(
+            &mut seen,
+            watcher::Event::InitApply(account(1, None, ""))
+        ));
+        assert!(passes(
+            &mut seen,
+            watcher::Event::Apply(account(1, Some("False"), "denied (request 1)"))
+        ));
+        assert!(
+            !passes(
+                &mut seen,
+                watcher::Event::Apply(account(1, Some("False"), "denied (request 2)"))
+            ),
+            "a new message of the same failure does not fan out"
+        );
+        assert!(passes(
+            &mut seen,
+            watcher::Event::Apply(account(1, Some("True"), "ok"))
+        ));
+        assert!(
+            passes(
+                &mut seen,
+                watcher::Event::Apply(account(2, Some("True"), "ok"))
+            ),
+            "new guardrails"
+        );
+        assert!(passes(
+            &mut seen,
+            watcher::Event::Delete(account(2, Some("True"), "ok"))
+        ));
+        assert!(!passes(&mut seen, watcher::Event::InitDone));
     }
 }

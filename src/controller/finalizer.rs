@@ -1,17 +1,24 @@
 //! The finalizer `crossaccount.io/cleanup`: added only after the first successful read of the
 //! target account (before that nothing in AWS can belong to the object, so a CR that never got
-//! that far is deleted without waiting for a cleanup), removed once cleanup succeeded. Both are
-//! JSON patches with a precondition, so a concurrent change to the finalizers is never lost.
+//! that far is deleted without waiting for a cleanup), removed once cleanup succeeded.
+//!
+//! It is added by server-side apply of just that list item (finalizers are a set, so others'
+//! entries are untouched and no resourceVersion is needed: a status write a moment earlier, which
+//! the cached object does not show yet, does not make it fail), with the object's UID as a
+//! precondition. It is removed by a JSON patch that tests the position it removes.
 
 use json_patch::Patch as JsonPatch;
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{
-    api::{CrossAccountRole, names::FINALIZER},
+    api::{
+        CrossAccountRole,
+        names::{FIELD_MANAGER, FINALIZER},
+    },
     error::ReconcileError,
 };
 
@@ -20,21 +27,16 @@ pub(crate) fn has_finalizer(cr: &CrossAccountRole) -> bool {
     cr.finalizers().iter().any(|f| f == FINALIZER)
 }
 
-/// The patch that adds the finalizer, if it is missing: it fails (409/422) when the object
-/// changed since it was read.
-pub(crate) fn add_patch(cr: &CrossAccountRole) -> Option<JsonPatch> {
+/// The apply body that adds the finalizer, if it is missing.
+pub(crate) fn add_body(cr: &CrossAccountRole) -> Option<Value> {
     if has_finalizer(cr) {
         return None;
     }
-    let mut ops = vec![
-        json!({"op": "test", "path": "/metadata/resourceVersion", "value": cr.resource_version()}),
-    ];
-    if cr.meta().finalizers.is_none() {
-        ops.push(json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}));
-    } else {
-        ops.push(json!({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}));
-    }
-    Some(serde_json::from_value(json!(ops)).expect("valid JSON patch"))
+    Some(json!({
+        "apiVersion": CrossAccountRole::api_version(&()),
+        "kind": CrossAccountRole::kind(&()),
+        "metadata": {"name": cr.name_any(), "uid": cr.uid(), "finalizers": [FINALIZER]},
+    }))
 }
 
 /// The patch that removes the finalizer, if present: it fails when the finalizer moved.
@@ -54,13 +56,13 @@ pub(crate) async fn ensure(
     api: &Api<CrossAccountRole>,
     cr: &CrossAccountRole,
 ) -> Result<(), ReconcileError> {
-    let Some(patch) = add_patch(cr) else {
+    let Some(body) = add_body(cr) else {
         return Ok(());
     };
     api.patch(
         &cr.name_any(),
-        &PatchParams::default(),
-        &Patch::<()>::Json(patch),
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&body),
     )
     .await
     .map(drop)
@@ -108,19 +110,18 @@ mod tests {
     }
 
     #[test]
-    fn adding_tests_the_resource_version_and_creates_or_appends() {
+    fn adding_applies_just_our_item_of_the_set_with_the_uid_as_precondition() {
+        let mut other = cr(Some(vec!["other.io/x"]));
+        other.metadata.uid = Some("uid-1".into());
         assert_eq!(
-            ops(add_patch(&cr(None)).unwrap()),
-            json!([
-                {"op": "test", "path": "/metadata/resourceVersion", "value": "42"},
-                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-            ])
+            add_body(&other).unwrap(),
+            json!({
+                "apiVersion": "crossaccount.io/v1alpha1", "kind": "CrossAccountRole",
+                "metadata": {"name": "r", "uid": "uid-1", "finalizers": [FINALIZER]},
+            }),
+            "the other finalizer is not part of our apply, so it stays"
         );
-        assert_eq!(
-            ops(add_patch(&cr(Some(vec!["other.io/x"]))).unwrap())[1],
-            json!({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER})
-        );
-        assert!(add_patch(&cr(Some(vec![FINALIZER]))).is_none());
+        assert!(add_body(&cr(Some(vec![FINALIZER]))).is_none());
     }
 
     #[test]

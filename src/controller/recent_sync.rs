@@ -1,7 +1,7 @@
 //! What the last successful IAM sync of each object established. Reconciles that follow soon
 //! after it for reasons that cannot have changed IAM (our own Secret write, a credentials
 //! refresh, a tampered Secret) reuse it instead of reading IAM again; a new generation, a
-//! changed AwsAccount, an error, or the passing of half a resync interval make the next
+//! changed AwsAccount spec, an error, or the passing of half a resync interval make the next
 //! reconcile read IAM in full. Drift is still found at every resync: requeues for resync are at
 //! least 90 % of the interval (`requeue::RESYNC_SPREAD`), beyond the memo's life.
 
@@ -17,8 +17,9 @@ use crate::pipeline::SyncedRole;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SyncInputs {
     pub generation: Option<i64>,
-    /// resourceVersion of the AwsAccount (its guardrails shape the desired role).
-    pub account_version: Option<String>,
+    /// Generation of the AwsAccount (its guardrails shape the desired role; its status does
+    /// not).
+    pub account_generation: Option<i64>,
 }
 
 struct Entry {
@@ -50,8 +51,12 @@ impl RecentSyncs {
             .then(|| entry.role.clone())
     }
 
+    /// Remembers a sync of `key`; entries past their life are dropped on the way, so objects
+    /// that went away leave nothing behind.
     pub(crate) fn remember(&self, key: &str, inputs: SyncInputs, role: SyncedRole, now: Instant) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let lifetime = self.lifetime;
+        entries.retain(|_, e| now.saturating_duration_since(e.at) < lifetime);
         entries.insert(
             key.to_owned(),
             Entry {
@@ -74,10 +79,10 @@ impl RecentSyncs {
 mod tests {
     use super::*;
 
-    fn inputs(generation: i64, account: &str) -> SyncInputs {
+    fn inputs(generation: i64, account: i64) -> SyncInputs {
         SyncInputs {
             generation: Some(generation),
-            account_version: Some(account.to_owned()),
+            account_generation: Some(account),
         }
     }
 
@@ -93,34 +98,43 @@ mod tests {
     fn reused_within_half_a_resync_with_the_same_inputs() {
         let syncs = RecentSyncs::new(Duration::from_secs(600));
         let t0 = Instant::now();
-        syncs.remember("ns/a", inputs(1, "7"), role(), t0);
+        syncs.remember("ns/a", inputs(1, 7), role(), t0);
         assert_eq!(
-            syncs.get("ns/a", &inputs(1, "7"), t0 + Duration::from_secs(299)),
+            syncs.get("ns/a", &inputs(1, 7), t0 + Duration::from_secs(299)),
             Some(role())
         );
         assert_eq!(
-            syncs.get("ns/a", &inputs(1, "7"), t0 + Duration::from_secs(300)),
+            syncs.get("ns/a", &inputs(1, 7), t0 + Duration::from_secs(300)),
             None
         );
-        assert_eq!(syncs.get("ns/b", &inputs(1, "7"), t0), None);
+        assert_eq!(syncs.get("ns/b", &inputs(1, 7), t0), None);
     }
 
     #[test]
     fn a_new_generation_or_account_version_reads_iam_again() {
         let syncs = RecentSyncs::new(Duration::from_secs(600));
         let t0 = Instant::now();
-        syncs.remember("ns/a", inputs(1, "7"), role(), t0);
-        assert_eq!(syncs.get("ns/a", &inputs(2, "7"), t0), None);
-        assert_eq!(syncs.get("ns/a", &inputs(1, "8"), t0), None);
+        syncs.remember("ns/a", inputs(1, 7), role(), t0);
+        assert_eq!(syncs.get("ns/a", &inputs(2, 7), t0), None);
+        assert_eq!(syncs.get("ns/a", &inputs(1, 8), t0), None);
+    }
+
+    #[test]
+    fn expired_entries_of_other_objects_are_dropped() {
+        let syncs = RecentSyncs::new(Duration::from_secs(600));
+        let t0 = Instant::now();
+        syncs.remember("ns/gone", inputs(1, 7), role(), t0);
+        syncs.remember("ns/a", inputs(1, 7), role(), t0 + Duration::from_secs(301));
+        assert_eq!(syncs.entries.lock().unwrap().len(), 1);
     }
 
     #[test]
     fn forgotten_after_an_error() {
         let syncs = RecentSyncs::new(Duration::from_secs(600));
         let t0 = Instant::now();
-        syncs.remember("ns/a", inputs(1, "7"), role(), t0);
+        syncs.remember("ns/a", inputs(1, 7), role(), t0);
         syncs.forget("ns/a");
-        assert_eq!(syncs.get("ns/a", &inputs(1, "7"), t0), None);
+        assert_eq!(syncs.get("ns/a", &inputs(1, 7), t0), None);
     }
 
     #[test]

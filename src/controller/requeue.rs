@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use super::backoff::jitter;
 use crate::pipeline::{
     credentials::CredentialsOutcome,
-    status::{Ending, Outcome},
+    status::{Outcome, RoleEnding},
 };
 
 /// Resyncs are jittered by this share (±10 %), so that objects synced together spread out.
@@ -16,28 +16,51 @@ pub(crate) const RESYNC_SPREAD: f64 = 0.2;
 /// How soon a known delay (IAM propagation) is looked at again, before jitter.
 const WAITING_RETRY: Duration = Duration::from_secs(10);
 
-/// The delay until the next visit, `None` to wait for a change (terminal refusals): at the
-/// credentials' refresh time if that comes before the resync, soon while waiting for
-/// propagation. (A failure is retried with backoff instead.)
+/// The delay until the next visit, `None` to wait for a change: at the credentials' refresh time
+/// if that comes before the resync, soon while waiting for propagation, and never later than a
+/// due refresh, whatever the role's state (a failure is retried with backoff, capped the same way
+/// by [`retry_delay`]). A refused role, or one waiting for its AwsAccount, waits for a change
+/// unless credentials need refreshing.
 pub(crate) fn next_visit(
     outcome: &Outcome,
     resync_interval: Duration,
     now: Timestamp,
 ) -> Option<Duration> {
-    let Ending::Synced(synced) = &outcome.ending else {
-        return None;
+    let refresh = match &outcome.credentials {
+        Some(CredentialsOutcome::Ready { held, .. }) => Some(until(held.refresh_at, now)),
+        Some(CredentialsOutcome::Waiting { .. }) => Some(jitter(WAITING_RETRY, 0.5)),
+        _ => None,
     };
-    let resync = jitter(resync_interval, RESYNC_SPREAD);
-    Some(match &synced.credentials {
-        Some(CredentialsOutcome::Ready { held, .. }) => {
-            let until_refresh = Duration::try_from(held.refresh_at.duration_since(now))
-                .unwrap_or(Duration::ZERO)
-                .max(Duration::from_secs(1));
-            resync.min(until_refresh)
-        }
-        Some(CredentialsOutcome::Waiting { .. }) => jitter(WAITING_RETRY, 0.5),
-        Some(CredentialsOutcome::SecretNotOwned { .. }) | None => resync,
-    })
+    let own = match &outcome.role {
+        RoleEnding::Synced { .. } => Some(jitter(resync_interval, RESYNC_SPREAD)),
+        RoleEnding::Refused(_) | RoleEnding::AccountNotReady { .. } => None,
+        RoleEnding::Failed { .. } => Some(jitter(resync_interval, RESYNC_SPREAD)),
+    };
+    match (own, refresh) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The delay before retrying a failed reconcile: the object's backoff, but never past the refresh
+/// of the credentials it holds (`next_refresh`), so that a failing IAM sync does not hold up a
+/// refresh that needs only STS.
+pub(crate) fn retry_delay(
+    backoff: Duration,
+    next_refresh: Option<Timestamp>,
+    now: Timestamp,
+) -> Duration {
+    match next_refresh {
+        Some(at) => backoff.min(until(at, now)),
+        None => backoff,
+    }
+}
+
+/// From `now` until `at`, at least a second.
+fn until(at: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(now))
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_secs(1))
 }
 
 #[cfg(test)]
@@ -46,24 +69,29 @@ mod tests {
     use crate::{
         api::names::Reason,
         aws::IssuedCredentials,
-        pipeline::{credentials::HeldCredentials, status::Synced, validate::Refusal},
+        pipeline::{credentials::HeldCredentials, validate::Refusal},
     };
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + seconds).unwrap()
     }
 
-    fn synced(credentials: Option<CredentialsOutcome>) -> Outcome {
+    fn outcome(role: RoleEnding, credentials: Option<CredentialsOutcome>) -> Outcome {
         Outcome {
-            ending: Ending::Synced(Box::new(Synced {
-                role_arn: "arn:aws:iam::1:role/r".into(),
-                account_id: "1".into(),
-                external_id: "x".into(),
-                credentials,
-                restarts: Vec::new(),
-            })),
+            role,
+            credentials,
+            restarts: Vec::new(),
             applied: Vec::new(),
         }
+    }
+
+    fn synced(credentials: Option<CredentialsOutcome>) -> Outcome {
+        let role = RoleEnding::Synced {
+            role_arn: "arn:aws:iam::1:role/r".into(),
+            account_id: "1".into(),
+            external_id: "x".into(),
+        };
+        outcome(role, credentials)
     }
 
     fn ready(refresh_at: Timestamp) -> CredentialsOutcome {
@@ -79,6 +107,7 @@ mod tests {
                 role_arn: "arn:aws:iam::1:role/r".into(),
                 region: None,
                 refresh_at,
+                request: None,
             },
             issued: false,
         }
@@ -123,10 +152,50 @@ mod tests {
 
     #[test]
     fn a_refusal_waits_for_a_change() {
-        let outcome = Outcome {
-            ending: Ending::Refused(Refusal::new(Reason::NotPermitted, "no")),
-            applied: Vec::new(),
-        };
-        assert_eq!(next_visit(&outcome, Duration::from_secs(600), at(0)), None);
+        let refused = outcome(
+            RoleEnding::Refused(Refusal::new(Reason::NotPermitted, "no")),
+            None,
+        );
+        assert_eq!(next_visit(&refused, Duration::from_secs(600), at(0)), None);
+    }
+
+    #[test]
+    fn a_due_refresh_is_not_held_up_by_the_account_or_a_failure() {
+        let resync = Duration::from_secs(600);
+        let waiting = outcome(
+            RoleEnding::AccountNotReady {
+                message: "m".into(),
+                first: false,
+            },
+            Some(ready(at(120))),
+        );
+        assert_eq!(
+            next_visit(&waiting, resync, at(0)),
+            Some(Duration::from_secs(120))
+        );
+        let no_credentials = outcome(
+            RoleEnding::AccountNotReady {
+                message: "m".into(),
+                first: false,
+            },
+            None,
+        );
+        assert_eq!(
+            next_visit(&no_credentials, resync, at(0)),
+            None,
+            "the account's change triggers"
+        );
+        assert_eq!(
+            retry_delay(Duration::from_secs(300), Some(at(30)), at(0)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            retry_delay(Duration::from_secs(4), Some(at(30)), at(0)),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            retry_delay(Duration::from_secs(4), None, at(0)),
+            Duration::from_secs(4)
+        );
     }
 }

@@ -23,7 +23,7 @@ use tracing::info_span;
 use super::{
     Context, finalizer,
     recent_sync::SyncInputs,
-    requeue::next_visit,
+    requeue::{next_visit, retry_delay},
     watch::{NoTriggerBackoff, recovering},
 };
 use crate::{
@@ -34,8 +34,11 @@ use crate::{
     aws::Aws,
     error::ReconcileError,
     pipeline::{
-        self, Facts, Io, cleanup, secret,
-        status::{self, Ending, Note, Severity},
+        self, Facts, Io, cleanup,
+        credentials::CredentialsOutcome,
+        secret,
+        status::{self, Note, RoleEnding, Severity},
+        validate::AccountLookup,
     },
 };
 
@@ -150,12 +153,30 @@ pub(super) async fn reconcile<A: Aws>(
     super::measured(&ctx, KIND, &key(cr), span, work).await
 }
 
+/// A failed reconcile is retried after the object's backoff, but never after the refresh of the
+/// credentials it holds.
 fn error_policy<A: Aws>(
     guarded: Arc<Guarded>,
     error: &ReconcileError,
     ctx: Arc<Context<A>>,
 ) -> Action {
-    super::retry_later(&ctx, KIND, &key(&*guarded), error)
+    let next_refresh = guarded
+        .0
+        .as_ref()
+        .ok()
+        .and_then(|cr| {
+            cr.status
+                .as_ref()?
+                .credentials
+                .as_ref()?
+                .next_refresh
+                .clone()
+        })
+        .map(|t| t.0);
+    let key = key(&*guarded);
+    let delay = retry_delay(ctx.backoff.next(&key), next_refresh, jiff::Timestamp::now());
+    tracing::warn!(kind = KIND, object = key, error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 fn api_of<A: Aws>(ctx: &Context<A>, namespace: &str) -> Api<CrossAccountRole> {
@@ -171,12 +192,15 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Action,
     let key = key(cr);
     let inputs = SyncInputs {
         generation: cr.meta().generation,
-        account_version: account.as_ref().and_then(|a| a.resource_version()),
+        account_generation: match &account {
+            AccountLookup::Found(a) => a.meta().generation,
+            _ => None,
+        },
     };
     let recent = ctx.recent.get(&key, &inputs, Instant::now());
     let reused = recent.is_some();
     let facts = Facts {
-        account: account.as_deref(),
+        account: &account,
         namespace_labels: &labels,
         recent,
         now: jiff::Timestamp::now(),
@@ -196,16 +220,18 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Action,
         tracing::info!(operation = change.operation(), "{}", change.describe());
     }
     ctx.events.publish(&cr.object_ref(&()), &report.notes).await;
-    match (&report.synced, &report.outcome.ending) {
+    match (&report.synced, &report.outcome.role) {
         (Some(role), _) => ctx
             .recent
             .remember(&key, inputs, role.clone(), Instant::now()),
         // A refusal, or a failure of the IAM part, makes the next reconcile read IAM again.
-        (None, Ending::Refused(_)) => ctx.recent.forget(&key),
-        (None, Ending::Failed { .. }) if !reused => ctx.recent.forget(&key),
+        (None, RoleEnding::Refused(_) | RoleEnding::AccountNotReady { .. }) => {
+            ctx.recent.forget(&key)
+        }
+        (None, RoleEnding::Failed { .. }) if !reused => ctx.recent.forget(&key),
         _ => {}
     }
-    record_credentials_metric(cr, ctx, &report.outcome.ending);
+    record_credentials_metric(cr, ctx, report.outcome.credentials.as_ref());
     if let Some(error) = report.error {
         return Err(error);
     }
@@ -218,18 +244,20 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Action,
 }
 
 /// `crossaccount_credentials_expiry_seconds` follows the credentials the Secret holds.
-fn record_credentials_metric<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>, ending: &Ending) {
+fn record_credentials_metric<A: Aws>(
+    cr: &CrossAccountRole,
+    ctx: &Context<A>,
+    credentials: Option<&CredentialsOutcome>,
+) {
     let (namespace, name) = (cr.namespace().unwrap_or_default(), cr.name_any());
-    match ending {
-        Ending::Synced(synced) => match &synced.credentials {
-            Some(pipeline::credentials::CredentialsOutcome::Ready { held, .. }) => ctx
-                .metrics
+    match credentials {
+        Some(CredentialsOutcome::Ready { held, .. }) => {
+            ctx.metrics
                 .credentials_expiry
-                .set(&namespace, &name, held.credentials.expiration),
-            Some(_) => {}
-            None => ctx.metrics.credentials_expiry.remove(&namespace, &name),
-        },
-        Ending::Refused(_) | Ending::Failed { .. } => {}
+                .set(&namespace, &name, held.credentials.expiration)
+        }
+        Some(_) => {}
+        None => ctx.metrics.credentials_expiry.remove(&namespace, &name),
     }
 }
 
@@ -258,11 +286,17 @@ async fn unreadable<A: Aws>(
     Ok(Action::await_change())
 }
 
-/// Deletion: clean up AWS (unless Retain), then release the finalizer.
+/// Deletion: clean up AWS (unless Retain), then release the finalizer. The finalizer stays
+/// until cleanup succeeded, or the AwsAccount is really gone (then what is left behind is said
+/// and counted); while cleanup fails, `Ready` says why.
 async fn finalize<A: Aws>(
     cr: &CrossAccountRole,
     ctx: &Context<A>,
 ) -> Result<Action, ReconcileError> {
+    let key = key(cr);
+    // Nothing of this object needs remembering any more.
+    ctx.recent.forget(&key);
+    ctx.backoff.reset(&key);
     if !finalizer::has_finalizer(cr) {
         return Ok(Action::await_change());
     }
@@ -277,32 +311,82 @@ async fn finalize<A: Aws>(
         release(cr, ctx).await?;
         return Ok(Action::await_change());
     }
-    ctx.recent.forget(&key(cr));
-    let Some(account) = ctx.caches.account(&cr.spec.account_ref).await? else {
-        // Without the AwsAccount there is no way into the target account; blocking deletion
-        // forever would help nobody, so say what may be left behind.
-        let role = cr
-            .status
-            .as_ref()
-            .and_then(|s| s.role_arn.clone())
-            .unwrap_or_else(|| "(unknown)".into());
-        let note = Note::new(
-            Severity::Warning,
-            Reason::AccountNotReady,
-            format!(
-                "AwsAccount {} no longer exists; role {role} could not be removed",
+    let account = match ctx.caches.account(&cr.spec.account_ref).await? {
+        // The cache may lag: only the apiserver may say the account is gone.
+        AccountLookup::Missing => {
+            ctx.caches
+                .account_from_apiserver(&cr.spec.account_ref)
+                .await?
+        }
+        found => found,
+    };
+    let account = match account {
+        AccountLookup::Found(account) => account,
+        AccountLookup::Unreadable(error) => {
+            let message = format!(
+                "cannot delete the IAM role: AwsAccount {} cannot be read by the operator ({error}); fix it and the deletion continues",
                 cr.spec.account_ref
-            ),
-        );
-        ctx.events.publish(&object, &[note]).await;
-        release(cr, ctx).await?;
-        return Ok(Action::await_change());
+            );
+            deletion_blocked(cr, ctx, Reason::AccountNotReady, &message).await?;
+            return Err(ReconcileError::UnreadableAccount {
+                name: cr.spec.account_ref.clone(),
+            });
+        }
+        AccountLookup::Missing => {
+            // Without the AwsAccount there is no way into the target account; blocking deletion
+            // forever would help nobody, so say (and count) what is left behind.
+            let role = cr
+                .status
+                .as_ref()
+                .and_then(|s| s.role_arn.clone())
+                .unwrap_or_else(|| "(unknown)".into());
+            let message = format!(
+                "AwsAccount {} was deleted; role {role} and its grants are left in AWS",
+                cr.spec.account_ref
+            );
+            deletion_blocked(cr, ctx, Reason::AccountNotReady, &message).await?;
+            ctx.metrics.abandoned_roles.inc();
+            let note = Note::new(Severity::Warning, Reason::AccountNotReady, message);
+            ctx.events.publish(&object, &[note]).await;
+            release(cr, ctx).await?;
+            return Ok(Action::await_change());
+        }
     };
     let (applied, result) = cleanup::cleanup_role(&ctx.aws, &ctx.operator, cr, &account).await;
     cleanup_notes(ctx, &object, &applied).await;
-    result?;
+    if let Err(e) = result {
+        let error = ReconcileError::from(e);
+        let message = format!("deleting the IAM role failed: {}", error.summary());
+        deletion_blocked(cr, ctx, error.reason(), &message).await?;
+        return Err(error);
+    }
     release(cr, ctx).await?;
     Ok(Action::await_change())
+}
+
+/// A deletion that cannot finish (yet): `Ready` false with `reason` and `message` (written only
+/// when it changed).
+async fn deletion_blocked<A: Aws>(
+    cr: &CrossAccountRole,
+    ctx: &Context<A>,
+    reason: Reason,
+    message: &str,
+) -> Result<(), ReconcileError> {
+    let old = cr.status.clone().unwrap_or_default();
+    let new = status::deletion_status(
+        &old,
+        cr.meta().generation,
+        reason,
+        message,
+        jiff::Timestamp::now(),
+    );
+    if new == old {
+        return Ok(());
+    }
+    let api = api_of(ctx, &cr.namespace().unwrap_or_default());
+    status::apply_status(&api, &cr.name_any(), &new)
+        .await
+        .map_err(ReconcileError::kube("writing status"))
 }
 
 async fn cleanup_notes<A: Aws>(

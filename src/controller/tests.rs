@@ -246,11 +246,13 @@ async fn a_new_role_is_created_and_an_unchanged_one_costs_three_reads() {
                 )
                 .await;
             assert_eq!(
-                patch.body,
-                json!([
-                    {"op": "test", "path": "/metadata/resourceVersion", "value": "10"},
-                    {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-                ])
+                patch.body["metadata"],
+                json!({"name": CR, "uid": "uid-1", "finalizers": [FINALIZER]})
+            );
+            assert!(
+                patch.query.contains("fieldManager=cross-account-operator"),
+                "{}",
+                patch.query
             );
             let mut with_finalizer = cr();
             with_finalizer["metadata"]["finalizers"] = json!([FINALIZER]);
@@ -262,11 +264,9 @@ async fn a_new_role_is_created_and_an_unchanged_one_costs_three_reads() {
                 )
                 .await
                 .not_found();
+            // Created only if absent: a POST, which fails if someone created it meanwhile.
             let secret = server
-                .expect(
-                    Method::PATCH,
-                    &format!("/api/v1/namespaces/{NS}/secrets/{CR}-aws"),
-                )
+                .expect(Method::POST, &format!("/api/v1/namespaces/{NS}/secrets"))
                 .await;
             assert!(
                 secret.query.contains("fieldManager=cross-account-operator"),
@@ -496,4 +496,104 @@ async fn deleting_with_retain_leaves_aws_alone_and_releases() {
     assert!(aws.account(TARGET).take_writes().is_empty());
     assert!(aws.source().take_writes().is_empty());
     assert!(aws.account(TARGET).role(&format!("{NS}-{CR}")).is_some());
+}
+
+/// An AwsAccount that cannot be read is not a deleted one: the finalizer stays, the role stays,
+/// and `Ready` says why; only a deletion confirmed by the apiserver lets go, counted.
+#[tokio::test]
+async fn deleting_with_an_unreadable_account_keeps_the_finalizer_and_says_why() {
+    let (ctx, mut server, aws, gone) = deleting("Delete").await;
+    let script = move || async move {
+        let unreadable = json!({
+            "apiVersion": "crossaccount.io/v1alpha1", "kind": "AwsAccount",
+            "metadata": {"name": "target", "uid": "acct"},
+            "spec": {"accountId": 111111111111i64},
+        });
+        server
+            .expect(
+                Method::GET,
+                "/apis/crossaccount.io/v1alpha1/awsaccounts/target",
+            )
+            .await
+            .ok(unreadable);
+        let status = server
+            .expect(
+                Method::PATCH,
+                &format!(
+                    "/apis/crossaccount.io/v1alpha1/namespaces/{NS}/crossaccountroles/{CR}/status"
+                ),
+            )
+            .await;
+        let ready = status.body["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .cloned()
+            .unwrap();
+        assert_eq!(ready["status"], "False");
+        assert!(
+            ready["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot be read"),
+            "{ready}"
+        );
+        let body = status.body.clone();
+        status.ok(with_status(&body));
+        server.done().await;
+    };
+    let server = tokio::spawn(script());
+    let result = role::reconcile(guarded(&gone), ctx.clone()).await;
+    server.await.unwrap();
+    assert!(result.is_err(), "retried, not released");
+    assert!(aws.account(TARGET).role(&format!("{NS}-{CR}")).is_some());
+}
+
+#[tokio::test]
+async fn deleting_after_the_account_is_gone_lets_go_and_counts_what_is_left() {
+    let (ctx, mut server, aws, gone) = deleting("Delete").await;
+    let metrics = ctx.metrics.clone();
+    let script = move || async move {
+        // The cache misses, and the apiserver confirms.
+        server
+            .expect(
+                Method::GET,
+                "/apis/crossaccount.io/v1alpha1/awsaccounts/target",
+            )
+            .await
+            .not_found();
+        server
+            .expect(
+                Method::GET,
+                "/apis/crossaccount.io/v1alpha1/awsaccounts/target",
+            )
+            .await
+            .not_found();
+        let status = server
+            .expect(
+                Method::PATCH,
+                &format!(
+                    "/apis/crossaccount.io/v1alpha1/namespaces/{NS}/crossaccountroles/{CR}/status"
+                ),
+            )
+            .await;
+        let body = status.body.clone();
+        status.ok(with_status(&body));
+        let events = server.events(&["AccountNotReady"]).await;
+        assert_eq!(events[0]["type"], "Warning");
+        assert!(
+            events[0]["note"].as_str().unwrap().contains("left in AWS"),
+            "{}",
+            events[0]
+        );
+        release_finalizer(&mut server).await;
+        server.done().await;
+    };
+    reconcile_with(&ctx, &gone, script).await;
+    assert_eq!(metrics.abandoned_roles.get(), 1);
+    assert!(
+        aws.account(TARGET).role(&format!("{NS}-{CR}")).is_some(),
+        "nothing could remove it"
+    );
 }

@@ -28,6 +28,9 @@ pub(crate) struct HeldCredentials {
     pub role_arn: String,
     pub region: Option<String>,
     pub refresh_at: Timestamp,
+    /// [`request_fingerprint`] of the request they were issued for; `None` in Secrets written
+    /// before the operator recorded it (kept until due, so an upgrade mints nothing).
+    pub request: Option<String>,
 }
 
 /// The role the credentials are for.
@@ -37,15 +40,36 @@ pub(crate) struct RoleForCredentials<'a> {
     pub account_cap: Option<i32>,
 }
 
-/// The held credentials, if they may be kept at `now`: issued for this role and region and not
-/// yet due for refresh (so an operator restart mints nothing).
+/// The held credentials, if they may be kept at `now`: issued for this request (role, session
+/// length and policy; a change of any mints at once) and region, and not yet due for refresh (so
+/// an operator restart mints nothing).
 pub(crate) fn reusable(
     held: Option<HeldCredentials>,
-    role: &RoleForCredentials<'_>,
+    request: &AssumeRoleRequest,
     spec: &CredentialsSpec,
     now: Timestamp,
 ) -> Option<HeldCredentials> {
-    held.filter(|h| h.role_arn == role.arn && now < h.refresh_at && h.region == spec.region)
+    let fingerprint = request_fingerprint(request);
+    held.filter(|h| {
+        h.role_arn == request.role_arn
+            && now < h.refresh_at
+            && h.region == spec.region
+            && h.request.as_ref().is_none_or(|f| *f == fingerprint)
+    })
+}
+
+/// What identifies a request's outcome: the role, the session's length, policy, name and external
+/// ID. Hashed, so that the session policy is not copied into the Secret's metadata.
+pub(crate) fn request_fingerprint(request: &AssumeRoleRequest) -> String {
+    let text = serde_json::json!([
+        request.role_arn,
+        request.duration_seconds,
+        request.session_policy,
+        request.session_name,
+        request.external_id,
+    ])
+    .to_string();
+    crate::naming::short_hash(&text)
 }
 
 /// What to ask STS for.
@@ -100,7 +124,7 @@ pub(crate) async fn mint<A: AccountApi>(
 /// Newly issued credentials as they are kept, with their refresh time.
 pub(crate) fn hold(
     credentials: IssuedCredentials,
-    role: &RoleForCredentials<'_>,
+    request: &AssumeRoleRequest,
     spec: &CredentialsSpec,
     now: Timestamp,
     jitter: f64,
@@ -108,9 +132,10 @@ pub(crate) fn hold(
     let refresh_at = refresh_due_at(now, credentials.expiration, spec.refresh_percent, jitter);
     HeldCredentials {
         credentials,
-        role_arn: role.arn.to_owned(),
+        role_arn: request.role_arn.clone(),
         region: spec.region.clone(),
         refresh_at,
+        request: Some(request_fingerprint(request)),
     }
 }
 
@@ -127,6 +152,15 @@ pub(crate) enum CredentialsOutcome {
     Waiting { message: String },
     /// The Secret name belongs to someone else: terminal until the spec changes.
     SecretNotOwned { message: String },
+    /// Issuing or refreshing failed (retried with backoff); `held` is what the Secret still
+    /// holds, whose expiration the condition states.
+    Failed {
+        reason: Reason,
+        message: String,
+        held: Option<HeldCredentials>,
+    },
+    /// Not issued because the role is refused (its reason) or was never created.
+    Withheld { reason: Reason, message: String },
 }
 
 impl CredentialsOutcome {
@@ -136,6 +170,8 @@ impl CredentialsOutcome {
             CredentialsOutcome::Ready { .. } => Reason::CredentialsIssued,
             CredentialsOutcome::Waiting { .. } => Reason::Propagating,
             CredentialsOutcome::SecretNotOwned { .. } => Reason::SecretNotOwned,
+            CredentialsOutcome::Failed { reason, .. }
+            | CredentialsOutcome::Withheld { reason, .. } => *reason,
         }
     }
 }
@@ -295,5 +331,54 @@ mod tests {
         assert_eq!(session_duration(7200, 43200, Some(5400), false), 5400);
         assert_eq!(session_duration(7200, 43200, None, true), 3600);
         assert_eq!(session_duration(900, 3600, None, false), 900);
+    }
+
+    #[test]
+    fn a_changed_request_mints_at_once_and_an_unrecorded_one_is_kept_until_due() {
+        let spec: CredentialsSpec = serde_json::from_value(serde_json::json!({})).unwrap();
+        let request = AssumeRoleRequest {
+            role_arn: "arn:aws:iam::111111111111:role/r".into(),
+            external_id: "x".into(),
+            session_name: "a.r".into(),
+            source_identity: "a.r".into(),
+            duration_seconds: 3600,
+            session_policy: None,
+        };
+        let issued = IssuedCredentials {
+            access_key_id: "a".into(),
+            secret_access_key: "b".into(),
+            session_token: "c".into(),
+            expiration: at(3600),
+        };
+        let held = hold(issued, &request, &spec, at(0), 0.0);
+        assert!(reusable(Some(held.clone()), &request, &spec, at(10)).is_some());
+        assert!(
+            reusable(Some(held.clone()), &request, &spec, held.refresh_at).is_none(),
+            "due"
+        );
+        for changed in [
+            AssumeRoleRequest {
+                duration_seconds: 900,
+                ..request.clone()
+            },
+            AssumeRoleRequest {
+                session_policy: Some("{}".into()),
+                ..request.clone()
+            },
+            AssumeRoleRequest {
+                role_arn: "arn:aws:iam::111111111111:role/other".into(),
+                ..request.clone()
+            },
+        ] {
+            assert!(
+                reusable(Some(held.clone()), &changed, &spec, at(10)).is_none(),
+                "{changed:?}"
+            );
+        }
+        let legacy = HeldCredentials {
+            request: None,
+            ..held
+        };
+        assert!(reusable(Some(legacy), &request, &spec, at(10)).is_some());
     }
 }

@@ -29,11 +29,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, Resource, ResourceExt};
 
 use self::{
-    credentials::{CredentialsOutcome, Minted, RoleForCredentials},
+    credentials::{CredentialsOutcome, HeldCredentials, Minted, RoleForCredentials},
     ownership::Ownership,
     rollout::RestartResult,
-    status::{Ending, Note, Outcome, Synced},
-    validate::{Refusal, ValidatedSpec},
+    status::{Note, Outcome, RoleEnding},
+    validate::{AccountLookup, Refusal, ValidatedSpec},
 };
 use crate::{
     api::{AwsAccount, CredentialsSpec, CrossAccountRole, names::Reason},
@@ -51,8 +51,8 @@ pub(crate) struct Io<'a, A: Aws> {
 
 /// What the controller looked up for this run.
 pub(crate) struct Facts<'a> {
-    /// The AwsAccount `spec.accountRef` names, if it exists.
-    pub account: Option<&'a AwsAccount>,
+    /// The AwsAccount `spec.accountRef` names.
+    pub account: &'a AccountLookup,
     /// The labels of the CR's namespace (for `allowedNamespaces`).
     pub namespace_labels: &'a BTreeMap<String, String>,
     /// A recent IAM sync from the same inputs, which stands in for desired -> apply.
@@ -84,7 +84,7 @@ pub(crate) struct Report {
     pub notes: Vec<Note>,
 }
 
-/// Why the pipeline stopped early.
+/// Why the role part stopped.
 enum Stop {
     Refused(Refusal),
     Failed(ReconcileError),
@@ -118,30 +118,8 @@ pub(crate) async fn reconcile<A: Aws>(
     before_first_write: impl AsyncFnOnce() -> Result<(), ReconcileError>,
 ) -> Report {
     let owner = Owner::of(cr, io.operator);
-    let mut applied = Vec::new();
-    let mut synced_now = None;
-    let result = run(
-        io,
-        cr,
-        &facts,
-        &owner,
-        before_first_write,
-        &mut applied,
-        &mut synced_now,
-    )
-    .await;
-    let (ending, mut error) = match result {
-        Ok(synced) => (Ending::Synced(Box::new(synced)), None),
-        Err(Stop::Refused(refusal)) => (Ending::Refused(refusal), None),
-        Err(Stop::Failed(e)) => (
-            Ending::Failed {
-                reason: e.reason(),
-                message: e.summary(),
-            },
-            Some(e),
-        ),
-    };
-    let outcome = Outcome { ending, applied };
+    let mut run = Run::default();
+    let outcome = run_steps(io, cr, &facts, &owner, before_first_write, &mut run).await;
 
     // Status: derived as data, written only when it changed.
     let old = cr.status.clone().unwrap_or_default();
@@ -155,60 +133,150 @@ pub(crate) async fn reconcile<A: Aws>(
     if new != old {
         let api: Api<CrossAccountRole> =
             Api::namespaced(io.kube.clone(), &cr.namespace().unwrap_or_default());
-        if let Err(e) = status::apply_status(&api, &cr.name_any(), &new).await
-            && error.is_none()
-        {
-            error = Some(ReconcileError::kube("writing status")(e));
+        if let Err(e) = status::apply_status(&api, &cr.name_any(), &new).await {
+            run.errors.push(ReconcileError::kube("writing status")(e));
         }
     }
     Report {
         outcome,
-        error,
-        synced: synced_now,
+        error: run.errors.into_iter().next(),
+        synced: run.synced,
         notes,
     }
 }
 
+/// What a run collects besides its outcome.
+#[derive(Default)]
+struct Run {
+    applied: Vec<Change>,
+    synced: Option<SyncedRole>,
+    errors: Vec<ReconcileError>,
+}
+
 /// validate -> (desired -> observe -> ownership -> plan -> apply) -> credentials -> secret ->
-/// rollout.
-async fn run<A: Aws>(
+/// rollout. Credentials are kept fresh whenever the role is known and the spec permitted, even
+/// while IAM management fails or the AwsAccount is not verified: minting needs only STS.
+async fn run_steps<A: Aws>(
     io: &Io<'_, A>,
     cr: &CrossAccountRole,
     facts: &Facts<'_>,
     owner: &Owner,
     before_first_write: impl AsyncFnOnce() -> Result<(), ReconcileError>,
-    applied: &mut Vec<Change>,
-    synced_now: &mut Option<SyncedRole>,
-) -> Result<Synced, Stop> {
-    let account = validate::ready_account(cr, facts.account)?;
-    let spec = validate::validate(cr, account, facts.namespace_labels, io.operator, owner)?;
-    let role = match facts.recent.clone() {
-        Some(role) => role,
-        None => {
-            let role = sync_iam(io, account, &spec, owner, before_first_write, applied).await?;
-            *synced_now = Some(role.clone());
-            role
+    run: &mut Run,
+) -> Outcome {
+    let mut outcome = Outcome {
+        role: RoleEnding::Failed {
+            reason: Reason::AwsError,
+            message: String::new(),
+        },
+        credentials: None,
+        restarts: Vec::new(),
+        applied: Vec::new(),
+    };
+    let checked = validate::named_account(cr, facts.account).and_then(|account| {
+        validate::validate(cr, account, facts.namespace_labels, io.operator, owner)
+            .map(|spec| (account, spec))
+    });
+    let (account, spec) = match checked {
+        Ok(checked) => checked,
+        Err(refusal) => {
+            outcome.credentials = cr.spec.credentials.as_ref().map(|_| withheld(&refusal));
+            outcome.role = RoleEnding::Refused(refusal);
+            return outcome;
         }
     };
-    let (credentials, restarts) = match &cr.spec.credentials {
-        Some(wanted) => {
-            let (outcome, restarts) =
-                sync_credentials(io, cr, owner, account, &role, wanted, facts).await?;
-            (Some(outcome), restarts)
-        }
-        None => {
-            if let Some(old) = previous_secret(cr) {
-                secret::remove(&secrets_of(io, cr), cr, &old).await?;
+
+    // The role: from a recent sync of the same inputs, else synced now.
+    let role = match (validate::verified(account), facts.recent.clone()) {
+        (Err((message, first)), _) => Err(RoleEnding::AccountNotReady { message, first }),
+        (Ok(()), Some(role)) => Ok(role),
+        (Ok(()), None) => {
+            match sync_iam(
+                io,
+                account,
+                &spec,
+                owner,
+                before_first_write,
+                &mut run.applied,
+                facts.now,
+            )
+            .await
+            {
+                Ok(role) => {
+                    run.synced = Some(role.clone());
+                    Ok(role)
+                }
+                Err(Stop::Refused(refusal)) => Err(RoleEnding::Refused(refusal)),
+                Err(Stop::Failed(e)) => {
+                    let ending = RoleEnding::Failed {
+                        reason: e.reason(),
+                        message: e.summary(),
+                    };
+                    run.errors.push(e);
+                    Err(ending)
+                }
             }
-            (None, Vec::new())
         }
     };
-    Ok(Synced {
-        role_arn: role.arn,
-        account_id: account.spec.account_id.clone(),
-        external_id: owner.external_id(),
-        credentials,
-        restarts,
+    // What the credentials are for: the synced role, or, while it cannot be synced, the role an
+    // earlier reconcile created (status), which STS can still be asked for.
+    let for_credentials = match &role {
+        Ok(role) => Some(role.clone()),
+        Err(RoleEnding::Refused(_)) => None,
+        Err(_) => known_role(cr, &spec),
+    };
+    outcome.role = match role {
+        Ok(role) => RoleEnding::Synced {
+            role_arn: role.arn,
+            account_id: account.spec.account_id.clone(),
+            external_id: owner.external_id(),
+        },
+        Err(ending) => ending,
+    };
+    outcome.credentials = match (&cr.spec.credentials, for_credentials) {
+        (None, _) => {
+            if let Some(old) = previous_secret(cr)
+                && let Err(e) = secret::remove(&secrets_of(io, cr), cr, &old).await
+            {
+                run.errors.push(e);
+            }
+            None
+        }
+        (Some(_), None) => Some(match &outcome.role {
+            RoleEnding::Refused(refusal) => withheld(refusal),
+            _ => CredentialsOutcome::Withheld {
+                reason: Reason::AccountNotReady,
+                message: "no credentials yet: the role has not been created".to_owned(),
+            },
+        }),
+        (Some(wanted), Some(role)) => {
+            let (credentials, restarts) =
+                sync_credentials(io, cr, owner, account, &role, wanted, facts, run).await;
+            outcome.restarts = restarts;
+            Some(credentials)
+        }
+    };
+    outcome.applied = std::mem::take(&mut run.applied);
+    outcome
+}
+
+fn withheld(refusal: &Refusal) -> CredentialsOutcome {
+    CredentialsOutcome::Withheld {
+        reason: refusal.reason,
+        message: format!("no credentials are issued: {}", refusal.message),
+    }
+}
+
+/// The role an earlier reconcile synced, as status records it. It is an old role (so an
+/// AccessDenied from STS is a real denial, not propagation).
+fn known_role(cr: &CrossAccountRole, spec: &ValidatedSpec) -> Option<SyncedRole> {
+    let arn = cr.status.as_ref()?.role_arn.clone()?;
+    Some(SyncedRole {
+        arn,
+        created: Some(Timestamp::UNIX_EPOCH),
+        max_session_duration: spec
+            .max_session_duration
+            .unwrap_or(crate::aws::IAM_DEFAULT_MAX_SESSION),
     })
 }
 
@@ -221,6 +289,7 @@ async fn sync_iam<A: Aws>(
     owner: &Owner,
     before_first_write: impl AsyncFnOnce() -> Result<(), ReconcileError>,
     applied: &mut Vec<Change>,
+    now: Timestamp,
 ) -> Result<SyncedRole, Stop> {
     let desired = desired::desired_role(spec, owner, io.operator, &account.spec.account_id)?;
     let target = io.aws.target(&observe::access_of(account)).await;
@@ -240,7 +309,7 @@ async fn sync_iam<A: Aws>(
     result?;
     let created = match &observed.role {
         Some(role) => role.created,
-        None => Some(Timestamp::now()),
+        None => Some(now),
     };
     Ok(SyncedRole {
         arn: observed.role.map_or(desired.arn, |role| role.arn),
@@ -250,7 +319,9 @@ async fn sync_iam<A: Aws>(
 }
 
 /// credentials -> secret -> rollout: keeps valid credentials for `role` in the CR's Secret,
-/// reusing what it holds until its refresh time; restarts the rollout targets after a mint.
+/// reusing what it holds until its refresh time or until the request changes; restarts the
+/// rollout targets after a mint. A failure is part of the outcome (and of the run's errors).
+#[allow(clippy::too_many_arguments)]
 async fn sync_credentials<A: Aws>(
     io: &Io<'_, A>,
     cr: &CrossAccountRole,
@@ -259,43 +330,53 @@ async fn sync_credentials<A: Aws>(
     role: &SyncedRole,
     wanted: &CredentialsSpec,
     facts: &Facts<'_>,
-) -> Result<(CredentialsOutcome, Vec<(String, RestartResult)>), Stop> {
+    run: &mut Run,
+) -> (CredentialsOutcome, Vec<(String, RestartResult)>) {
     let secrets = secrets_of(io, cr);
     let name = owner.secret_name(wanted.secret_name.as_deref());
-    let existing = secret::read(&secrets, &name).await?;
+    let existing = match secret::read(&secrets, &name).await {
+        Ok(existing) => existing,
+        Err(e) => return (failed(e, None, run), Vec::new()),
+    };
     if let Some(found) = &existing
         && !secret::owned_by(found, cr)
     {
         let message = format!(
             "Secret {name} exists and is not owned by this CrossAccountRole; choose another spec.credentials.secretName"
         );
-        return Ok((CredentialsOutcome::SecretNotOwned { message }, Vec::new()));
+        return (CredentialsOutcome::SecretNotOwned { message }, Vec::new());
     }
     let for_role = RoleForCredentials {
         arn: &role.arn,
         max_session_duration: role.max_session_duration,
         account_cap: account.spec.max_session_duration_seconds,
     };
+    let request = credentials::assume_request(owner, wanted, &for_role, io.operator);
     let held = existing.as_ref().and_then(secret::read_held);
-    let (held, issued) = match credentials::reusable(held, &for_role, wanted, facts.now) {
+    let (held, issued) = match credentials::reusable(held.clone(), &request, wanted, facts.now) {
         Some(held) => (held, false),
         None => {
-            let request = credentials::assume_request(owner, wanted, &for_role, io.operator);
-            match credentials::mint(&io.aws.source(), &request, role.created, facts.now).await? {
-                Minted::Propagating(message) => {
-                    return Ok((CredentialsOutcome::Waiting { message }, Vec::new()));
+            match credentials::mint(&io.aws.source(), &request, role.created, facts.now).await {
+                Ok(Minted::Propagating(message)) => {
+                    return (CredentialsOutcome::Waiting { message }, Vec::new());
                 }
-                Minted::Issued(issued) => {
-                    let held =
-                        credentials::hold(issued, &for_role, wanted, facts.now, facts.jitter);
-                    secret::write(&secrets, &secret::render_secret(cr, &name, &held)).await?;
-                    (held, true)
+                Ok(Minted::Issued(issued)) => {
+                    let fresh =
+                        credentials::hold(issued, &request, wanted, facts.now, facts.jitter);
+                    let rendered = secret::render_secret(cr, &name, &fresh);
+                    if let Err(e) = secret::write(&secrets, &rendered, existing.as_ref()).await {
+                        return (failed(e, held, run), Vec::new());
+                    }
+                    (fresh, true)
                 }
+                Err(e) => return (failed(e.into(), held, run), Vec::new()),
             }
         }
     };
-    if let Some(old) = previous_secret(cr).filter(|old| *old != name) {
-        secret::remove(&secrets, cr, &old).await?;
+    if let Some(old) = previous_secret(cr).filter(|old| *old != name)
+        && let Err(e) = secret::remove(&secrets, cr, &old).await
+    {
+        run.errors.push(e);
     }
     let restarts = if issued {
         // The new expiration is the stamp: one issue restarts each target once.
@@ -315,7 +396,22 @@ async fn sync_credentials<A: Aws>(
         held,
         issued,
     };
-    Ok((outcome, restarts))
+    (outcome, restarts)
+}
+
+/// The credentials step failed with `error`; the Secret still holds `held`.
+fn failed(
+    error: ReconcileError,
+    held: Option<HeldCredentials>,
+    run: &mut Run,
+) -> CredentialsOutcome {
+    let outcome = CredentialsOutcome::Failed {
+        reason: error.reason(),
+        message: format!("could not issue credentials: {}", error.summary()),
+        held,
+    };
+    run.errors.push(error);
+    outcome
 }
 
 /// The Secret status says the credentials were last kept in.

@@ -11,7 +11,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{DeleteParams, PostParams, Preconditions},
 };
 use serde_json::json;
 
@@ -21,7 +21,7 @@ use crate::{
         CrossAccountRole,
         names::{
             EXPIRATION_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
-            REFRESH_AT_ANNOTATION,
+            REFRESH_AT_ANNOTATION, REQUEST_ANNOTATION,
         },
     },
     aws::IssuedCredentials,
@@ -112,16 +112,19 @@ pub(crate) fn render_secret(
                 MANAGED_BY_LABEL.to_owned(),
                 MANAGED_BY_VALUE.to_owned(),
             )])),
-            annotations: Some(BTreeMap::from([
-                (
-                    EXPIRATION_ANNOTATION.to_owned(),
-                    rfc3339(content.credentials.expiration),
-                ),
-                (
-                    REFRESH_AT_ANNOTATION.to_owned(),
-                    rfc3339(content.refresh_at),
-                ),
-            ])),
+            annotations: Some(
+                [
+                    (
+                        EXPIRATION_ANNOTATION,
+                        Some(rfc3339(content.credentials.expiration)),
+                    ),
+                    (REFRESH_AT_ANNOTATION, Some(rfc3339(content.refresh_at))),
+                    (REQUEST_ANNOTATION, content.request.clone()),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+                .collect(),
+            ),
             owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
@@ -170,6 +173,7 @@ pub(crate) fn read_held(secret: &Secret) -> Option<HeldCredentials> {
         role_arn: text(keys::ROLE_ARN)?,
         region: text(keys::REGION),
         refresh_at,
+        request: secret.annotations().get(REQUEST_ANNOTATION).cloned(),
     };
     // Keys someone else added are tolerated: server-side apply cannot remove keys it does not own,
     // so treating them as damage would re-issue credentials on every reconcile.
@@ -188,20 +192,57 @@ pub(crate) async fn read(api: &Api<Secret>, name: &str) -> Result<Option<Secret>
         .map_err(ReconcileError::kube("reading the credentials Secret"))
 }
 
-/// Server-side applies `secret` with the operator's field manager.
-pub(crate) async fn write(api: &Api<Secret>, secret: &Secret) -> Result<(), ReconcileError> {
-    let name = secret.name_any();
-    let mut value = serde_json::to_value(secret).expect("a Secret serializes");
-    value["apiVersion"] = json!("v1");
-    value["kind"] = json!("Secret");
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&value),
-    )
-    .await
-    .map(drop)
-    .map_err(ReconcileError::kube("writing the credentials Secret"))
+/// Writes `rendered` without racing anyone: created only if absent (a Secret that appeared
+/// meanwhile fails the write, and the next reconcile checks whose it is), otherwise replaced over
+/// `existing` (which must be ours) with the resourceVersion that was checked.
+pub(crate) async fn write(
+    api: &Api<Secret>,
+    rendered: &Secret,
+    existing: Option<&Secret>,
+) -> Result<(), ReconcileError> {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    let result = match existing {
+        None => api.create(&params, rendered).await,
+        Some(existing) => {
+            api.replace(&rendered.name_any(), &params, &over(existing, rendered))
+                .await
+        }
+    };
+    result
+        .map(drop)
+        .map_err(ReconcileError::kube("writing the credentials Secret"))
+}
+
+/// `rendered` as a replacement of `existing`: our data (every other key goes: the Secret is ours
+/// and its content is the credentials), our labels, annotations and owner reference beside
+/// whatever others put in the metadata, and the resourceVersion that was read.
+pub(crate) fn over(existing: &Secret, rendered: &Secret) -> Secret {
+    let mut next = existing.clone();
+    next.data = rendered.data.clone();
+    next.string_data = None;
+    next.type_ = rendered.type_.clone();
+    let meta = &mut next.metadata;
+    let ours = &rendered.metadata;
+    meta.labels
+        .get_or_insert_with(Default::default)
+        .extend(ours.labels.clone().unwrap_or_default());
+    meta.annotations
+        .get_or_insert_with(Default::default)
+        .extend(ours.annotations.clone().unwrap_or_default());
+    let mut owners: Vec<OwnerReference> = meta
+        .owner_references
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| o.controller != Some(true))
+        .collect();
+    owners.extend(ours.owner_references.clone().unwrap_or_default());
+    meta.owner_references = Some(owners);
+    meta.managed_fields = None;
+    next
 }
 
 /// Deletes the Secret `name` if `cr` owns it (credentials switched off, renamed, or the CR is
@@ -211,15 +252,22 @@ pub(crate) async fn remove(
     cr: &CrossAccountRole,
     name: &str,
 ) -> Result<(), ReconcileError> {
-    let existing = read(api, name).await?;
-    if existing.is_some_and(|s| owned_by(&s, cr)) {
-        match api.delete(name, &Default::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(ReconcileError::kube("deleting the credentials Secret")(e)),
-        }
+    let Some(existing) = read(api, name).await?.filter(|s| owned_by(s, cr)) else {
+        return Ok(());
+    };
+    // Only the Secret that was checked: not one someone recreated under the name meanwhile.
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: existing.uid(),
+            resource_version: existing.resource_version(),
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(ReconcileError::kube("deleting the credentials Secret")(e)),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -238,6 +286,7 @@ mod tests {
             role_arn: "arn:aws:iam::111111111111:role/CrossAccountSignin".into(),
             region: region.map(str::to_owned),
             refresh_at: "2026-11-28T11:40:00Z".parse().unwrap(),
+            request: Some("0123456789".into()),
         }
     }
 
@@ -319,5 +368,43 @@ mod tests {
         let mut missing = render_secret(&cr(), "signin-aws", &content(None));
         missing.data.as_mut().unwrap().remove("config");
         assert_eq!(read_held(&missing), None);
+    }
+
+    #[test]
+    fn a_replacement_keeps_what_others_put_in_the_metadata_and_only_our_data() {
+        let mut existing = render_secret(&cr(), "signin-aws", &content(Some("eu-west-1")));
+        existing.metadata.resource_version = Some("41".into());
+        existing
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("team".into(), "a".into());
+        existing
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("reflector/allowed".into(), "true".into());
+        existing
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("extra".into(), ByteString(b"x".to_vec()));
+        let rendered = render_secret(&cr(), "signin-aws", &content(None));
+        let next = over(&existing, &rendered);
+        assert_eq!(
+            next.metadata.resource_version.as_deref(),
+            Some("41"),
+            "the checked version"
+        );
+        assert_eq!(next.labels()["team"], "a");
+        assert_eq!(next.annotations()["reflector/allowed"], "true");
+        assert_eq!(
+            next.data, rendered.data,
+            "only our keys: AWS_REGION and extra are gone"
+        );
+        assert_eq!(read_held(&next), Some(content(None)));
+        assert_eq!(next.owner_references().len(), 1);
     }
 }

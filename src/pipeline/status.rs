@@ -117,35 +117,49 @@ impl Note {
     }
 }
 
-/// What the role and credentials steps established.
+/// How the role part of a run ended.
 #[derive(Debug)]
-pub(crate) struct Synced {
-    pub role_arn: String,
-    pub account_id: String,
-    pub external_id: String,
-    /// `None` when the spec asks for no credentials.
-    pub credentials: Option<CredentialsOutcome>,
-    /// The rollout restarts made for newly issued credentials.
-    pub restarts: Vec<(String, RestartResult)>,
-}
-
-/// How one run of the pipeline ended.
-#[derive(Debug)]
-pub(crate) enum Ending {
-    Synced(Box<Synced>),
+pub(crate) enum RoleEnding {
+    /// The role and its grants match the spec.
+    Synced {
+        role_arn: String,
+        account_id: String,
+        external_id: String,
+    },
     /// Terminal until the CR or its AwsAccount changes.
     Refused(Refusal),
+    /// The AwsAccount exists but its management identity is not verified; `first` when it has
+    /// never been verified yet (a wait of a moment, not a failure).
+    AccountNotReady { message: String, first: bool },
     /// Retried with backoff; the message carries no per-attempt detail.
-    Failed {
-        reason: Reason,
-        message: String,
-    },
+    Failed { reason: Reason, message: String },
 }
 
-/// The outcome of one run: how it ended and the AWS changes it made on the way.
+impl RoleEnding {
+    fn condition(&self) -> (bool, Reason, String) {
+        match self {
+            RoleEnding::Synced { role_arn, .. } => (
+                true,
+                Reason::Synced,
+                format!("IAM role {role_arn} is in sync"),
+            ),
+            RoleEnding::Refused(refusal) => (false, refusal.reason, refusal.message.clone()),
+            RoleEnding::AccountNotReady { message, .. } => {
+                (false, Reason::AccountNotReady, message.clone())
+            }
+            RoleEnding::Failed { reason, message } => (false, *reason, message.clone()),
+        }
+    }
+}
+
+/// The outcome of one run: how the role and the credentials ended, and the AWS changes and
+/// rollout restarts it made on the way.
 #[derive(Debug)]
 pub(crate) struct Outcome {
-    pub ending: Ending,
+    pub role: RoleEnding,
+    /// `None` when the spec asks for no credentials.
+    pub credentials: Option<CredentialsOutcome>,
+    pub restarts: Vec<(String, RestartResult)>,
     pub applied: Vec<Change>,
 }
 
@@ -162,82 +176,86 @@ pub(crate) fn derive_status(
     let mut status = old.clone();
     let mut notes: Vec<Note> = outcome.applied.iter().map(Note::change).collect();
     let previous = |type_| condition(&old.conditions, type_).map(|c| c.reason.clone());
-    let mut credentials_condition = None;
-    let mut credentials_asked = false;
-    let (ok, why, message) = match &outcome.ending {
-        Ending::Synced(synced) => {
-            status.role_arn = Some(synced.role_arn.clone());
-            status.account_id = Some(synced.account_id.clone());
-            status.external_id = Some(synced.external_id.clone());
-            status.principal_arn = Some(principal_arn.to_owned());
-            credentials_asked = synced.credentials.is_some();
-            credentials_condition = credentials_status(
-                &mut status,
-                synced.credentials.as_ref(),
-                &synced.role_arn,
-                &mut notes,
-            );
-            notes.extend(synced.restarts.iter().map(restart_note));
-            (
-                true,
-                Reason::Synced,
-                format!("IAM role {} is in sync", synced.role_arn),
-            )
-        }
-        Ending::Refused(refusal) => (false, refusal.reason, refusal.message.clone()),
-        Ending::Failed { reason, message } => (false, *reason, message.clone()),
-    };
+    if let RoleEnding::Synced {
+        role_arn,
+        account_id,
+        external_id,
+    } = &outcome.role
+    {
+        status.role_arn = Some(role_arn.clone());
+        status.account_id = Some(account_id.clone());
+        status.external_id = Some(external_id.clone());
+        status.principal_arn = Some(principal_arn.to_owned());
+    }
+    let (role_ok, why, message) = outcome.role.condition();
+    let role_arn = status.role_arn.clone().unwrap_or_default();
+    let credentials = outcome
+        .credentials
+        .as_ref()
+        .map(|c| credentials_condition(&mut status, c, &role_arn, &mut notes));
+    notes.extend(outcome.restarts.iter().map(restart_note));
+
     set_condition(
         &mut status.conditions,
-        ConditionUpdate::new(cond::ROLE_SYNCED, ok, why, message.clone()),
+        ConditionUpdate::new(cond::ROLE_SYNCED, role_ok, why, message.clone()),
         generation,
         now,
     );
     // Ready: the role is in sync and, when asked for, the credentials are too.
-    let ready = match &credentials_condition {
-        Some(update) if ok && !update.status => {
+    let ready = match &credentials {
+        Some(update) if role_ok && !update.status => {
             ConditionUpdate::new(cond::READY, false, update.reason, update.message.clone())
         }
-        _ => ConditionUpdate::new(cond::READY, ok, why, message.clone()),
+        _ => ConditionUpdate::new(cond::READY, role_ok, why, message.clone()),
     };
-    if let Some(update) = credentials_condition {
-        if !update.status
-            && previous(cond::CREDENTIALS_READY).as_deref() != Some(update.reason.as_str())
-        {
-            notes.push(Note::new(
-                Severity::Warning,
-                update.reason,
-                update.message.clone(),
-            ));
+    match credentials {
+        Some(update) => {
+            let withheld = matches!(
+                outcome.credentials,
+                Some(CredentialsOutcome::Withheld { .. })
+            );
+            let changed =
+                previous(cond::CREDENTIALS_READY).as_deref() != Some(update.reason.as_str());
+            // A withheld mint repeats the role's problem, which has its own event.
+            if !update.status && changed && !withheld {
+                notes.push(Note::new(
+                    Severity::Warning,
+                    update.reason,
+                    update.message.clone(),
+                ));
+            }
+            set_condition(&mut status.conditions, update, generation, now);
         }
-        set_condition(&mut status.conditions, update, generation, now);
-    } else if ok && !credentials_asked {
-        status
-            .conditions
-            .retain(|c| c.type_ != cond::CREDENTIALS_READY);
+        None => {
+            status.credentials = None;
+            status
+                .conditions
+                .retain(|c| c.type_ != cond::CREDENTIALS_READY);
+        }
     }
     set_condition(&mut status.conditions, ready, generation, now);
     status.observed_generation = generation;
-    if !ok && previous(cond::ROLE_SYNCED).as_deref() != Some(why.as_str()) {
-        notes.push(Note::new(Severity::Warning, why, message));
+    if !role_ok && previous(cond::ROLE_SYNCED).as_deref() != Some(why.as_str()) {
+        let severity = match outcome.role {
+            // Waiting for an AwsAccount's first verification is a moment, not a failure.
+            RoleEnding::AccountNotReady { first: true, .. } => Severity::Normal,
+            _ => Severity::Warning,
+        };
+        notes.push(Note::new(severity, why, message));
     }
     (status, notes)
 }
 
 /// Fills `status.credentials` and returns the `CredentialsReady` condition for an outcome; a
 /// newly issued set gets an event.
-fn credentials_status(
+fn credentials_condition(
     status: &mut CrossAccountRoleStatus,
-    outcome: Option<&CredentialsOutcome>,
+    outcome: &CredentialsOutcome,
     role_arn: &str,
     notes: &mut Vec<Note>,
-) -> Option<ConditionUpdate> {
-    let Some(outcome) = outcome else {
-        status.credentials = None;
-        return None;
-    };
+) -> ConditionUpdate {
     let why = outcome.reason();
-    Some(match outcome {
+    match outcome {
         CredentialsOutcome::Ready {
             secret_name,
             held,
@@ -265,11 +283,22 @@ fn credentials_status(
                 format!("Secret {secret_name} holds valid credentials"),
             )
         }
+        CredentialsOutcome::Failed { message, held, .. } => {
+            let message = match held {
+                Some(held) => format!(
+                    "{message}; the credentials in the Secret expire at {}",
+                    held.credentials.expiration
+                ),
+                None => message.clone(),
+            };
+            ConditionUpdate::new(cond::CREDENTIALS_READY, false, why, message)
+        }
         CredentialsOutcome::Waiting { message }
-        | CredentialsOutcome::SecretNotOwned { message } => {
+        | CredentialsOutcome::SecretNotOwned { message }
+        | CredentialsOutcome::Withheld { message, .. } => {
             ConditionUpdate::new(cond::CREDENTIALS_READY, false, why, message.clone())
         }
-    })
+    }
 }
 
 fn restart_note((target, result): &(String, RestartResult)) -> Note {
@@ -290,6 +319,27 @@ fn restart_note((target, result): &(String, RestartResult)) -> Note {
             format!("could not restart {target}: {e}"),
         ),
     }
+}
+
+/// The status of an object being deleted whose cleanup cannot finish (yet): `Ready` and
+/// `RoleSynced` false with `reason` and `message`; the rest as it was.
+pub(crate) fn deletion_status(
+    old: &CrossAccountRoleStatus,
+    generation: Option<i64>,
+    reason: Reason,
+    message: &str,
+    now: Timestamp,
+) -> CrossAccountRoleStatus {
+    let mut status = old.clone();
+    for type_ in [cond::READY, cond::ROLE_SYNCED] {
+        set_condition(
+            &mut status.conditions,
+            ConditionUpdate::new(type_, false, reason, message),
+            generation,
+            now,
+        );
+    }
+    status
 }
 
 /// The status of an object this version cannot read: `Ready` and `RoleSynced` false with reason
@@ -350,17 +400,22 @@ mod tests {
 
     const ROLE: &str = "arn:aws:iam::111111111111:role/r";
 
-    fn synced(credentials: Option<CredentialsOutcome>) -> Outcome {
+    fn outcome(role: RoleEnding, credentials: Option<CredentialsOutcome>) -> Outcome {
         Outcome {
-            ending: Ending::Synced(Box::new(Synced {
-                role_arn: ROLE.into(),
-                account_id: "111111111111".into(),
-                external_id: "crossaccount:dev:a:r".into(),
-                credentials,
-                restarts: Vec::new(),
-            })),
+            role,
+            credentials,
+            restarts: Vec::new(),
             applied: Vec::new(),
         }
+    }
+
+    fn synced(credentials: Option<CredentialsOutcome>) -> Outcome {
+        let role = RoleEnding::Synced {
+            role_arn: ROLE.into(),
+            account_id: "111111111111".into(),
+            external_id: "crossaccount:dev:a:r".into(),
+        };
+        outcome(role, credentials)
     }
 
     fn ready(issued: bool) -> CredentialsOutcome {
@@ -376,6 +431,7 @@ mod tests {
                 role_arn: ROLE.into(),
                 region: None,
                 refresh_at: at(2400),
+                request: None,
             },
             issued,
         }
@@ -481,12 +537,12 @@ mod tests {
     #[test]
     fn a_failure_warns_once_per_reason_and_keeps_its_transition_time() {
         let (ok, _) = derive(&CrossAccountRoleStatus::default(), &synced(None), 0);
-        let failed = |message: &str| Outcome {
-            ending: Ending::Failed {
+        let failed = |message: &str| {
+            let role = RoleEnding::Failed {
                 reason: Reason::AwsError,
                 message: message.into(),
-            },
-            applied: Vec::new(),
+            };
+            outcome(role, None)
         };
         let (first, notes) = derive(&ok, &failed("AWS iam GetRole failed: Rate exceeded"), 10);
         assert_eq!(reasons(&notes), [(Severity::Warning, "AwsError")]);
@@ -502,13 +558,13 @@ mod tests {
 
     #[test]
     fn a_refusal_is_terminal_and_said_once() {
-        let outcome = Outcome {
-            ending: Ending::Refused(Refusal::new(
+        let outcome = outcome(
+            RoleEnding::Refused(Refusal::new(
                 Reason::NotPermitted,
                 "namespace a is not allowed",
             )),
-            applied: Vec::new(),
-        };
+            None,
+        );
         let (status, notes) = derive(&CrossAccountRoleStatus::default(), &outcome, 0);
         assert_eq!(reasons(&notes), [(Severity::Warning, "NotPermitted")]);
         assert_eq!(
@@ -562,5 +618,101 @@ mod tests {
             );
         }
         assert_eq!(status.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn a_failing_iam_sync_and_fresh_credentials_are_both_said() {
+        let failed = RoleEnding::Failed {
+            reason: Reason::AwsError,
+            message: "AWS iam GetRole failed: access denied".into(),
+        };
+        let (status, notes) = derive(
+            &CrossAccountRoleStatus::default(),
+            &outcome(failed, Some(ready(true))),
+            0,
+        );
+        let get = |t| condition(&status.conditions, t).unwrap();
+        assert_eq!(
+            (
+                get(cond::ROLE_SYNCED).status.as_str(),
+                get(cond::ROLE_SYNCED).reason.as_str()
+            ),
+            ("False", "AwsError")
+        );
+        assert_eq!(get(cond::CREDENTIALS_READY).status, "True");
+        assert_eq!(get(cond::READY).status, "False");
+        assert_eq!(
+            reasons(&notes),
+            [
+                (Severity::Normal, "CredentialsIssued"),
+                (Severity::Warning, "AwsError")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_refresh_says_when_the_held_credentials_expire() {
+        let held = match ready(false) {
+            CredentialsOutcome::Ready { held, .. } => held,
+            _ => unreachable!(),
+        };
+        let failed = CredentialsOutcome::Failed {
+            reason: Reason::AwsError,
+            message: "could not issue credentials: AWS sts AssumeRole failed: unavailable".into(),
+            held: Some(held),
+        };
+        let (status, notes) = derive(&CrossAccountRoleStatus::default(), &synced(Some(failed)), 0);
+        let credentials = condition(&status.conditions, cond::CREDENTIALS_READY).unwrap();
+        assert_eq!(credentials.status, "False");
+        assert!(
+            credentials.message.contains(&at(3600).to_string()),
+            "{}",
+            credentials.message
+        );
+        assert_eq!(
+            condition(&status.conditions, cond::READY).unwrap().reason,
+            "AwsError"
+        );
+        assert_eq!(reasons(&notes), [(Severity::Warning, "AwsError")]);
+    }
+
+    #[test]
+    fn waiting_for_an_accounts_first_verification_is_no_warning() {
+        let waiting = |first| RoleEnding::AccountNotReady {
+            message: "AwsAccount target has not been verified yet".into(),
+            first,
+        };
+        let (_, notes) = derive(
+            &CrossAccountRoleStatus::default(),
+            &outcome(waiting(true), None),
+            0,
+        );
+        assert_eq!(reasons(&notes), [(Severity::Normal, "AccountNotReady")]);
+        let (_, notes) = derive(
+            &CrossAccountRoleStatus::default(),
+            &outcome(waiting(false), None),
+            0,
+        );
+        assert_eq!(reasons(&notes), [(Severity::Warning, "AccountNotReady")]);
+    }
+
+    #[test]
+    fn a_refused_role_withholds_credentials_with_one_warning() {
+        let refusal = Refusal::new(Reason::NotPermitted, "namespace a is not allowed");
+        let withheld = CredentialsOutcome::Withheld {
+            reason: refusal.reason,
+            message: format!("no credentials are issued: {}", refusal.message),
+        };
+        let (status, notes) = derive(
+            &CrossAccountRoleStatus::default(),
+            &outcome(RoleEnding::Refused(refusal), Some(withheld)),
+            0,
+        );
+        let credentials = condition(&status.conditions, cond::CREDENTIALS_READY).unwrap();
+        assert_eq!(
+            (credentials.status.as_str(), credentials.reason.as_str()),
+            ("False", "NotPermitted")
+        );
+        assert_eq!(reasons(&notes), [(Severity::Warning, "NotPermitted")]);
     }
 }

@@ -62,42 +62,59 @@ pub(crate) struct ValidatedSpec {
 const INLINE_AGGREGATE_LIMIT: usize = 10240;
 const DEFAULT_ROLE_PATH: &str = "/";
 
-/// The AwsAccount `spec.accountRef` names, if it exists and its management identity has been
-/// verified.
-pub(crate) fn ready_account<'a>(
+/// What looking up the AwsAccount `spec.accountRef` names found.
+#[derive(Clone, Debug)]
+pub(crate) enum AccountLookup {
+    Found(std::sync::Arc<AwsAccount>),
+    Missing,
+    /// Stored in a shape this version cannot read (the account controller says so on it).
+    Unreadable(String),
+}
+
+/// The AwsAccount `spec.accountRef` names, or the refusal when it does not exist or cannot be
+/// read.
+pub(crate) fn named_account<'a>(
     cr: &CrossAccountRole,
-    account: Option<&'a AwsAccount>,
+    account: &'a AccountLookup,
 ) -> Result<&'a AwsAccount, Refusal> {
-    let Some(account) = account else {
-        return Err(Refusal::new(
+    let name = &cr.spec.account_ref;
+    match account {
+        AccountLookup::Found(account) => Ok(account),
+        AccountLookup::Missing => Err(Refusal::new(
             Reason::AccountNotReady,
-            format!(
-                "AwsAccount {} (spec.accountRef) does not exist",
-                cr.spec.account_ref
-            ),
-        ));
-    };
+            format!("AwsAccount {name} (spec.accountRef) does not exist"),
+        )),
+        AccountLookup::Unreadable(error) => Err(Refusal::new(
+            Reason::AccountNotReady,
+            format!("AwsAccount {name} (spec.accountRef) cannot be read by the operator: {error}"),
+        )),
+    }
+}
+
+/// Whether the AwsAccount's management identity has been verified (its `Ready` condition). When
+/// not: why, and whether it has never been verified yet.
+pub(crate) fn verified(account: &AwsAccount) -> Result<(), (String, bool)> {
     let conditions = account
         .status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     match conditions.iter().find(|c| c.type_ == cond::READY) {
-        Some(c) if c.status == "True" => Ok(account),
-        Some(c) => Err(Refusal::new(
-            Reason::AccountNotReady,
+        Some(c) if c.status == "True" => Ok(()),
+        Some(c) => Err((
             format!(
                 "AwsAccount {} is not Ready: {}",
                 account.name_any(),
                 c.message
             ),
+            false,
         )),
-        None => Err(Refusal::new(
-            Reason::AccountNotReady,
+        None => Err((
             format!(
                 "AwsAccount {} has not been verified yet",
                 account.name_any()
             ),
+            true,
         )),
     }
 }
