@@ -74,12 +74,14 @@ impl OperatorIdentity {
     }
 }
 
-/// Which object a role belongs to.
+/// Which object a role belongs to: the object's name and its instance (UID), so that a later
+/// object of the same name is another owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Owner {
     pub cluster: String,
     pub namespace: String,
     pub name: String,
+    pub uid: String,
 }
 
 impl Owner {
@@ -89,6 +91,7 @@ impl Owner {
             cluster: operator.cluster_name.clone(),
             namespace: cr.namespace().unwrap_or_default(),
             name: cr.name_any(),
+            uid: cr.uid().unwrap_or_default(),
         }
     }
 
@@ -101,8 +104,17 @@ impl Owner {
         ])
     }
 
-    /// The external ID the operator's trust statement requires: derived, never set by tenants.
+    /// The external ID the operator's trust statement requires: derived from the cluster and the
+    /// object's UID, never set by tenants, and different for every object, even a later one of
+    /// the same namespace and name (so a retained role's trust does not let the operator in for
+    /// the next object that takes its name).
     pub(crate) fn external_id(&self) -> String {
+        format!("crossaccount:{}:{}", self.cluster, self.uid)
+    }
+
+    /// The external ID of roles made before external IDs were bound to the object instance:
+    /// still recognised as this object's, and replaced by [`Owner::external_id`] on the next sync.
+    pub(crate) fn legacy_external_id(&self) -> String {
         format!(
             "crossaccount:{}:{}:{}",
             self.cluster, self.namespace, self.name
@@ -143,8 +155,18 @@ impl Owner {
         format!("{}-{hash}", &clean[..SESSION_NAME_LIMIT - hash.len() - 1])
     }
 
-    /// The role name when the spec gives none: see [`default_role_name`].
+    /// The role name when the spec gives none: `<prefix><namespace>_<name>`. `_` occurs in
+    /// neither a namespace nor an object name, so two objects never get the same default name
+    /// (with `-`, namespace `a` + name `b-c` and namespace `a-b` + name `c` did). Cut to IAM's 64
+    /// characters with a 64-bit hash of the full name.
     pub(crate) fn default_role_name(&self, prefix: &str) -> String {
+        let full = format!("{prefix}{}_{}", self.namespace, self.name);
+        cut_with_hash(&full, ROLE_NAME_LIMIT, &long_hash(&full))
+    }
+
+    /// The default name of roles created before names were unambiguous (see
+    /// [`default_role_name`]); such roles keep it.
+    pub(crate) fn legacy_role_name(&self, prefix: &str) -> String {
         default_role_name(prefix, &self.namespace, &self.name)
     }
 
@@ -155,16 +177,33 @@ impl Owner {
     }
 }
 
-/// `<prefix><namespace>-<name>`, cut to IAM's 64 characters with a hash of the full name, so
-/// that long names stay distinct.
+/// The default role name of objects that exist before this version: `<prefix><namespace>-<name>`,
+/// cut to IAM's 64 characters with a 40-bit hash of the full name. New objects get
+/// [`Owner::default_role_name`].
 pub fn default_role_name(prefix: &str, namespace: &str, name: &str) -> String {
     let full = format!("{prefix}{namespace}-{name}");
-    if full.len() <= ROLE_NAME_LIMIT {
-        return full;
+    cut_with_hash(&full, ROLE_NAME_LIMIT, &short_hash(&full))
+}
+
+/// The default role name of a new object: see [`Owner::default_role_name`].
+pub fn new_default_role_name(prefix: &str, namespace: &str, name: &str) -> String {
+    let full = format!("{prefix}{namespace}_{name}");
+    cut_with_hash(&full, ROLE_NAME_LIMIT, &long_hash(&full))
+}
+
+/// `text`, or when longer than `limit` its start and `-<hash>`.
+fn cut_with_hash(text: &str, limit: usize, hash: &str) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
     }
-    let hash = short_hash(&full);
-    let keep = ROLE_NAME_LIMIT - hash.len() - 1;
-    format!("{}-{hash}", &full[..keep])
+    let keep = limit - hash.len() - 1;
+    format!("{}-{hash}", &text[..keep])
+}
+
+/// 16 hex characters (64 bits) of SHA-256: for names derived from now on.
+pub(crate) fn long_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// 10 hex characters of SHA-256: enough to keep derived names apart.
@@ -182,25 +221,60 @@ mod tests {
             cluster: "dev".into(),
             namespace: namespace.into(),
             name: name.into(),
+            uid: "5a3c0e8e-1111-4222-8333-944455556666".into(),
         }
     }
 
     #[test]
-    fn default_role_names_are_cut_with_a_hash() {
+    fn default_role_names_cannot_collide_across_namespaces() {
         assert_eq!(
             owner("team-a", "reader").default_role_name(""),
-            "team-a-reader"
+            "team-a_reader"
         );
         assert_eq!(
             owner("team-a", "reader").default_role_name("t-"),
-            "t-team-a-reader"
+            "t-team-a_reader"
         );
-        let long = owner(&"n".repeat(63), &"x".repeat(253)).default_role_name("");
-        assert_eq!(long.len(), 64);
         assert_ne!(
-            long,
-            owner(&"n".repeat(63), &"y".repeat(253)).default_role_name("")
+            owner("a", "b-c").default_role_name(""),
+            owner("a-b", "c").default_role_name(""),
+            "the old scheme gave both a-b-c"
         );
+        assert_eq!(
+            owner("a", "b-c").legacy_role_name(""),
+            owner("a-b", "c").legacy_role_name("")
+        );
+        assert_eq!(
+            owner("team-a", "reader").legacy_role_name(""),
+            "team-a-reader"
+        );
+        let (ns, long_name) = ("n".repeat(63), "x".repeat(253));
+        let long = owner(&ns, &long_name).default_role_name("");
+        assert_eq!(long.len(), 64);
+        assert!(
+            long.ends_with(&format!("-{}", long_hash(&format!("{ns}_{long_name}")))),
+            "{long}"
+        );
+        assert_ne!(long, owner(&ns, &"y".repeat(253)).default_role_name(""));
+    }
+
+    #[test]
+    fn external_ids_are_bound_to_the_object_instance() {
+        let first = owner("team-a", "reader");
+        let again = Owner {
+            uid: "0d8f6a52-aaaa-4bbb-8ccc-9ddddeeeeffff".into(),
+            ..first.clone()
+        };
+        assert_eq!(
+            first.external_id(),
+            "crossaccount:dev:5a3c0e8e-1111-4222-8333-944455556666"
+        );
+        assert_ne!(
+            first.external_id(),
+            again.external_id(),
+            "a recreated object is another owner"
+        );
+        assert_eq!(first.legacy_external_id(), "crossaccount:dev:team-a:reader");
     }
 
     #[test]

@@ -588,18 +588,22 @@ fn operator_cluster_permissions() -> BTreeSet<Permission> {
         ),
         // status::apply_status (server-side apply on /status).
         ("crossaccount.io", "crossaccountroles/status", &["patch"]),
-        // account_controller and role_controller watches (list, watch); get_opt when reconciling
-        // and finalizing a role; startup's CRD probe lists both kinds.
-        ("crossaccount.io", "awsaccounts", &["get", "list", "watch"]),
+        // account and role controller watches (list, watch); get_opt when reconciling and
+        // finalizing a role; startup's CRD probe lists both kinds; the in-use finalizer (patch).
+        (
+            "crossaccount.io",
+            "awsaccounts",
+            &["get", "list", "watch", "patch"],
+        ),
         ("crossaccount.io", "awsaccounts/status", &["patch"]),
         // role_controller: the namespace's labels for allowedNamespaces.
         ("", "namespaces", &["get", "list", "watch"]),
-        // credentials: get_opt, server-side apply (patch; create when the apply creates the
-        // Secret: the apiserver authorizes both), delete; the owned-Secret watch (list, watch).
+        // credentials: get_opt, create if absent, replace (update), delete; the owned-Secret
+        // watch (list, watch).
         (
             "",
             "secrets",
-            &["get", "list", "watch", "create", "patch", "delete"],
+            &["get", "list", "watch", "create", "update", "delete"],
         ),
         // kube's event Recorder: create, and patch for a repeated event's series.
         ("events.k8s.io", "events", &["create", "patch"]),

@@ -213,7 +213,13 @@ spec:
   allowedNamespaces: {selector: {matchLabels: {crossaccount.io/tenant: "true"}}}
   allowedPolicyArns: ["arn:aws:iam::aws:policy/*", "arn:aws:iam::$seed_target_account_id:policy/*"]
   allowInlinePolicies: true
+  # The test bed's moto has no boundary policy to cap inline policies with; a real account
+  # should set permissionsBoundaryArn instead.
+  allowInlinePoliciesWithoutBoundary: true
   allowedTrustPrincipals: ["arn:aws:iam::$seed_source_account_id:user/*", "arn:aws:iam::$seed_source_account_id:role/*"]
+  allowedGrants:
+    - namespaces: {selector: {matchLabels: {crossaccount.io/tenant: "true"}}}
+      principals: ["arn:aws:iam::$seed_source_account_id:user/*", "arn:aws:iam::$seed_source_account_id:role/*"]
 EOF
 }
 

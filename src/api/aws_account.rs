@@ -37,6 +37,8 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(validation = Rule::new("!has(self.managementRoleArn) || self.managementRoleArn.contains(':iam::' + self.accountId + ':role/')").message("managementRoleArn must be a role in the account of spec.accountId").field_path(".managementRoleArn"))]
 #[x_kube(validation = Rule::new("!has(self.permissionsBoundaryArn) || self.permissionsBoundaryArn.contains(':iam::aws:policy/') || self.permissionsBoundaryArn.contains(':iam::' + self.accountId + ':policy/')").message("permissionsBoundaryArn must be an AWS managed policy or a policy in the account of spec.accountId").field_path(".permissionsBoundaryArn"))]
+#[x_kube(validation = Rule::new("!self.allowInlinePolicies || has(self.permissionsBoundaryArn) || self.allowInlinePoliciesWithoutBoundary").message("allowInlinePolicies needs a permissionsBoundaryArn that caps what inline policies can grant; set allowInlinePoliciesWithoutBoundary: true to allow them without one").field_path(".allowInlinePolicies"))]
+#[x_kube(validation = Rule::new("self.allowWildcardAccounts || self.allowedTrustPrincipals.all(p, p.matches('^arn:aws[a-z-]*:iam::[0-9]{12}:'))").message("allowedTrustPrincipals must name the account of each principal literally (12 digits), or set allowWildcardAccounts: true").field_path(".allowedTrustPrincipals"))]
 #[serde(rename_all = "camelCase")]
 pub struct AwsAccountSpec {
     /// The 12-digit ID of the target account. Immutable: register another account with a new
@@ -74,9 +76,28 @@ pub struct AwsAccountSpec {
     #[schemars(length(max = 100))]
     pub allowed_policy_arns: Vec<String>,
 
-    /// Whether tenants may put inline policies on their roles.
+    /// Whether tenants may put inline policies on their roles. Needs `permissionsBoundaryArn`
+    /// (which caps what an inline policy can grant) unless `allowInlinePoliciesWithoutBoundary`.
     #[serde(default)]
     pub allow_inline_policies: bool,
+
+    /// Allow inline policies although no permissions boundary caps them. Off by default.
+    #[serde(default)]
+    pub allow_inline_policies_without_boundary: bool,
+
+    /// Glob patterns of IAM actions (`*` any run of characters, case-insensitive) that an inline
+    /// policy may not allow. Default: every action of `iam`, `organizations`, `sts` and
+    /// `account`, through which a role could widen its own or others' access. An inline policy
+    /// that allows an action matching one of these (including wildcards such as `*` or `iam:*`
+    /// that cover one) is refused. `[]` denies nothing.
+    #[serde(default = "default_denied_actions")]
+    #[schemars(length(max = 100))]
+    pub denied_actions: Vec<String>,
+
+    /// Whether inline policies may use `NotAction` and `NotResource`, which allow everything but
+    /// what they name. Off by default.
+    #[serde(default)]
+    pub allow_not_actions: bool,
 
     /// Whether a CrossAccountRole of an allowed namespace may take over an existing role without
     /// ownership tags (annotation `crossaccount.io/adopt: "true"`). Off by default: adoption lets a
@@ -85,10 +106,27 @@ pub struct AwsAccountSpec {
     pub allow_adoption: bool,
 
     /// Glob patterns of principal ARNs that tenants may add to a role's trust policy
-    /// (`spec.trust.principals`) or grant (`spec.grants`). Empty means none.
+    /// (`spec.trust.principals`). Empty means none. The account of each pattern must be literal
+    /// (unless `allowWildcardAccounts`), and a wildcard never matches an account root
+    /// (`:root` must be written out). Also used for `spec.grants` when `allowedGrants` is not
+    /// set (deprecated: set `allowedGrants`).
     #[serde(default)]
     #[schemars(length(max = 100))]
     pub allowed_trust_principals: Vec<String>,
+
+    /// Allow `*` in the account field of `allowedTrustPrincipals` patterns (any account's
+    /// principals). Off by default.
+    #[serde(default)]
+    pub allow_wildcard_accounts: bool,
+
+    /// Which principals of the source account (the operator's) CrossAccountRoles of which
+    /// namespaces may grant (`spec.grants`): each rule names namespaces and glob patterns of
+    /// principal ARNs. A grant must match a rule that allows the CR's namespace. The operator's
+    /// own principal can never be granted. When unset, `allowedTrustPrincipals` applies to every
+    /// allowed namespace (deprecated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 50))]
+    pub allowed_grants: Option<Vec<GrantRule>>,
 
     /// Permissions boundary applied to every role created in this account. Tenants cannot remove
     /// or change it.
@@ -114,6 +152,31 @@ pub struct AwsAccountSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 900, max = 43200))]
     pub max_session_duration_seconds: Option<i32>,
+}
+
+/// The default of `deniedActions`: what lets a role widen its own or others' access.
+fn default_denied_actions() -> Vec<String> {
+    DEFAULT_DENIED_ACTIONS
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect()
+}
+
+/// The actions `deniedActions` denies when it is not set.
+pub const DEFAULT_DENIED_ACTIONS: [&str; 4] = ["iam:*", "organizations:*", "sts:*", "account:*"];
+
+/// Which principals the CrossAccountRoles of some namespaces may grant.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantRule {
+    /// The namespaces this rule is for.
+    #[serde(default)]
+    pub namespaces: AllowedNamespaces,
+    /// Glob patterns of principal ARNs in the source account, e.g.
+    /// `arn:aws:iam::123456789012:user/team-a-*`.
+    #[serde(default)]
+    #[schemars(length(max = 100))]
+    pub principals: Vec<String>,
 }
 
 /// Which namespaces may use an AwsAccount. A namespace is allowed when it is named in `names` or

@@ -90,7 +90,7 @@ pub struct CrossAccountRoleSpec {
     /// tag alphabet).
     #[serde(default)]
     #[x_kube(validation = Rule::new(r"self.all(k, k.matches('^[\\p{L}\\p{Z}\\p{N}_.:/=+@-]+$') && self[k].matches('^[\\p{L}\\p{Z}\\p{N}_.:/=+@-]*$'))").message("tag keys and values may contain only letters, digits, spaces and _.:/=+-@"))]
-    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('crossaccount.io/') && !k.startsWith('aws:'))").message("tag keys starting with crossaccount.io/ or aws: are reserved"))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.lowerAscii().startsWith('crossaccount.io/') && !k.lowerAscii().startsWith('aws:'))").message("tag keys starting with crossaccount.io/ or aws: (in any case) are reserved"))]
     #[x_kube(validation = Rule::new("self.all(k, size(k) >= 1 && size(k) <= 128 && size(self[k]) <= 256)").message("tag keys must be 1-128 characters and values at most 256 characters"))]
     #[schemars(extend("maxProperties" = 47, "additionalProperties" = {"type": "string", "maxLength": 256}))]
     pub tags: BTreeMap<String, String>,
@@ -155,6 +155,13 @@ pub struct Trust {
     )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub principals: Vec<String>,
+
+    /// An external ID the principals in `principals` must present when they assume the role
+    /// (condition `sts:ExternalId`): set it when a third party is trusted, so that it cannot be
+    /// made a confused deputy. The console cannot send one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[\w+=,.@:/-]+$"), length(min = 2, max = 1224))]
+    pub external_id: Option<String>,
 }
 
 /// A principal of the source account that gets the right to assume the role. Set exactly one of

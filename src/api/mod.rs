@@ -8,7 +8,10 @@ pub mod aws_account;
 pub mod cross_account_role;
 pub mod names;
 
-pub use aws_account::{AllowedNamespaces, AwsAccount, AwsAccountSpec, AwsAccountStatus};
+pub use aws_account::{
+    AllowedNamespaces, AwsAccount, AwsAccountSpec, AwsAccountStatus, DEFAULT_DENIED_ACTIONS,
+    GrantRule,
+};
 pub use cross_account_role::{
     CredentialsSpec, CredentialsStatus, CrossAccountRole, CrossAccountRoleSpec,
     CrossAccountRoleStatus, DeletionPolicy, Grant, InlinePolicy, Policies, RestartKind,

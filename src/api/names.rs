@@ -2,6 +2,8 @@
 
 /// Finalizer that guards the AWS cleanup of a CrossAccountRole.
 pub const FINALIZER: &str = "crossaccount.io/cleanup";
+/// Finalizer on an AwsAccount while CrossAccountRoles use it.
+pub const ACCOUNT_FINALIZER: &str = "crossaccount.io/in-use";
 /// Field manager for server-side apply of Secrets and status, and the events' reporter.
 pub const FIELD_MANAGER: &str = "cross-account-operator";
 
@@ -27,6 +29,8 @@ pub mod tags {
     pub const CLUSTER: &str = "crossaccount.io/cluster";
     pub const NAMESPACE: &str = "crossaccount.io/namespace";
     pub const NAME: &str = "crossaccount.io/name";
+    /// Put on a role the operator let go of (`deletionPolicy: Retain`), with the time.
+    pub const RETAINED: &str = "crossaccount.io/retained";
     /// Prefix reserved for the operator; tenants cannot set tags under it.
     pub const RESERVED_PREFIX: &str = "crossaccount.io/";
 }
@@ -36,6 +40,8 @@ pub mod condition {
     pub const READY: &str = "Ready";
     pub const ROLE_SYNCED: &str = "RoleSynced";
     pub const CREDENTIALS_READY: &str = "CredentialsReady";
+    /// On an AwsAccount being deleted: whether it can go yet.
+    pub const DELETING: &str = "Deleting";
 }
 
 /// Why a condition is what it is, and why an event was published: one vocabulary, one string
@@ -66,6 +72,8 @@ pub enum Reason {
     SecretNotOwned,
     /// A change was made in AWS (event only; the action names the IAM operation).
     AwsChange,
+    /// An AwsAccount being deleted is still used by CrossAccountRoles.
+    InUse,
     /// `deletionPolicy: Retain`: the role was left in AWS (event only).
     Retained,
     /// A rollout-restart target was restarted for new credentials (event only).
@@ -91,6 +99,7 @@ impl Reason {
             Reason::CredentialsIssued => "CredentialsIssued",
             Reason::SecretNotOwned => "SecretNotOwned",
             Reason::AwsChange => "AwsChange",
+            Reason::InUse => "InUse",
             Reason::Retained => "Retained",
             Reason::RolloutRestarted => "RolloutRestarted",
             Reason::RolloutTargetNotFound => "RolloutTargetNotFound",

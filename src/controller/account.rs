@@ -1,12 +1,13 @@
 //! The AwsAccount controller: verifies that the operator can act in the account (GetCallerIdentity
 //! through the management role) and reports it as the `Ready` condition.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures::{Future, Stream, StreamExt};
 use jiff::Timestamp;
 use kube::{
     Api, Resource, ResourceExt,
+    api::ListParams,
     core::DeserializeGuard,
     runtime::{Controller, WatchStreamExt, controller::Action, predicates, reflector, watcher},
 };
@@ -15,13 +16,14 @@ use tracing::info_span;
 use super::{
     Context,
     backoff::jitter,
+    finalizer,
     requeue::RESYNC_SPREAD,
     watch::{NoTriggerBackoff, recovering},
 };
 use crate::{
     api::{
-        AwsAccount, AwsAccountStatus,
-        names::{Reason, condition as cond},
+        AwsAccount, AwsAccountStatus, CrossAccountRole,
+        names::{ACCOUNT_FINALIZER, Reason, condition as cond},
     },
     aws::{AccountApi, Arn, Aws},
     error::ReconcileError,
@@ -74,6 +76,15 @@ async fn reconcile<A: Aws>(
 ) -> Result<Action, ReconcileError> {
     let account = match &guarded.0 {
         Ok(account) => account,
+        Err(_) if guarded.meta().deletion_timestamp.is_some() => {
+            // Unreadable, but deleted: it goes once no CrossAccountRole uses it.
+            if users_of(&ctx, &guarded.name_any()).await?.is_empty() {
+                let api: Api<Guarded> = Api::all(ctx.client.clone());
+                finalizer::release(&api, &*guarded, ACCOUNT_FINALIZER).await?;
+                return Ok(Action::await_change());
+            }
+            return Ok(Action::requeue(IN_USE_RECHECK));
+        }
         Err(invalid) => {
             tracing::warn!(account = %guarded.name_any(), error = %invalid.error, "unreadable AwsAccount");
             let mut status = AwsAccountStatus::default();
@@ -100,7 +111,15 @@ async fn reconcile<A: Aws>(
         }
     };
     let span = info_span!("reconcile", account = %account.name_any(), account_id = %account.spec.account_id);
-    super::measured(&ctx, KIND, &account.name_any(), span, verify(account, &ctx)).await
+    let work = async {
+        if account.meta().deletion_timestamp.is_some() {
+            return finalize(account, &ctx).await;
+        }
+        let api: Api<AwsAccount> = Api::all(ctx.client.clone());
+        finalizer::ensure(&api, account, ACCOUNT_FINALIZER).await?;
+        verify(account, &ctx).await
+    };
+    super::measured(&ctx, KIND, &account.name_any(), span, work).await
 }
 
 fn error_policy<A: Aws>(
@@ -109,6 +128,70 @@ fn error_policy<A: Aws>(
     ctx: Arc<Context<A>>,
 ) -> Action {
     super::retry_later(&ctx, KIND, &account.name_any(), error)
+}
+
+/// How often an AwsAccount whose deletion waits for its CrossAccountRoles looks again.
+const IN_USE_RECHECK: Duration = Duration::from_secs(10);
+
+/// Deletion: the account goes once no CrossAccountRole uses it (their roles could otherwise be
+/// neither kept inside its guardrails nor removed); until then `Deleting=False/InUse` says which.
+async fn finalize<A: Aws>(
+    account: &AwsAccount,
+    ctx: &Context<A>,
+) -> Result<Action, ReconcileError> {
+    if !finalizer::has_finalizer(account, ACCOUNT_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let users = users_of(ctx, &account.name_any()).await?;
+    let api: Api<AwsAccount> = Api::all(ctx.client.clone());
+    if users.is_empty() {
+        finalizer::release(&api, account, ACCOUNT_FINALIZER).await?;
+        return Ok(Action::await_change());
+    }
+    let shown: Vec<&str> = users.iter().take(5).map(String::as_str).collect();
+    let message = format!(
+        "{} CrossAccountRole(s) still use this AwsAccount ({}{}); delete them first, then the AwsAccount goes",
+        users.len(),
+        shown.join(", "),
+        if users.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        }
+    );
+    let old = account.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    // Ready stays what verification says: the account still serves its CrossAccountRoles.
+    set_condition(
+        &mut status.conditions,
+        ConditionUpdate::new(cond::DELETING, false, Reason::InUse, message),
+        account.meta().generation,
+        Timestamp::now(),
+    );
+    if status != old {
+        apply_status(&api, &account.name_any(), &status)
+            .await
+            .map_err(ReconcileError::kube("writing AwsAccount status"))?;
+    }
+    Ok(Action::requeue(IN_USE_RECHECK))
+}
+
+/// `namespace/name` of every CrossAccountRole whose `spec.accountRef` is `account`.
+async fn users_of<A: Aws>(ctx: &Context<A>, account: &str) -> Result<Vec<String>, ReconcileError> {
+    let roles = Api::<DeserializeGuard<CrossAccountRole>>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(ReconcileError::kube("listing CrossAccountRoles"))?;
+    Ok(roles
+        .items
+        .iter()
+        .filter(|g| match &g.0 {
+            Ok(cr) => cr.spec.account_ref == account,
+            // An unreadable one may use it; keep the account for it.
+            Err(_) => true,
+        })
+        .map(|g| format!("{}/{}", g.namespace().unwrap_or_default(), g.name_any()))
+        .collect())
 }
 
 async fn verify<A: Aws>(account: &AwsAccount, ctx: &Context<A>) -> Result<Action, ReconcileError> {

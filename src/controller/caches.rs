@@ -80,6 +80,19 @@ impl Caches {
             .map_err(ReconcileError::kube("reading the AwsAccount"))
     }
 
+    /// The roles no CrossAccountRole may manage: every AwsAccount's management role, and the
+    /// operator's own principal.
+    pub(crate) fn protected_roles(&self, operator_principal: &str) -> Vec<String> {
+        let mut roles: Vec<String> = self
+            .accounts
+            .state()
+            .iter()
+            .filter_map(|g| g.0.as_ref().ok()?.spec.management_role_arn.clone())
+            .collect();
+        roles.push(operator_principal.to_owned());
+        roles
+    }
+
     /// The labels of namespace `name`.
     pub(crate) async fn namespace_labels(
         &self,

@@ -1,66 +1,72 @@
-//! The finalizer `crossaccount.io/cleanup`: added only after the first successful read of the
-//! target account (before that nothing in AWS can belong to the object, so a CR that never got
-//! that far is deleted without waiting for a cleanup), removed once cleanup succeeded.
+//! Finalizers. `crossaccount.io/cleanup` on a CrossAccountRole: added only after the first
+//! successful read of the target account (before that nothing in AWS can belong to the object, so
+//! a CR that never got that far is deleted without waiting for a cleanup), removed once cleanup
+//! succeeded. `crossaccount.io/in-use` on an AwsAccount: an account is not deleted while
+//! CrossAccountRoles use it (their roles could be neither kept inside its guardrails nor removed).
 //!
 //! It is added by server-side apply of just that list item (finalizers are a set, so others'
 //! entries are untouched and no resourceVersion is needed: a status write a moment earlier, which
 //! the cached object does not show yet, does not make it fail), with the object's UID as a
 //! precondition. It is removed by a JSON patch that tests the position it removes.
 
+use std::fmt::Debug;
+
 use json_patch::Patch as JsonPatch;
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
 };
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::{
-    api::{
-        CrossAccountRole,
-        names::{FIELD_MANAGER, FINALIZER},
-    },
-    error::ReconcileError,
-};
+use crate::{api::names::FIELD_MANAGER, error::ReconcileError};
 
-/// Whether `cr` carries the finalizer.
-pub(crate) fn has_finalizer(cr: &CrossAccountRole) -> bool {
-    cr.finalizers().iter().any(|f| f == FINALIZER)
+/// Whether `object` carries `finalizer`.
+pub(crate) fn has_finalizer(object: &impl Resource, finalizer: &str) -> bool {
+    object.finalizers().iter().any(|f| f == finalizer)
 }
 
-/// The apply body that adds the finalizer, if it is missing.
-pub(crate) fn add_body(cr: &CrossAccountRole) -> Option<Value> {
-    if has_finalizer(cr) {
+/// The apply body that adds `finalizer`, if it is missing.
+pub(crate) fn add_body<K: Resource<DynamicType = ()>>(
+    object: &K,
+    finalizer: &str,
+) -> Option<Value> {
+    if has_finalizer(object, finalizer) {
         return None;
     }
     Some(json!({
-        "apiVersion": CrossAccountRole::api_version(&()),
-        "kind": CrossAccountRole::kind(&()),
-        "metadata": {"name": cr.name_any(), "uid": cr.uid(), "finalizers": [FINALIZER]},
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"name": object.name_any(), "uid": object.uid(), "finalizers": [finalizer]},
     }))
 }
 
-/// The patch that removes the finalizer, if present: it fails when the finalizer moved.
-pub(crate) fn remove_patch(cr: &CrossAccountRole) -> Option<JsonPatch> {
-    let index = cr.finalizers().iter().position(|f| f == FINALIZER)?;
+/// The patch that removes `finalizer`, if present: it fails when the finalizer moved.
+pub(crate) fn remove_patch(object: &impl Resource, finalizer: &str) -> Option<JsonPatch> {
+    let index = object.finalizers().iter().position(|f| f == finalizer)?;
     Some(
         serde_json::from_value(json!([
-            {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": FINALIZER},
+            {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": finalizer},
             {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
         ]))
         .expect("valid JSON patch"),
     )
 }
 
-/// Adds the finalizer unless `cr` has it.
-pub(crate) async fn ensure(
-    api: &Api<CrossAccountRole>,
-    cr: &CrossAccountRole,
-) -> Result<(), ReconcileError> {
-    let Some(body) = add_body(cr) else {
+/// Adds `finalizer` unless `object` has it.
+pub(crate) async fn ensure<K>(
+    api: &Api<K>,
+    object: &K,
+    finalizer: &str,
+) -> Result<(), ReconcileError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let Some(body) = add_body(object, finalizer) else {
         return Ok(());
     };
     api.patch(
-        &cr.name_any(),
+        &object.name_any(),
         &PatchParams::apply(FIELD_MANAGER),
         &Patch::Apply(&body),
     )
@@ -69,17 +75,21 @@ pub(crate) async fn ensure(
     .map_err(ReconcileError::kube("adding the finalizer"))
 }
 
-/// Removes the finalizer; an object already gone is fine.
-pub(crate) async fn release(
-    api: &Api<CrossAccountRole>,
-    cr: &CrossAccountRole,
-) -> Result<(), ReconcileError> {
-    let Some(patch) = remove_patch(cr) else {
+/// Removes `finalizer`; an object already gone is fine.
+pub(crate) async fn release<K>(
+    api: &Api<K>,
+    object: &K,
+    finalizer: &str,
+) -> Result<(), ReconcileError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let Some(patch) = remove_patch(object, finalizer) else {
         return Ok(());
     };
     match api
         .patch(
-            &cr.name_any(),
+            &object.name_any(),
             &PatchParams::default(),
             &Patch::<()>::Json(patch),
         )
@@ -94,7 +104,7 @@ pub(crate) async fn release(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::CrossAccountRoleSpec;
+    use crate::api::{CrossAccountRole, CrossAccountRoleSpec, names::FINALIZER};
 
     fn cr(finalizers: Option<Vec<&str>>) -> CrossAccountRole {
         let spec: CrossAccountRoleSpec =
@@ -114,19 +124,19 @@ mod tests {
         let mut other = cr(Some(vec!["other.io/x"]));
         other.metadata.uid = Some("uid-1".into());
         assert_eq!(
-            add_body(&other).unwrap(),
+            add_body(&other, FINALIZER).unwrap(),
             json!({
                 "apiVersion": "crossaccount.io/v1alpha1", "kind": "CrossAccountRole",
                 "metadata": {"name": "r", "uid": "uid-1", "finalizers": [FINALIZER]},
             }),
             "the other finalizer is not part of our apply, so it stays"
         );
-        assert!(add_body(&cr(Some(vec![FINALIZER]))).is_none());
+        assert!(add_body(&cr(Some(vec![FINALIZER])), FINALIZER).is_none());
     }
 
     #[test]
     fn removing_tests_the_position_it_removes() {
-        let patch = remove_patch(&cr(Some(vec!["other.io/x", FINALIZER]))).unwrap();
+        let patch = remove_patch(&cr(Some(vec!["other.io/x", FINALIZER])), FINALIZER).unwrap();
         assert_eq!(
             ops(patch),
             json!([
@@ -134,7 +144,7 @@ mod tests {
                 {"op": "remove", "path": "/metadata/finalizers/1"},
             ])
         );
-        assert!(remove_patch(&cr(Some(vec!["other.io/x"]))).is_none());
-        assert!(remove_patch(&cr(None)).is_none());
+        assert!(remove_patch(&cr(Some(vec!["other.io/x"])), FINALIZER).is_none());
+        assert!(remove_patch(&cr(None), FINALIZER).is_none());
     }
 }

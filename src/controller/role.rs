@@ -29,7 +29,7 @@ use super::{
 use crate::{
     api::{
         CrossAccountRole, DeletionPolicy,
-        names::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, Reason},
+        names::{FINALIZER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Reason},
     },
     aws::Aws,
     error::ReconcileError,
@@ -199,7 +199,9 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Action,
     };
     let recent = ctx.recent.get(&key, &inputs, Instant::now());
     let reused = recent.is_some();
+    let protected = ctx.caches.protected_roles(&ctx.operator.principal_arn);
     let facts = Facts {
+        protected_roles: &protected,
         account: &account,
         namespace_labels: &labels,
         recent,
@@ -213,8 +215,10 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Action,
     };
     let api = api_of(ctx, &namespace);
     let now = facts.now;
-    let report =
-        pipeline::reconcile(&io, cr, facts, async || finalizer::ensure(&api, cr).await).await;
+    let report = pipeline::reconcile(&io, cr, facts, async || {
+        finalizer::ensure(&api, cr, FINALIZER).await
+    })
+    .await;
 
     for change in &report.outcome.applied {
         tracing::info!(operation = change.operation(), "{}", change.describe());
@@ -297,20 +301,10 @@ async fn finalize<A: Aws>(
     // Nothing of this object needs remembering any more.
     ctx.recent.forget(&key);
     ctx.backoff.reset(&key);
-    if !finalizer::has_finalizer(cr) {
+    if !finalizer::has_finalizer(cr, FINALIZER) {
         return Ok(Action::await_change());
     }
     let object = cr.object_ref(&());
-    if cr.spec.deletion_policy == DeletionPolicy::Retain {
-        let note = Note::new(
-            Severity::Normal,
-            Reason::Retained,
-            "deletionPolicy is Retain: the IAM role is left in AWS",
-        );
-        ctx.events.publish(&object, &[note]).await;
-        release(cr, ctx).await?;
-        return Ok(Action::await_change());
-    }
     let account = match ctx.caches.account(&cr.spec.account_ref).await? {
         // The cache may lag: only the apiserver may say the account is gone.
         AccountLookup::Missing => {
@@ -332,6 +326,16 @@ async fn finalize<A: Aws>(
                 name: cr.spec.account_ref.clone(),
             });
         }
+        AccountLookup::Missing if cr.spec.deletion_policy == DeletionPolicy::Retain => {
+            let note = Note::new(
+                Severity::Normal,
+                Reason::Retained,
+                "deletionPolicy is Retain: the IAM role is left in AWS (its AwsAccount is gone)",
+            );
+            ctx.events.publish(&object, &[note]).await;
+            release(cr, ctx).await?;
+            return Ok(Action::await_change());
+        }
         AccountLookup::Missing => {
             // Without the AwsAccount there is no way into the target account; blocking deletion
             // forever would help nobody, so say (and count) what is left behind.
@@ -352,8 +356,33 @@ async fn finalize<A: Aws>(
             return Ok(Action::await_change());
         }
     };
-    let (applied, result) = cleanup::cleanup_role(&ctx.aws, &ctx.operator, cr, &account).await;
+    let protected = ctx.caches.protected_roles(&ctx.operator.principal_arn);
+    let labels = ctx
+        .caches
+        .namespace_labels(&cr.namespace().unwrap_or_default())
+        .await?;
+    let scope = cleanup::Scope {
+        protected: &protected,
+        namespace_labels: &labels,
+    };
+    let (applied, result) = match cr.spec.deletion_policy {
+        DeletionPolicy::Delete => {
+            cleanup::cleanup_role(&ctx.aws, &ctx.operator, cr, &account, &scope).await
+        }
+        DeletionPolicy::Retain => {
+            let now = jiff::Timestamp::now();
+            cleanup::retain_role(&ctx.aws, &ctx.operator, cr, &account, &scope, now).await
+        }
+    };
     cleanup_notes(ctx, &object, &applied).await;
+    if cr.spec.deletion_policy == DeletionPolicy::Retain && result.is_ok() {
+        let note = Note::new(
+            Severity::Normal,
+            Reason::Retained,
+            "deletionPolicy is Retain: the IAM role is left in AWS; the operator no longer trusts itself into it, and a later CrossAccountRole gets it only by adoption",
+        );
+        ctx.events.publish(&object, &[note]).await;
+    }
     if let Err(e) = result {
         let error = ReconcileError::from(e);
         let message = format!("deleting the IAM role failed: {}", error.summary());
@@ -412,5 +441,5 @@ async fn release<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<(), 
     ctx.metrics
         .credentials_expiry
         .remove(&namespace, &cr.name_any());
-    finalizer::release(&api_of(ctx, &namespace), cr).await
+    finalizer::release(&api_of(ctx, &namespace), cr, FINALIZER).await
 }

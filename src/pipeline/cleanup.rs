@@ -1,42 +1,144 @@
-//! Deletion (AWS): removes what a CrossAccountRole created. It works from what is observed in AWS
-//! and the CR's identity, never from a validated spec, so an invalid CR can still be deleted.
+//! Deletion (AWS): removes what a CrossAccountRole created (`Delete`), or lets go of it
+//! (`Retain`). It works from what is observed in AWS and the CR's identity, never from a
+//! validated spec, so an invalid CR can still be deleted; the same ownership rules as the sync
+//! decide what it may touch.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
 
 use super::{
     apply::apply_changes,
-    desired::granted_principals,
+    desired::{granted_principals, without_operator},
     observe::access_of,
-    ownership::{Ownership, ownership},
+    ownership::{Claim, Ownership, ownership},
     plan::plan_delete,
+    validate::grant_permitted,
 };
 use crate::{
-    api::{AwsAccount, CrossAccountRole},
+    api::{AwsAccount, CrossAccountRole, names::tags},
     aws::{AccountApi, Arn, Aws, AwsError, Change, Principal},
     naming::{OperatorIdentity, Owner},
 };
 
-/// Removes the role of `cr` (reached through `account`) and revokes its grants. Returns the
-/// changes made and the failure, if any.
+/// What deletion needs to know besides the object and its account.
+pub(crate) struct Scope<'a> {
+    /// Roles no object may manage (every AwsAccount's management role, the operator's own).
+    pub protected: &'a [String],
+    /// The labels of the object's namespace (which grants it may revoke).
+    pub namespace_labels: &'a BTreeMap<String, String>,
+}
+
+/// `Delete`: removes the role of `cr` (reached through `account`) and revokes its grants when the
+/// role is this object's; a role of someone else is left alone. Returns the changes made and the
+/// failure, if any.
 pub(crate) async fn cleanup_role<A: Aws>(
     aws: &A,
     operator: &OperatorIdentity,
     cr: &CrossAccountRole,
     account: &AwsAccount,
+    scope: &Scope<'_>,
 ) -> (Vec<Change>, Result<(), AwsError>) {
     let owner = Owner::of(cr, operator);
     let role_name = role_to_delete(cr, account, &owner);
     let target = aws.target(&access_of(account)).await;
     let source = aws.source();
-    delete_role(
-        &target,
-        &source,
-        &role_name,
-        &owner,
-        &spec_grants(cr),
-        &operator.source_account_id,
-    )
-    .await
+    let role = match target.get_role(&role_name).await {
+        Ok(role) => role,
+        Err(e) => return (Vec::new(), Err(e)),
+    };
+    let claim = claim(cr, &owner, account, scope);
+    let decision = ownership(role.as_ref(), &claim);
+    let owned = role.as_ref().filter(|_| decision == Ownership::Owned);
+    let foreign = role.is_some() && owned.is_none();
+    // Grants the trust policy records, and those the spec names that its guardrails allow (in
+    // case the record was lost): never those of a role that is not ours.
+    let mut grants = BTreeSet::new();
+    if !foreign {
+        let namespace = owner.namespace.clone();
+        grants.extend(spec_grants(cr).into_iter().filter(|p| {
+            let arn = p
+                .arn(&operator.partition, &operator.source_account_id)
+                .to_string();
+            grant_permitted(account, &namespace, scope.namespace_labels, &arn, operator)
+        }));
+    }
+    if let Some(role) = owned {
+        grants.extend(granted_principals(
+            &role.trust_policy,
+            &operator.source_account_id,
+        ));
+    }
+    let changes = plan_delete(&role_name, owned, &grants, &owner.grant_policy_name());
+    apply_changes(&target, &source, &changes).await
+}
+
+/// `Retain`: the role stays in AWS, but the operator lets go of it: its own trust statement goes
+/// (it can no longer mint for the role) and the ownership tags give way to
+/// `crossaccount.io/retained`, so that a later object of the same name gets it only by adoption.
+pub(crate) async fn retain_role<A: Aws>(
+    aws: &A,
+    operator: &OperatorIdentity,
+    cr: &CrossAccountRole,
+    account: &AwsAccount,
+    scope: &Scope<'_>,
+    now: Timestamp,
+) -> (Vec<Change>, Result<(), AwsError>) {
+    let owner = Owner::of(cr, operator);
+    let role_name = role_to_delete(cr, account, &owner);
+    let target = aws.target(&access_of(account)).await;
+    let role = match target.get_role(&role_name).await {
+        Ok(Some(role)) => role,
+        Ok(None) => return (Vec::new(), Ok(())),
+        Err(e) => return (Vec::new(), Err(e)),
+    };
+    if ownership(Some(&role), &claim(cr, &owner, account, scope)) != Ownership::Owned {
+        return (Vec::new(), Ok(()));
+    }
+    let changes = plan_retain(&role_name, &role, &owner, now);
+    apply_changes(&target, &aws.source(), &changes).await
+}
+
+/// The writes that let go of a retained role.
+pub(crate) fn plan_retain(
+    role_name: &str,
+    role: &crate::aws::ObservedRole,
+    owner: &Owner,
+    now: Timestamp,
+) -> Vec<Change> {
+    vec![
+        Change::UpdateTrustPolicy {
+            role: role_name.to_owned(),
+            trust_policy: without_operator(&role.trust_policy),
+        },
+        Change::UntagRole {
+            role: role_name.to_owned(),
+            keys: owner.tags().into_keys().collect(),
+        },
+        Change::TagRole {
+            role: role_name.to_owned(),
+            tags: BTreeMap::from([(
+                tags::RETAINED.to_owned(),
+                now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            )]),
+        },
+    ]
+}
+
+fn claim<'a>(
+    cr: &CrossAccountRole,
+    owner: &'a Owner,
+    account: &'a AwsAccount,
+    scope: &'a Scope<'_>,
+) -> Claim<'a> {
+    Claim {
+        owner,
+        adopt: false,
+        object_created: cr.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        protected: scope.protected,
+        role_path: account.spec.role_path.as_deref().unwrap_or("/"),
+        boundary: account.spec.permissions_boundary_arn.as_deref(),
+    }
 }
 
 /// The role to delete: the one status recorded, else the name the spec gives or defaults to.
@@ -54,8 +156,7 @@ fn role_to_delete(cr: &CrossAccountRole, account: &AwsAccount, owner: &Owner) ->
         })
 }
 
-/// The grants the spec names (whether or not it validates): revoked too, in case the role's
-/// trust policy no longer records them.
+/// The grants the spec names (whether or not it validates).
 fn spec_grants(cr: &CrossAccountRole) -> BTreeSet<Principal> {
     cr.spec
         .grants
@@ -68,28 +169,62 @@ fn spec_grants(cr: &CrossAccountRole) -> BTreeSet<Principal> {
         .collect()
 }
 
-/// Revokes the grants and deletes the role when it carries `owner`'s tags; a role owned by
-/// someone else (or already gone) is left alone. `spec_grants` are revoked too, in case the role's
-/// trust policy no longer records them.
+/// Revokes `grants` and deletes `role` (when given) with everything attached to it.
+#[cfg(test)]
 pub(crate) async fn delete_role<A: AccountApi>(
     target: &A,
     source: &A,
     role_name: &str,
+    role: Option<&crate::aws::ObservedRole>,
+    grants: &BTreeSet<Principal>,
     owner: &Owner,
-    spec_grants: &BTreeSet<Principal>,
-    source_account: &str,
 ) -> (Vec<Change>, Result<(), AwsError>) {
-    let role = match target.get_role(role_name).await {
-        Ok(role) => role,
-        Err(e) => return (Vec::new(), Err(e)),
-    };
-    let owned = role
-        .as_ref()
-        .filter(|r| ownership(Some(r), owner, false) == Ownership::Owned);
-    let mut grants = spec_grants.clone();
-    if let Some(role) = owned {
-        grants.extend(granted_principals(&role.trust_policy, source_account));
-    }
-    let changes = plan_delete(role_name, owned, &grants, &owner.grant_policy_name());
+    let changes = plan_delete(role_name, role, grants, &owner.grant_policy_name());
     apply_changes(target, source, &changes).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::ObservedRole;
+    use serde_json::json;
+
+    #[test]
+    fn a_retained_role_drops_the_operators_statement_and_its_ownership_tags() {
+        let owner = Owner {
+            cluster: "dev".into(),
+            namespace: "a".into(),
+            name: "r".into(),
+            uid: "u".into(),
+        };
+        let role = ObservedRole {
+            trust_policy: json!({"Statement": [
+                {"Sid": "CrossAccountOperator", "Effect": "Allow", "Principal": {"AWS": "x"}, "Action": "sts:AssumeRole"},
+                {"Sid": "Grants", "Effect": "Allow", "Principal": {"AWS": ["y"]}, "Action": "sts:AssumeRole"},
+            ]}),
+            tags: owner.tags(),
+            ..ObservedRole::default()
+        };
+        let changes = plan_retain("r", &role, &owner, Timestamp::UNIX_EPOCH);
+        let Change::UpdateTrustPolicy { trust_policy, .. } = &changes[0] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(trust_policy["Statement"].as_array().unwrap().len(), 1);
+        assert_eq!(trust_policy["Statement"][0]["Sid"], "Grants");
+        let Change::UntagRole { keys, .. } = &changes[1] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(keys.len(), 3);
+        // Nothing left but the operator's statement: nobody may assume the role.
+        let lone = ObservedRole {
+            trust_policy: json!({"Statement": [role.trust_policy["Statement"][0].clone()]}),
+            ..role
+        };
+        let Change::UpdateTrustPolicy { trust_policy, .. } =
+            &plan_retain("r", &lone, &owner, Timestamp::UNIX_EPOCH)[0]
+        else {
+            panic!()
+        };
+        assert_eq!(trust_policy["Statement"][0]["Effect"], "Deny");
+    }
 }

@@ -68,6 +68,7 @@ pub(crate) fn desired_role(
         &operator.principal_arn,
         &owner.external_id(),
         &spec.trust_principals,
+        spec.trust_external_id.as_deref(),
         &grant_arns,
     );
     check_trust_policy_size(&trust_policy)?;
@@ -108,12 +109,14 @@ fn check_trust_policy_size(document: &Value) -> Result<(), Refusal> {
 }
 
 /// The trust policy: the operator may assume the role (and tag the session and set a source
-/// identity) only with the CR's external ID; extra principals and granted principals may assume
-/// it without one (the console cannot send one).
+/// identity) only with the CR's external ID; extra principals (`spec.trust.principals`) with the
+/// tenant's external ID when it set one; granted principals without one (the console cannot send
+/// one).
 pub(crate) fn trust_policy(
     operator_arn: &str,
     external_id: &str,
     trusted: &BTreeSet<String>,
+    trusted_external_id: Option<&str>,
     granted: &BTreeSet<String>,
 ) -> Value {
     let mut statements = vec![json!({
@@ -123,14 +126,21 @@ pub(crate) fn trust_policy(
         "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
         "Condition": {"StringEquals": {"sts:ExternalId": external_id}},
     })];
-    for (sid, principals) in [(sid::TRUSTED, trusted), (sid::GRANTS, granted)] {
+    for (sid, principals, id) in [
+        (sid::TRUSTED, trusted, trusted_external_id),
+        (sid::GRANTS, granted, None),
+    ] {
         if !principals.is_empty() {
-            statements.push(json!({
+            let mut statement = json!({
                 "Sid": sid,
                 "Effect": "Allow",
                 "Principal": {"AWS": principals.iter().collect::<Vec<_>>()},
                 "Action": "sts:AssumeRole",
-            }));
+            });
+            if let Some(id) = id {
+                statement["Condition"] = json!({"StringEquals": {"sts:ExternalId": id}});
+            }
+            statements.push(statement);
         }
     }
     json!({"Version": "2012-10-17", "Statement": statements})
@@ -144,20 +154,20 @@ pub(crate) fn grant_policy(role_arn: &str) -> Value {
     })
 }
 
-/// The source-account principals an existing trust policy records as granted (its `Grants`
-/// statement), so that grants removed from the spec can be revoked.
-pub(crate) fn granted_principals(
-    trust_policy: &Value,
-    source_account: &str,
-) -> BTreeSet<Principal> {
-    let statements = match &trust_policy["Statement"] {
-        Value::Array(list) => list.clone(),
-        single @ Value::Object(_) => vec![single.clone()],
+/// The statements of a policy document (one or a list).
+pub(crate) fn statements(document: &Value) -> Vec<&Value> {
+    match &document["Statement"] {
+        Value::Array(list) => list.iter().collect(),
+        single @ Value::Object(_) => vec![single],
         _ => Vec::new(),
-    };
-    let arns = statements
-        .iter()
-        .filter(|s| s["Sid"] == sid::GRANTS)
+    }
+}
+
+/// The AWS principals (as written) of the trust statements with `sid`.
+fn statement_principals(trust_policy: &Value, sid: &str) -> BTreeSet<String> {
+    statements(trust_policy)
+        .into_iter()
+        .filter(|s| s["Sid"] == sid)
         .flat_map(|s| match &s["Principal"]["AWS"] {
             Value::String(arn) => vec![arn.clone()],
             Value::Array(list) => list
@@ -165,9 +175,64 @@ pub(crate) fn granted_principals(
                 .filter_map(|v| v.as_str().map(str::to_owned))
                 .collect(),
             _ => Vec::new(),
-        });
-    arns.filter_map(|arn| Principal::from_arn(&Arn::parse(&arn)?, source_account))
+        })
         .collect()
+}
+
+/// The source-account principals an existing trust policy records as granted (its `Grants`
+/// statement), so that grants removed from the spec can be revoked.
+pub(crate) fn granted_principals(
+    trust_policy: &Value,
+    source_account: &str,
+) -> BTreeSet<Principal> {
+    statement_principals(trust_policy, sid::GRANTS)
+        .iter()
+        .filter_map(|arn| Principal::from_arn(&Arn::parse(arn)?, source_account))
+        .collect()
+}
+
+/// The extra principals an existing trust policy trusts (its `TrustedPrincipals` statement).
+pub(crate) fn trusted_principals(trust_policy: &Value) -> BTreeSet<String> {
+    statement_principals(trust_policy, sid::TRUSTED)
+}
+
+/// The external IDs the operator's statement of an existing trust policy requires: the mark of
+/// the object the role was made for. Empty when the statement is gone.
+pub(crate) fn operator_external_ids(trust_policy: &Value) -> Vec<String> {
+    statements(trust_policy)
+        .into_iter()
+        .filter(|s| s["Sid"] == sid::OPERATOR)
+        .flat_map(
+            |s| match &s["Condition"]["StringEquals"]["sts:ExternalId"] {
+                Value::String(id) => vec![id.clone()],
+                Value::Array(ids) => ids
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
+                _ => Vec::new(),
+            },
+        )
+        .collect()
+}
+
+/// An existing trust policy without the operator's statement (a retained role: the operator
+/// lets go of it). When nothing else is left, nobody may assume it.
+pub(crate) fn without_operator(trust_policy: &Value) -> Value {
+    let rest: Vec<Value> = statements(trust_policy)
+        .into_iter()
+        .filter(|s| s["Sid"] != sid::OPERATOR)
+        .cloned()
+        .collect();
+    let rest = if rest.is_empty() {
+        vec![json!({
+            "Effect": "Deny",
+            "Principal": {"AWS": "*"},
+            "Action": "sts:AssumeRole",
+        })]
+    } else {
+        rest
+    };
+    json!({"Version": "2012-10-17", "Statement": rest})
 }
 
 #[cfg(test)]
@@ -189,6 +254,7 @@ mod tests {
             cluster: "dev".into(),
             namespace: "team-a".into(),
             name: "reader".into(),
+            uid: "uid-reader".into(),
         }
     }
 
@@ -204,6 +270,7 @@ mod tests {
             grants: BTreeSet::from([Principal::User("devTest".into())]),
             tags: BTreeMap::new(),
             permissions_boundary: None,
+            trust_external_id: None,
             adopt: false,
         }
     }

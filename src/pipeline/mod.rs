@@ -30,7 +30,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use self::{
     credentials::{CredentialsOutcome, HeldCredentials, Minted, RoleForCredentials},
-    ownership::Ownership,
+    ownership::{Claim, Ownership},
     rollout::RestartResult,
     status::{Note, Outcome, RoleEnding},
     validate::{AccountLookup, Refusal, ValidatedSpec},
@@ -60,6 +60,28 @@ pub(crate) struct Facts<'a> {
     pub now: Timestamp,
     /// In [0, 1): how much of the refresh jitter new credentials get.
     pub jitter: f64,
+    /// Roles no CR may manage: every AwsAccount's management role.
+    pub protected_roles: &'a [String],
+}
+
+impl Facts<'_> {
+    /// What the ownership decision needs for `cr` in `account`.
+    fn claim<'a>(
+        &'a self,
+        cr: &CrossAccountRole,
+        owner: &'a Owner,
+        account: &'a AwsAccount,
+        adopt: bool,
+    ) -> Claim<'a> {
+        Claim {
+            owner,
+            adopt,
+            object_created: cr.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            protected: self.protected_roles,
+            role_path: account.spec.role_path.as_deref().unwrap_or("/"),
+            boundary: account.spec.permissions_boundary_arn.as_deref(),
+        }
+    }
 }
 
 /// What a successful IAM sync established, for the credentials step (and for the controller to
@@ -175,38 +197,76 @@ async fn run_steps<A: Aws>(
     };
     let checked = validate::named_account(cr, facts.account).and_then(|account| {
         validate::validate(cr, account, facts.namespace_labels, io.operator, owner)
-            .map(|spec| (account, spec))
+            .map(|checked| (account, checked))
     });
-    let (account, spec) = match checked {
+    let (account, checked) = match checked {
         Ok(checked) => checked,
-        Err(refusal) => {
-            outcome.credentials = cr.spec.credentials.as_ref().map(|_| withheld(&refusal));
-            outcome.role = RoleEnding::Refused(refusal);
-            return outcome;
-        }
+        Err(refusal) => return refused(io, cr, refusal, outcome, run).await,
     };
+    let spec = &checked.spec;
 
-    // The role: from a recent sync of the same inputs, else synced now.
-    let role = match (validate::verified(account), facts.recent.clone()) {
-        (Err((message, first)), _) => Err(RoleEnding::AccountNotReady { message, first }),
-        (Ok(()), Some(role)) => Ok(role),
-        (Ok(()), None) => {
+    // The role: from a recent sync of the same inputs, else synced now. A spec the guardrails
+    // refuse still has its existing role brought back inside them.
+    let role = match (
+        checked.refusal(),
+        validate::verified(account),
+        facts.recent.clone(),
+    ) {
+        (Some(refusal), Ok(()), _) => {
+            let claim = facts.claim(cr, owner, account, spec.adopt);
+            let restricted = sync_iam(
+                io,
+                account,
+                spec,
+                &claim,
+                Mode::Restrict,
+                before_first_write,
+                &mut run.applied,
+                facts.now,
+            )
+            .await;
+            let refusal = match restricted {
+                Ok(Some(_)) => Refusal::new(
+                    refusal.reason,
+                    format!(
+                        "{}; the role is kept inside the guardrails",
+                        refusal.message
+                    ),
+                ),
+                Ok(None) => refusal,
+                Err(Stop::Refused(other)) => other,
+                Err(Stop::Failed(e)) => {
+                    run.errors.push(e);
+                    refusal
+                }
+            };
+            return refused(io, cr, refusal, outcome, run).await;
+        }
+        (Some(refusal), Err(_), _) => return refused(io, cr, refusal, outcome, run).await,
+        (None, Err((message, first)), _) => Err(RoleEnding::AccountNotReady { message, first }),
+        (None, Ok(()), Some(role)) => Ok(role),
+        (None, Ok(()), None) => {
+            let claim = facts.claim(cr, owner, account, spec.adopt);
             match sync_iam(
                 io,
                 account,
-                &spec,
-                owner,
+                spec,
+                &claim,
+                Mode::Full,
                 before_first_write,
                 &mut run.applied,
                 facts.now,
             )
             .await
             {
-                Ok(role) => {
+                Ok(Some(role)) => {
                     run.synced = Some(role.clone());
                     Ok(role)
                 }
-                Err(Stop::Refused(refusal)) => Err(RoleEnding::Refused(refusal)),
+                Ok(None) => unreachable!("a full sync creates the role"),
+                Err(Stop::Refused(refusal)) => {
+                    return refused(io, cr, refusal, outcome, run).await;
+                }
                 Err(Stop::Failed(e)) => {
                     let ending = RoleEnding::Failed {
                         reason: e.reason(),
@@ -222,8 +282,7 @@ async fn run_steps<A: Aws>(
     // earlier reconcile created (status), which STS can still be asked for.
     let for_credentials = match &role {
         Ok(role) => Some(role.clone()),
-        Err(RoleEnding::Refused(_)) => None,
-        Err(_) => known_role(cr, &spec),
+        Err(_) => known_role(cr, spec),
     };
     outcome.role = match role {
         Ok(role) => RoleEnding::Synced {
@@ -242,12 +301,9 @@ async fn run_steps<A: Aws>(
             }
             None
         }
-        (Some(_), None) => Some(match &outcome.role {
-            RoleEnding::Refused(refusal) => withheld(refusal),
-            _ => CredentialsOutcome::Withheld {
-                reason: Reason::AccountNotReady,
-                message: "no credentials yet: the role has not been created".to_owned(),
-            },
+        (Some(_), None) => Some(CredentialsOutcome::Withheld {
+            reason: Reason::AccountNotReady,
+            message: "no credentials yet: the role has not been created".to_owned(),
         }),
         (Some(wanted), Some(role)) => {
             let (credentials, restarts) =
@@ -260,11 +316,31 @@ async fn run_steps<A: Aws>(
     outcome
 }
 
-fn withheld(refusal: &Refusal) -> CredentialsOutcome {
-    CredentialsOutcome::Withheld {
-        reason: refusal.reason,
-        message: format!("no credentials are issued: {}", refusal.message),
+/// A refused spec: no credentials are issued, and the Secret that held earlier ones goes (they
+/// stay valid until they expire; revoking them is the role's session revocation). A missing or
+/// unverified AwsAccount keeps the Secret: the spec may well be permitted.
+async fn refused<A: Aws>(
+    io: &Io<'_, A>,
+    cr: &CrossAccountRole,
+    refusal: Refusal,
+    mut outcome: Outcome,
+    run: &mut Run,
+) -> Outcome {
+    if cr.spec.credentials.is_some() {
+        if refusal.reason != Reason::AccountNotReady
+            && let Some(old) = previous_secret(cr)
+            && let Err(e) = secret::remove(&secrets_of(io, cr), cr, &old).await
+        {
+            run.errors.push(e);
+        }
+        outcome.credentials = Some(CredentialsOutcome::Withheld {
+            reason: refusal.reason,
+            message: format!("no credentials are issued: {}", refusal.message),
+        });
     }
+    outcome.role = RoleEnding::Refused(refusal);
+    outcome.applied = std::mem::take(&mut run.applied);
+    outcome
 }
 
 /// The role an earlier reconcile synced, as status records it. It is an old role (so an
@@ -280,30 +356,49 @@ fn known_role(cr: &CrossAccountRole, spec: &ValidatedSpec) -> Option<SyncedRole>
     })
 }
 
+/// How far a sync may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Bring the role to the spec (creating it if need be).
+    Full,
+    /// The spec is refused: only take away from an existing role what the guardrails forbid.
+    Restrict,
+}
+
 /// desired -> observe -> ownership -> plan -> apply: brings the IAM role and the grants to the
-/// spec, and returns the role.
+/// spec, and returns the role (`None` when restricting and there is no role).
+#[allow(clippy::too_many_arguments)]
 async fn sync_iam<A: Aws>(
     io: &Io<'_, A>,
     account: &AwsAccount,
     spec: &ValidatedSpec,
-    owner: &Owner,
+    claim: &Claim<'_>,
+    mode: Mode,
     before_first_write: impl AsyncFnOnce() -> Result<(), ReconcileError>,
     applied: &mut Vec<Change>,
     now: Timestamp,
-) -> Result<SyncedRole, Stop> {
-    let desired = desired::desired_role(spec, owner, io.operator, &account.spec.account_id)?;
+) -> Result<Option<SyncedRole>, Stop> {
+    let mut desired =
+        desired::desired_role(spec, claim.owner, io.operator, &account.spec.account_id)?;
     let target = io.aws.target(&observe::access_of(account)).await;
     let source = io.aws.source();
     let observed =
         observe::observe(&target, &source, &desired, &io.operator.source_account_id).await?;
-    if let Ownership::Foreign(message) =
-        ownership::ownership(observed.role.as_ref(), owner, spec.adopt)
-    {
+    if let Ownership::Foreign(message) = ownership::ownership(observed.role.as_ref(), claim) {
         return Err(Refusal::new(Reason::RoleNotOwned, message).into());
+    }
+    if mode == Mode::Restrict {
+        let Some(current) = &observed.role else {
+            return Ok(None);
+        };
+        desired = plan::within(&desired, current, &observed, spec, io.operator);
     }
     // Only now, after a successful read of the target account, is there something to clean up.
     before_first_write().await?;
-    let changes = plan::plan_role_changes(&desired, &observed);
+    let mut changes = plan::plan_role_changes(&desired, &observed);
+    if mode == Mode::Restrict {
+        changes.retain(plan::narrows);
+    }
     let (done, result) = apply::apply_changes(&target, &source, &changes).await;
     applied.extend(done);
     result?;
@@ -311,11 +406,11 @@ async fn sync_iam<A: Aws>(
         Some(role) => role.created,
         None => Some(now),
     };
-    Ok(SyncedRole {
+    Ok(Some(SyncedRole {
         arn: observed.role.map_or(desired.arn, |role| role.arn),
         created,
         max_session_duration: desired.max_session_duration,
-    })
+    }))
 }
 
 /// credentials -> secret -> rollout: keeps valid credentials for `role` in the CR's Secret,
@@ -436,9 +531,12 @@ pub fn planned_writes_for_new_role(
 ) -> Result<Vec<&'static str>, String> {
     let owner = Owner::of(cr, operator);
     let refused = |r: Refusal| r.message;
-    let spec =
+    let checked =
         validate::validate(cr, account, namespace_labels, operator, &owner).map_err(refused)?;
-    let desired = desired::desired_role(&spec, &owner, operator, &account.spec.account_id)
+    if let Some(refusal) = checked.refusal() {
+        return Err(refusal.message);
+    }
+    let desired = desired::desired_role(&checked.spec, &owner, operator, &account.spec.account_id)
         .map_err(refused)?;
     Ok(
         plan::plan_role_changes(&desired, &observe::Observed::default())

@@ -144,6 +144,83 @@ fn plan_role_settings(desired: &DesiredRole, current: &ObservedRole, changes: &m
     }
 }
 
+/// `desired` cut down to what `current` already has: for a refused spec, the role keeps only the
+/// permitted part of what it has (policies, inline policies, trusted and granted principals), so
+/// that planning against it only takes away.
+pub(crate) fn within(
+    desired: &DesiredRole,
+    current: &ObservedRole,
+    observed: &Observed,
+    spec: &crate::pipeline::validate::ValidatedSpec,
+    operator: &crate::naming::OperatorIdentity,
+) -> DesiredRole {
+    let mut within = desired.clone();
+    within
+        .managed_policies
+        .retain(|arn| current.managed_policies.contains(arn));
+    within.inline_policies = current
+        .inline_policies
+        .iter()
+        .filter(|(name, _)| desired.inline_policies.contains_key(*name))
+        .map(|(name, document)| (name.clone(), document.clone()))
+        .collect();
+    within.grants = desired
+        .grants
+        .intersection(&observed.previously_granted)
+        .cloned()
+        .collect();
+    let trusted_now = super::desired::trusted_principals(&current.trust_policy);
+    let trusted: BTreeSet<String> = spec
+        .trust_principals
+        .iter()
+        .filter(|p| trusted_now.contains(*p))
+        .cloned()
+        .collect();
+    let granted: BTreeSet<String> = within
+        .grants
+        .iter()
+        .map(|p| {
+            p.arn(&operator.partition, &operator.source_account_id)
+                .to_string()
+        })
+        .collect();
+    within.trust_policy = super::desired::trust_policy(
+        &operator.principal_arn,
+        &operator_external_id(desired),
+        &trusted,
+        spec.trust_external_id.as_deref(),
+        &granted,
+    );
+    within.max_session_duration = desired
+        .max_session_duration
+        .min(current.max_session_duration);
+    within.description = current.description.clone();
+    within.tags = current.tags.clone();
+    within
+}
+
+/// The external ID of the operator's statement of a desired trust policy.
+fn operator_external_id(desired: &DesiredRole) -> String {
+    super::desired::operator_external_ids(&desired.trust_policy)
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+}
+
+/// Whether a change only takes access away (or restores the account's boundary): what a refused
+/// spec's role may still be changed by.
+pub(crate) fn narrows(change: &Change) -> bool {
+    matches!(
+        change,
+        Change::DetachPolicy { .. }
+            | Change::DeleteInlinePolicy { .. }
+            | Change::DeleteGrant { .. }
+            | Change::PutPermissionsBoundary { .. }
+            | Change::UpdateTrustPolicy { .. }
+            | Change::UpdateRole { .. }
+    )
+}
+
 /// The writes that remove a role and everything attached to it, and revoke `grants` (with
 /// `grant_policy_name`). Works from what was observed, so it needs no valid spec.
 pub(crate) fn plan_delete(
@@ -194,7 +271,7 @@ mod tests {
             cleanup::delete_role,
             desired::{desired_role, granted_principals},
             observe::observe,
-            ownership::{Ownership, ownership},
+            ownership::{Claim, Ownership, ownership},
             validate::ValidatedSpec,
         },
     };
@@ -221,6 +298,7 @@ mod tests {
             cluster: "dev".into(),
             namespace: "team-a".into(),
             name: "signin".into(),
+            uid: "uid-signin".into(),
         }
     }
 
@@ -236,6 +314,7 @@ mod tests {
             grants: BTreeSet::from([Principal::User("devTest".into())]),
             tags: BTreeMap::new(),
             permissions_boundary: None,
+            trust_external_id: None,
             adopt: false,
         }
     }
@@ -291,7 +370,7 @@ mod tests {
         let statements = role.trust_policy["Statement"].as_array().unwrap();
         assert_eq!(
             statements[0]["Condition"]["StringEquals"]["sts:ExternalId"],
-            "crossaccount:dev:team-a:signin"
+            "crossaccount:dev:uid-signin"
         );
         assert_eq!(
             granted_principals(&role.trust_policy, SOURCE),
@@ -414,13 +493,15 @@ mod tests {
             json!({"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}),
         );
         world.sync(&spec).await;
+        let role = world.target.role("CrossAccountSignin").unwrap();
+        let grants = granted_principals(&role.trust_policy, SOURCE);
         let (applied, result) = delete_role(
             &world.target,
             &world.source,
             "CrossAccountSignin",
+            Some(&role),
+            &grants,
             &owner(),
-            &BTreeSet::new(),
-            SOURCE,
         )
         .await;
         result.unwrap();
@@ -439,47 +520,13 @@ mod tests {
             &world.target,
             &world.source,
             "CrossAccountSignin",
-            &owner(),
+            None,
             &spec.grants,
-            SOURCE,
+            &owner(),
         )
         .await;
         result.unwrap();
         assert!(applied.is_empty());
-    }
-
-    #[tokio::test]
-    async fn roles_of_others_are_never_touched() {
-        let world = World::new();
-        world.sync(&seed_spec()).await;
-        world.target.take_writes();
-        let other = Owner {
-            namespace: "team-b".into(),
-            ..owner()
-        };
-        let role = world.target.role("CrossAccountSignin");
-        assert!(
-            matches!(ownership(role.as_ref(), &other, true), Ownership::Foreign(m) if m.contains("team-a/signin"))
-        );
-        let (applied, result) = delete_role(
-            &world.target,
-            &world.source,
-            "CrossAccountSignin",
-            &other,
-            &BTreeSet::new(),
-            SOURCE,
-        )
-        .await;
-        result.unwrap();
-        assert!(applied.is_empty());
-        assert!(world.target.role("CrossAccountSignin").is_some());
-
-        let mut untagged = role.unwrap();
-        untagged.tags.clear();
-        assert!(
-            matches!(ownership(Some(&untagged), &owner(), false), Ownership::Foreign(m) if m.contains("crossaccount.io/adopt"))
-        );
-        assert_eq!(ownership(Some(&untagged), &owner(), true), Ownership::Adopt);
     }
 
     #[tokio::test]
@@ -492,13 +539,54 @@ mod tests {
             .edit_role("CrossAccountSignin", |r| r.tags.clear());
         let writes = world.sync(&spec).await;
         assert_eq!(operations(&writes), ["TagRole"]);
+        let claim = Claim {
+            owner: &owner(),
+            adopt: false,
+            object_created: None,
+            protected: &[],
+            role_path: "/",
+            boundary: None,
+        };
         assert_eq!(
-            ownership(
-                world.target.role("CrossAccountSignin").as_ref(),
-                &owner(),
-                false
-            ),
-            Ownership::Owned
+            ownership(world.target.role("CrossAccountSignin").as_ref(), &claim),
+            Ownership::Owned,
+            "tagged again, and its trust carries our external ID"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_spec_only_takes_away_from_its_role() {
+        let world = World::new();
+        let mut spec = seed_spec();
+        spec.managed_policies.insert(EC2_READ.to_owned());
+        spec.trust_principals
+            .insert(format!("arn:aws:iam::{SOURCE}:role/ci"));
+        world.sync(&spec).await;
+        // The account narrows: EC2 and the ci principal are no longer allowed, and the spec adds
+        // something new at the same time.
+        let mut permitted = seed_spec();
+        permitted
+            .managed_policies
+            .insert("arn:aws:iam::aws:policy/IAMReadOnlyAccess".into());
+        let desired = desired_role(&permitted, &owner(), &operator(), TARGET).unwrap();
+        let observed = observe(&world.target, &world.source, &desired, SOURCE)
+            .await
+            .unwrap();
+        let current = observed.role.clone().unwrap();
+        let within = within(&desired, &current, &observed, &permitted, &operator());
+        let changes: Vec<Change> = plan_role_changes(&within, &observed)
+            .into_iter()
+            .filter(narrows)
+            .collect();
+        assert_eq!(
+            operations(&changes),
+            ["UpdateAssumeRolePolicy", "DetachRolePolicy"]
+        );
+        assert!(
+            !changes
+                .iter()
+                .any(|c| matches!(c, Change::AttachPolicy { .. })),
+            "nothing is added while refused"
         );
     }
 
@@ -578,6 +666,7 @@ mod tests {
                             .map(|(k, v)| (k.to_owned(), v.to_owned()))
                             .collect(),
                         permissions_boundary: boundary.map(str::to_owned),
+                        trust_external_id: None,
                         adopt: false,
                     }
                 },

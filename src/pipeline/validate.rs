@@ -54,6 +54,8 @@ pub(crate) struct ValidatedSpec {
     pub grants: BTreeSet<Principal>,
     pub tags: BTreeMap<String, String>,
     pub permissions_boundary: Option<String>,
+    /// The external ID the extra principals must present (`spec.trust.externalId`).
+    pub trust_external_id: Option<String>,
     /// The CR may take over an untagged role of the same name.
     pub adopt: bool,
 }
@@ -119,21 +121,52 @@ pub(crate) fn verified(account: &AwsAccount) -> Result<(), (String, bool)> {
     }
 }
 
+/// A spec checked against its AwsAccount: what of it the guardrails permit (everything, when
+/// nothing is violated) and what they do not. Guardrails hold for roles that exist: a spec with
+/// violations is refused, and its role, if it exists, is brought back to the permitted part.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Checked {
+    pub spec: ValidatedSpec,
+    /// `NotPermitted` problems, each naming the field and the guardrail.
+    pub violations: Vec<String>,
+}
+
+impl Checked {
+    /// The refusal the violations make, if any.
+    pub(crate) fn refusal(&self) -> Option<Refusal> {
+        (!self.violations.is_empty()).then(|| Refusal::not_permitted(self.violations.join("; ")))
+    }
+}
+
 /// Checks `cr` against `account` (which must be the AwsAccount named by `spec.accountRef`) for a
-/// namespace with `namespace_labels`.
+/// namespace with `namespace_labels`. A malformed spec is refused (`InvalidSpec`); what the
+/// guardrails forbid is left out of the permitted spec and listed as a violation.
 pub(crate) fn validate(
     cr: &CrossAccountRole,
     account: &AwsAccount,
     namespace_labels: &BTreeMap<String, String>,
     operator: &OperatorIdentity,
     owner: &Owner,
-) -> Result<ValidatedSpec, Refusal> {
+) -> Result<Checked, Refusal> {
     let namespace = cr.namespace().unwrap_or_default();
     let spec = &cr.spec;
     let guard = &account.spec;
     let account_name = account.name_any();
+    let mut violations = Vec::new();
 
-    check_namespace_allowed(account, &namespace, namespace_labels)?;
+    let namespace_allowed =
+        namespace_matches(&guard.allowed_namespaces, &namespace, namespace_labels).map_err(
+            |e| {
+                Refusal::not_permitted(format!(
+                    "AwsAccount {account_name} has an invalid spec.allowedNamespaces.selector: {e}"
+                ))
+            },
+        )?;
+    if !namespace_allowed {
+        violations.push(format!(
+            "namespace {namespace} is not allowed to use AwsAccount {account_name} (see its spec.allowedNamespaces)"
+        ));
+    }
 
     let prefix = guard.role_name_prefix.clone().unwrap_or_default();
     let role_name = match &spec.role_name {
@@ -143,25 +176,27 @@ pub(crate) fn validate(
             )));
         }
         Some(name) => name.clone(),
-        None => owner.default_role_name(&prefix),
+        None => default_name(cr, owner, &prefix),
     };
 
     let cap = guard.max_session_duration_seconds;
-    if let (Some(max), Some(cap)) = (spec.max_session_duration_seconds, cap)
+    let mut max_session_duration = spec.max_session_duration_seconds;
+    if let (Some(max), Some(cap)) = (max_session_duration, cap)
         && max > cap
     {
-        return Err(Refusal::not_permitted(format!(
+        violations.push(format!(
             "spec.maxSessionDurationSeconds {max} exceeds {cap}, the maxSessionDurationSeconds of AwsAccount {account_name}"
-        )));
+        ));
+        max_session_duration = Some(cap);
     }
     if let Some(credentials) = &spec.credentials {
         if let Some(cap) = cap
             && credentials.duration_seconds > cap
         {
-            return Err(Refusal::not_permitted(format!(
+            violations.push(format!(
                 "spec.credentials.durationSeconds {} exceeds {cap}, the maxSessionDurationSeconds of AwsAccount {account_name}",
                 credentials.duration_seconds
-            )));
+            ));
         }
         if let Some(session_policy) = &credentials.session_policy {
             policy::validate_document(session_policy, PolicyKind::Session)
@@ -171,22 +206,24 @@ pub(crate) fn validate(
 
     let mut managed_policies = BTreeSet::new();
     for (i, arn) in spec.policies.managed.iter().enumerate() {
-        if !guard.allowed_policy_arns.iter().any(|p| glob_match(p, arn)) {
-            return Err(Refusal::not_permitted(format!(
+        if guard.allowed_policy_arns.iter().any(|p| glob_match(p, arn)) {
+            managed_policies.insert(arn.clone());
+        } else {
+            violations.push(format!(
                 "spec.policies.managed[{i}]: {arn} is not allowed by AwsAccount {account_name} (allowedPolicyArns: {})",
                 list_or_none(&guard.allowed_policy_arns)
-            )));
+            ));
         }
-        managed_policies.insert(arn.clone());
     }
 
     if !spec.policies.inline.is_empty() && !guard.allow_inline_policies {
-        return Err(Refusal::not_permitted(format!(
+        violations.push(format!(
             "spec.policies.inline: AwsAccount {account_name} does not allow inline policies (allowInlinePolicies is false)"
-        )));
+        ));
     }
     let mut inline_policies = BTreeMap::new();
     let mut inline_size = 0;
+    let mut names = BTreeSet::new();
     for inline in &spec.policies.inline {
         let document =
             policy::validate_document(&inline.document, PolicyKind::Identity).map_err(|e| {
@@ -196,14 +233,19 @@ pub(crate) fn validate(
                 ))
             })?;
         inline_size += policy::size_without_whitespace(&policy::to_text(&document));
-        if inline_policies
-            .insert(inline.name.clone(), document)
-            .is_some()
-        {
+        if !names.insert(inline.name.clone()) {
             return Err(Refusal::invalid(format!(
                 "spec.policies.inline: the name {:?} is used twice",
                 inline.name
             )));
+        }
+        let field = format!("spec.policies.inline[{}].document", inline.name);
+        match content_violation(&document, guard, &account_name) {
+            Some(problem) => violations.push(format!("{field}: {problem}")),
+            None if guard.allow_inline_policies => {
+                inline_policies.insert(inline.name.clone(), document);
+            }
+            None => {}
         }
     }
     if inline_size > INLINE_AGGREGATE_LIMIT {
@@ -212,22 +254,23 @@ pub(crate) fn validate(
         )));
     }
 
-    let principal_allowed = |arn: &str| {
-        guard
-            .allowed_trust_principals
-            .iter()
-            .any(|p| glob_match(p, arn))
-    };
     let mut trust_principals = BTreeSet::new();
     for (i, arn) in spec.trust.principals.iter().enumerate() {
-        if !principal_allowed(arn) {
-            return Err(Refusal::not_permitted(format!(
+        if principal_allowed(
+            &guard.allowed_trust_principals,
+            guard.allow_wildcard_accounts,
+            arn,
+        ) {
+            trust_principals.insert(arn.clone());
+        } else {
+            violations.push(format!(
                 "spec.trust.principals[{i}]: {arn} is not allowed by AwsAccount {account_name} (allowedTrustPrincipals: {})",
                 list_or_none(&guard.allowed_trust_principals)
-            )));
+            ));
         }
-        trust_principals.insert(arn.clone());
     }
+
+    let grantable = grantable_patterns(account, &namespace, namespace_labels);
     let mut grants = BTreeSet::new();
     for (i, grant) in spec.grants.iter().enumerate() {
         let principal = match (&grant.user, &grant.role) {
@@ -242,86 +285,254 @@ pub(crate) fn validate(
         let arn = principal
             .arn(&operator.partition, &operator.source_account_id)
             .to_string();
-        if !principal_allowed(&arn) {
-            return Err(Refusal::not_permitted(format!(
-                "spec.grants[{i}]: {arn} is not allowed by AwsAccount {account_name} (allowedTrustPrincipals: {})",
-                list_or_none(&guard.allowed_trust_principals)
-            )));
+        if is_operator(&arn, operator) {
+            violations.push(format!(
+                "spec.grants[{i}]: {arn} is the operator's own principal, which can never be granted"
+            ));
+        } else if principal_allowed(&grantable.patterns, true, &arn) {
+            grants.insert(principal);
+        } else {
+            violations.push(format!(
+                "spec.grants[{i}]: {arn} is not allowed by AwsAccount {account_name} for namespace {namespace} ({}: {})",
+                grantable.field,
+                list_or_none(&grantable.patterns)
+            ));
         }
-        grants.insert(principal);
     }
 
-    let adopt = cr
+    let mut adopt = cr
         .annotations()
         .get(names::ADOPT_ANNOTATION)
         .is_some_and(|v| v == "true");
     if adopt && !guard.allow_adoption {
-        return Err(Refusal::not_permitted(format!(
+        violations.push(format!(
             "metadata.annotations[{}]: AwsAccount {account_name} does not allow taking over existing roles (allowAdoption is false); remove the annotation or ask the account's admin",
             names::ADOPT_ANNOTATION
-        )));
+        ));
+        adopt = false;
     }
 
-    if let Some(key) = spec
-        .tags
-        .keys()
-        .find(|k| k.starts_with(names::tags::RESERVED_PREFIX) || k.starts_with("aws:"))
-    {
+    if let Some(key) = spec.tags.keys().find(|k| {
+        let k = k.to_ascii_lowercase();
+        k.starts_with(names::tags::RESERVED_PREFIX) || k.starts_with("aws:")
+    }) {
         return Err(Refusal::invalid(format!(
-            "spec.tags: the key {key:?} is reserved (crossaccount.io/ and aws: prefixes)"
+            "spec.tags: the key {key:?} is reserved (crossaccount.io/ and aws: prefixes, in any case)"
         )));
     }
 
-    Ok(ValidatedSpec {
+    let mut permitted = ValidatedSpec {
         role_name,
         role_path: guard
             .role_path
             .clone()
             .unwrap_or_else(|| DEFAULT_ROLE_PATH.to_owned()),
         description: spec.description.clone().filter(|d| !d.is_empty()),
-        max_session_duration: spec.max_session_duration_seconds,
+        max_session_duration,
         managed_policies,
         inline_policies,
         trust_principals,
+        trust_external_id: spec.trust.external_id.clone(),
         grants,
         tags: spec.tags.clone(),
         permissions_boundary: guard.permissions_boundary_arn.clone(),
         adopt,
+    };
+    if !namespace_allowed {
+        // A namespace that may not use the account may have nothing of it.
+        permitted.managed_policies.clear();
+        permitted.inline_policies.clear();
+        permitted.trust_principals.clear();
+        permitted.grants.clear();
+        permitted.adopt = false;
+    }
+    Ok(Checked {
+        spec: permitted,
+        violations,
     })
 }
 
-fn check_namespace_allowed(
-    account: &AwsAccount,
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-) -> Result<(), Refusal> {
-    let allowed = &account.spec.allowed_namespaces;
-    if allowed.names.iter().any(|n| n == namespace) {
-        return Ok(());
+/// The default role name: an object that already has its role keeps its name (status records
+/// it; only the name the old scheme would give is accepted from there), a new one gets the
+/// unambiguous name.
+fn default_name(cr: &CrossAccountRole, owner: &Owner, prefix: &str) -> String {
+    let legacy = owner.legacy_role_name(prefix);
+    let recorded = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.role_arn.as_deref())
+        .and_then(crate::aws::Arn::parse)
+        .map(|arn| arn.name().to_owned());
+    match recorded {
+        Some(name) if name == legacy => legacy,
+        _ => owner.default_role_name(prefix),
     }
-    if let Some(selector) = &allowed.selector {
-        // An empty selector would match everything; like "no selector", it allows nothing here,
-        // so that an admin must opt namespaces in explicitly.
-        let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
-            && selector
-                .match_expressions
-                .as_ref()
-                .is_none_or(|e| e.is_empty());
-        match kube::core::Selector::try_from(selector.clone()) {
-            Ok(selector) if !empty && selector.matches(labels) => return Ok(()),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(Refusal::not_permitted(format!(
-                    "AwsAccount {} has an invalid spec.allowedNamespaces.selector: {e}",
-                    account.name_any()
-                )));
+}
+
+/// What makes an inline policy overstep the account's content guardrails: an Allow of an action
+/// `deniedActions` names (a wildcard that covers one counts), or `NotAction`/`NotResource`
+/// without `allowNotActions`.
+fn content_violation(
+    document: &Value,
+    guard: &crate::api::AwsAccountSpec,
+    account_name: &str,
+) -> Option<String> {
+    let statements: Vec<&Value> = match &document["Statement"] {
+        Value::Array(list) => list.iter().collect(),
+        single => vec![single],
+    };
+    for statement in statements {
+        if !guard.allow_not_actions
+            && (statement.get("NotAction").is_some() || statement.get("NotResource").is_some())
+        {
+            return Some(format!(
+                "NotAction and NotResource are not allowed by AwsAccount {account_name} (allowNotActions is false)"
+            ));
+        }
+        if statement["Effect"] != "Allow" {
+            continue;
+        }
+        let actions: Vec<&str> = match (&statement["Action"], &statement["NotAction"]) {
+            (Value::String(a), _) => vec![a.as_str()],
+            (Value::Array(list), _) => list.iter().filter_map(Value::as_str).collect(),
+            // Allow with NotAction allows everything but what it names.
+            (_, Value::String(_) | Value::Array(_)) => vec!["*"],
+            _ => Vec::new(),
+        };
+        for action in actions {
+            if let Some(denied) = guard
+                .denied_actions
+                .iter()
+                .find(|d| globs_overlap(&action.to_ascii_lowercase(), &d.to_ascii_lowercase()))
+            {
+                return Some(format!(
+                    "it allows {action:?}, which covers {denied:?}, an action AwsAccount {account_name} denies (deniedActions)"
+                ));
             }
         }
     }
-    Err(Refusal::not_permitted(format!(
-        "namespace {namespace} is not allowed to use AwsAccount {} (see its spec.allowedNamespaces)",
-        account.name_any()
-    )))
+    None
+}
+
+/// Whether a CrossAccountRole of `namespace` may grant the principal `arn` in `account`.
+pub(crate) fn grant_permitted(
+    account: &AwsAccount,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    arn: &str,
+    operator: &OperatorIdentity,
+) -> bool {
+    !is_operator(arn, operator)
+        && principal_allowed(
+            &grantable_patterns(account, namespace, labels).patterns,
+            true,
+            arn,
+        )
+}
+
+/// The patterns `spec.grants` must match for `namespace`, and the field they come from.
+struct Grantable {
+    patterns: Vec<String>,
+    field: &'static str,
+}
+
+fn grantable_patterns(
+    account: &AwsAccount,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Grantable {
+    match &account.spec.allowed_grants {
+        Some(rules) => Grantable {
+            patterns: rules
+                .iter()
+                .filter(|rule| {
+                    namespace_matches(&rule.namespaces, namespace, labels).unwrap_or(false)
+                })
+                .flat_map(|rule| rule.principals.iter().cloned())
+                .collect(),
+            field: "allowedGrants",
+        },
+        None => Grantable {
+            patterns: account.spec.allowed_trust_principals.clone(),
+            field: "allowedTrustPrincipals",
+        },
+    }
+}
+
+/// Whether `arn` names the operator's own principal (as a user or a role, at any path).
+fn is_operator(arn: &str, operator: &OperatorIdentity) -> bool {
+    let name = |a: &str| {
+        let parsed = crate::aws::Arn::parse(a)?;
+        let kind = parsed.resource().split('/').next()?.to_owned();
+        Some((
+            parsed.account().to_owned(),
+            kind,
+            parsed.name().to_ascii_lowercase(),
+        ))
+    };
+    matches!((name(arn), name(&operator.principal_arn)), (Some(a), Some(b)) if a == b)
+}
+
+/// Whether a principal ARN matches one of `patterns`: the account field of a pattern must be
+/// literal unless `wildcard_accounts`, and an account root (`:root`) is matched only by a
+/// pattern that writes `:root` out.
+fn principal_allowed(patterns: &[String], wildcard_accounts: bool, arn: &str) -> bool {
+    let account_field = |p: &str| p.split(':').nth(4).map(str::to_owned);
+    patterns.iter().any(|pattern| {
+        if !wildcard_accounts && account_field(pattern).is_some_and(|a| a.contains('*')) {
+            return false;
+        }
+        if arn.ends_with(":root") && !pattern.ends_with(":root") {
+            return false;
+        }
+        glob_match(pattern, arn)
+    })
+}
+
+/// Whether two glob patterns (`*` any run, `?` one character) can match one same text.
+fn globs_overlap(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut memo = vec![vec![None; b.len() + 1]; a.len() + 1];
+    fn go(a: &[char], b: &[char], i: usize, j: usize, memo: &mut Vec<Vec<Option<bool>>>) -> bool {
+        if let Some(known) = memo[i][j] {
+            return known;
+        }
+        let result = match (a.get(i), b.get(j)) {
+            (None, None) => true,
+            (Some('*'), _) => go(a, b, i + 1, j, memo) || (j < b.len() && go(a, b, i, j + 1, memo)),
+            (_, Some('*')) => go(a, b, i, j + 1, memo) || (i < a.len() && go(a, b, i + 1, j, memo)),
+            (Some(x), Some(y)) => {
+                (x == y || *x == '?' || *y == '?') && go(a, b, i + 1, j + 1, memo)
+            }
+            _ => false,
+        };
+        memo[i][j] = Some(result);
+        result
+    }
+    go(&a, &b, 0, 0, &mut memo)
+}
+
+/// Whether `namespace` (with `labels`) is one `allowed` names or selects. An empty selector
+/// would match everything; like "no selector", it allows nothing here, so that an admin must opt
+/// namespaces in explicitly.
+fn namespace_matches(
+    allowed: &crate::api::AllowedNamespaces,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    if allowed.names.iter().any(|n| n == namespace) {
+        return Ok(true);
+    }
+    let Some(selector) = &allowed.selector else {
+        return Ok(false);
+    };
+    let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|e| e.is_empty());
+    let selector = kube::core::Selector::try_from(selector.clone()).map_err(|e| e.to_string())?;
+    Ok(!empty && selector.matches(labels))
 }
 
 /// Matches `*` against any run of characters (including `/` and none); every other character
@@ -398,8 +609,21 @@ mod tests {
         cr
     }
 
+    /// The spec, or the refusal its violations make.
+    fn decide(
+        cr: &CrossAccountRole,
+        account: &AwsAccount,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<ValidatedSpec, Refusal> {
+        let checked = validate(cr, account, labels, &operator(), &owner_of(cr))?;
+        match checked.refusal() {
+            Some(refusal) => Err(refusal),
+            None => Ok(checked.spec),
+        }
+    }
+
     fn check(cr: &CrossAccountRole, account: &AwsAccount) -> Result<ValidatedSpec, Refusal> {
-        validate(cr, account, &BTreeMap::new(), &operator(), &owner_of(cr))
+        decide(cr, account, &BTreeMap::new())
     }
 
     fn refusal(result: Result<ValidatedSpec, Refusal>) -> Refusal {
@@ -414,7 +638,7 @@ mod tests {
             json!({"accountRef": "target", "policies": {"managed": [S3_READ]}, "grants": [{"user": "devTest"}]}),
         );
         let spec = check(&cr, &permissive()).unwrap();
-        assert_eq!(spec.role_name, "team-a-reader");
+        assert_eq!(spec.role_name, "team-a_reader");
         assert_eq!(spec.role_path, "/");
         assert_eq!(spec.managed_policies, BTreeSet::from([S3_READ.to_owned()]));
         assert_eq!(
@@ -436,12 +660,12 @@ mod tests {
         acct.spec.allowed_namespaces.selector =
             Some(serde_json::from_value(json!({"matchLabels": {"tenant": "yes"}})).unwrap());
         let labels = BTreeMap::from([("tenant".to_owned(), "yes".to_owned())]);
-        assert!(validate(&cr, &acct, &labels, &operator(), &owner_of(&cr)).is_ok());
-        assert!(validate(&cr, &acct, &BTreeMap::new(), &operator(), &owner_of(&cr)).is_err());
+        assert!(decide(&cr, &acct, &labels).is_ok());
+        assert!(decide(&cr, &acct, &BTreeMap::new()).is_err());
 
         // An empty selector does not open the account to every namespace.
         acct.spec.allowed_namespaces.selector = Some(Default::default());
-        assert!(validate(&cr, &acct, &labels, &operator(), &owner_of(&cr)).is_err());
+        assert!(decide(&cr, &acct, &labels).is_err());
     }
 
     #[test]
@@ -554,7 +778,7 @@ mod tests {
                 .contains("must start with \"k8s-\"")
         );
         let cr = role(json!({"accountRef": "target"}));
-        assert_eq!(check(&cr, &acct).unwrap().role_name, "k8s-team-a-reader");
+        assert_eq!(check(&cr, &acct).unwrap().role_name, "k8s-team-a_reader");
         let cr = role(json!({"accountRef": "target", "maxSessionDurationSeconds": 10800}));
         assert!(
             refusal(check(&cr, &acct))
@@ -639,5 +863,166 @@ mod tests {
                 && !glob_match("a*b*c", "acb")
         );
         assert!(!glob_match("", "x") && glob_match("", ""));
+    }
+
+    fn inline(document: serde_json::Value) -> CrossAccountRole {
+        role(
+            json!({"accountRef": "target", "policies": {"inline": [{"name": "p", "document": document.to_string()}]}}),
+        )
+    }
+
+    #[test]
+    fn inline_policies_may_not_allow_what_the_account_denies() {
+        let allow = |action: serde_json::Value| {
+            inline(
+                json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": action, "Resource": "*"}]}),
+            )
+        };
+        for denied in [
+            json!("iam:PassRole"),
+            json!("IAM:passrole"),
+            json!("*"),
+            json!("iam:*"),
+            json!(["s3:GetObject", "sts:AssumeRole"]),
+            json!("i?m:Update*"),
+        ] {
+            let r = refusal(check(&allow(denied.clone()), &permissive()));
+            assert_eq!(r.reason, Reason::NotPermitted, "{denied}");
+            assert!(
+                r.message.contains("spec.policies.inline[p].document")
+                    && r.message.contains("deniedActions"),
+                "{}",
+                r.message
+            );
+        }
+        assert!(check(&allow(json!(["s3:*", "ec2:Describe*"])), &permissive()).is_ok());
+        // A Deny of anything is fine.
+        let deny =
+            inline(json!({"Statement": [{"Effect": "Deny", "Action": "*", "Resource": "*"}]}));
+        assert!(check(&deny, &permissive()).is_ok());
+        // NotAction/NotResource only by opt-in; then the denied actions still apply to NotAction.
+        let not_action = inline(
+            json!({"Statement": [{"Effect": "Allow", "NotAction": "s3:*", "Resource": "*"}]}),
+        );
+        assert!(
+            refusal(check(&not_action, &permissive()))
+                .message
+                .contains("allowNotActions")
+        );
+        let mut open = permissive();
+        open.spec.allow_not_actions = true;
+        assert!(
+            refusal(check(&not_action, &open))
+                .message
+                .contains("deniedActions")
+        );
+        open.spec.denied_actions.clear();
+        assert!(check(&not_action, &open).is_ok());
+    }
+
+    #[test]
+    fn a_refused_spec_keeps_what_is_permitted_and_lists_what_is_not() {
+        let cr = role(
+            json!({"accountRef": "target", "policies": {"managed": [S3_READ, "arn:aws:iam::999999999999:policy/Other"]},
+            "grants": [{"user": "devTest"}, {"role": "ops"}]}),
+        );
+        let checked = validate(
+            &cr,
+            &permissive(),
+            &BTreeMap::new(),
+            &operator(),
+            &owner_of(&cr),
+        )
+        .unwrap();
+        assert_eq!(checked.violations.len(), 2, "{:?}", checked.violations);
+        assert_eq!(
+            checked.spec.managed_policies,
+            BTreeSet::from([S3_READ.to_owned()])
+        );
+        assert_eq!(
+            checked.spec.grants,
+            BTreeSet::from([Principal::User("devTest".into())])
+        );
+        // A namespace that may not use the account keeps nothing.
+        let mut closed = permissive();
+        closed.spec.allowed_namespaces.names.clear();
+        let checked =
+            validate(&cr, &closed, &BTreeMap::new(), &operator(), &owner_of(&cr)).unwrap();
+        assert!(checked.violations[0].contains("namespace team-a"));
+        assert!(checked.spec.managed_policies.is_empty() && checked.spec.grants.is_empty());
+    }
+
+    #[test]
+    fn principal_patterns_never_match_roots_by_wildcard_nor_any_account_without_opt_in() {
+        let trust =
+            |arn: &str| role(json!({"accountRef": "target", "trust": {"principals": [arn]}}));
+        let mut acct = permissive();
+        acct.spec.allowed_trust_principals = vec!["arn:aws:iam::123456789012:*".into()];
+        assert!(check(&trust("arn:aws:iam::123456789012:role/ci"), &acct).is_ok());
+        assert!(
+            check(&trust("arn:aws:iam::123456789012:root"), &acct).is_err(),
+            "root needs :root written out"
+        );
+        acct.spec
+            .allowed_trust_principals
+            .push("arn:aws:iam::123456789012:root".into());
+        assert!(check(&trust("arn:aws:iam::123456789012:root"), &acct).is_ok());
+        acct.spec.allowed_trust_principals = vec!["arn:aws:iam::*:role/ci".into()];
+        assert!(
+            check(&trust("arn:aws:iam::222222222222:role/ci"), &acct).is_err(),
+            "any account only by opt-in"
+        );
+        acct.spec.allow_wildcard_accounts = true;
+        assert!(check(&trust("arn:aws:iam::222222222222:role/ci"), &acct).is_ok());
+    }
+
+    #[test]
+    fn grants_follow_the_rules_for_the_namespace_and_never_name_the_operator() {
+        let grant = |user: &str| role(json!({"accountRef": "target", "grants": [{"user": user}]}));
+        let mut acct = permissive();
+        acct.spec.allowed_grants = Some(vec![
+            serde_json::from_value(json!({"namespaces": {"names": ["team-a"]}, "principals": ["arn:aws:iam::123456789012:user/team-a-*"]})).unwrap(),
+            serde_json::from_value(json!({"namespaces": {"names": ["team-b"]}, "principals": ["arn:aws:iam::123456789012:user/*"]})).unwrap(),
+        ]);
+        assert!(check(&grant("team-a-dev"), &acct).is_ok());
+        let r = refusal(check(&grant("team-b-dev"), &acct));
+        assert!(
+            r.message.contains("allowedGrants") && r.message.contains("namespace team-a"),
+            "{}",
+            r.message
+        );
+        // Even where every user may be granted, not the operator's own.
+        acct.spec.allowed_grants = None;
+        let r = refusal(check(&grant("cross-account-operator"), &acct));
+        assert!(
+            r.message.contains("operator's own principal"),
+            "{}",
+            r.message
+        );
+    }
+
+    #[test]
+    fn reserved_tag_keys_are_reserved_in_any_case() {
+        let cr = role(json!({"accountRef": "target", "tags": {"Crossaccount.IO/name": "x"}}));
+        assert_eq!(
+            refusal(check(&cr, &permissive())).reason,
+            Reason::InvalidSpec
+        );
+    }
+
+    #[test]
+    fn overlapping_globs_are_found() {
+        for (a, b) in [
+            ("iam:*", "*"),
+            ("*", "iam:passrole"),
+            ("iam:pass*", "iam:*role"),
+            ("i?m:*", "iam:x"),
+            ("a*b", "*b"),
+        ] {
+            assert!(globs_overlap(a, b) && globs_overlap(b, a), "{a} {b}");
+        }
+        for (a, b) in [("s3:*", "iam:*"), ("iam:get*", "iam:pass*"), ("ab", "a?c")] {
+            assert!(!globs_overlap(a, b) && !globs_overlap(b, a), "{a} {b}");
+        }
     }
 }
