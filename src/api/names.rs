@@ -68,6 +68,8 @@ pub enum Reason {
     Propagating,
     /// The Secret holds credentials issued by the operator.
     CredentialsIssued,
+    /// A mint waits its turn (fairness between objects and namespaces).
+    RateLimited,
     /// The Secret's name is taken by a Secret this object does not own.
     SecretNotOwned,
     /// A change was made in AWS (event only; the action names the IAM operation).
@@ -97,6 +99,7 @@ impl Reason {
             Reason::KubernetesError => "KubernetesError",
             Reason::Propagating => "Propagating",
             Reason::CredentialsIssued => "CredentialsIssued",
+            Reason::RateLimited => "RateLimited",
             Reason::SecretNotOwned => "SecretNotOwned",
             Reason::AwsChange => "AwsChange",
             Reason::InUse => "InUse",

@@ -78,6 +78,7 @@ pub(crate) struct Context<A: Aws> {
     resync_interval: Duration,
     caches: caches::Caches,
     recent: recent_sync::RecentSyncs,
+    mints: crate::pipeline::credentials::MintBudget,
 }
 
 impl<A: Aws> Context<A> {
@@ -102,6 +103,7 @@ impl<A: Aws> Context<A> {
             resync_interval,
             caches,
             recent: recent_sync::RecentSyncs::new(resync_interval),
+            mints: Default::default(),
         };
         (ctx, feeds)
     }

@@ -29,6 +29,7 @@ pub(crate) fn next_visit(
     let refresh = match &outcome.credentials {
         Some(CredentialsOutcome::Ready { held, .. }) => Some(until(held.refresh_at, now)),
         Some(CredentialsOutcome::Waiting { .. }) => Some(jitter(WAITING_RETRY, 0.5)),
+        Some(CredentialsOutcome::Deferred { after, .. }) => Some(jitter(*after, 0.2)),
         _ => None,
     };
     let own = match &outcome.role {

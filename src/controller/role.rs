@@ -212,6 +212,7 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Action,
         kube: &ctx.client,
         aws: &ctx.aws,
         operator: &ctx.operator,
+        mints: &ctx.mints,
     };
     let api = api_of(ctx, &namespace);
     let now = facts.now;

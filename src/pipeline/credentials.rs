@@ -17,9 +17,91 @@ use crate::{
 
 /// Credentials are never refreshed later than this before they expire.
 pub(crate) const REFRESH_FLOOR: Duration = Duration::from_secs(600);
+/// Credentials are never refreshed sooner than this after they were issued (unless that would
+/// pass the floor): `refreshPercent: 1` on a short session must not mint every few seconds.
+pub(crate) const MIN_REFRESH_DELAY: Duration = Duration::from_secs(60);
 /// At most this share of the time until the planned refresh is taken off it as jitter, so that
 /// credentials issued together spread out without ever refreshing right after being issued.
 const JITTER_SHARE: f64 = 0.1;
+
+/// How many mints of one namespace may be under way (waiting for the source account's AssumeRole
+/// rate limit, or in flight) at once. The rate limit serves callers in order, so with this cap a
+/// namespace that floods cannot queue ahead of the others: another namespace's mint waits at most
+/// for this many per active namespace.
+const MINTS_UNDER_WAY_PER_NAMESPACE: usize = 2;
+/// The shortest time between two mints of one object, whatever asks for them (a refresh at 1 %
+/// of a short session, a Secret edited over and over).
+pub(crate) const MIN_MINT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Fairness of minting between namespaces and objects.
+#[derive(Default)]
+pub(crate) struct MintBudget {
+    under_way: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    last_mint: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+/// A mint of `namespace` under way; ends when dropped.
+pub(crate) struct MintSlot<'a> {
+    budget: &'a MintBudget,
+    namespace: String,
+}
+
+impl Drop for MintSlot<'_> {
+    fn drop(&mut self) {
+        let mut under_way = self
+            .budget
+            .under_way
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = under_way.get_mut(&self.namespace) {
+            *n -= 1;
+            if *n == 0 {
+                under_way.remove(&self.namespace);
+            }
+        }
+    }
+}
+
+impl MintBudget {
+    /// A slot for a mint of object `key` in `namespace` now, or how long to wait: the object
+    /// minted less than [`MIN_MINT_INTERVAL`] ago, or its namespace has
+    /// [`MINTS_UNDER_WAY_PER_NAMESPACE`] mints under way.
+    pub(crate) fn enter(
+        &self,
+        namespace: &str,
+        key: &str,
+        now: std::time::Instant,
+    ) -> Result<MintSlot<'_>, Duration> {
+        if let Some(last) = self
+            .last_mint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+        {
+            let since = now.saturating_duration_since(*last);
+            if since < MIN_MINT_INTERVAL {
+                return Err(MIN_MINT_INTERVAL - since);
+            }
+        }
+        let mut under_way = self.under_way.lock().unwrap_or_else(|e| e.into_inner());
+        let n = under_way.entry(namespace.to_owned()).or_default();
+        if *n >= MINTS_UNDER_WAY_PER_NAMESPACE {
+            return Err(Duration::from_secs(1));
+        }
+        *n += 1;
+        Ok(MintSlot {
+            budget: self,
+            namespace: namespace.to_owned(),
+        })
+    }
+
+    /// Object `key` minted at `now`; entries older than the interval are dropped on the way.
+    pub(crate) fn minted(&self, key: &str, now: std::time::Instant) {
+        let mut last = self.last_mint.lock().unwrap_or_else(|e| e.into_inner());
+        last.retain(|_, at| now.saturating_duration_since(*at) < MIN_MINT_INTERVAL);
+        last.insert(key.to_owned(), now);
+    }
+}
 
 /// Credentials as the Secret holds them, with what they were issued for.
 #[derive(Clone, Debug, PartialEq)]
@@ -150,6 +232,13 @@ pub(crate) enum CredentialsOutcome {
     },
     /// A known delay (IAM propagation): try again soon.
     Waiting { message: String },
+    /// The mint waits its turn (fairness between objects and namespaces): try again after;
+    /// `held` is what the Secret still holds.
+    Deferred {
+        after: Duration,
+        secret_name: String,
+        held: Option<HeldCredentials>,
+    },
     /// The Secret name belongs to someone else: terminal until the spec changes.
     SecretNotOwned { message: String },
     /// Issuing or refreshing failed (retried with backoff); `held` is what the Secret still
@@ -169,6 +258,8 @@ impl CredentialsOutcome {
         match self {
             CredentialsOutcome::Ready { .. } => Reason::CredentialsIssued,
             CredentialsOutcome::Waiting { .. } => Reason::Propagating,
+            CredentialsOutcome::Deferred { held: Some(_), .. } => Reason::CredentialsIssued,
+            CredentialsOutcome::Deferred { held: None, .. } => Reason::RateLimited,
             CredentialsOutcome::SecretNotOwned { .. } => Reason::SecretNotOwned,
             CredentialsOutcome::Failed { reason, .. }
             | CredentialsOutcome::Withheld { reason, .. } => *reason,
@@ -211,7 +302,9 @@ pub(crate) fn refresh_due_at(
     if planned <= 0.0 {
         return issued;
     }
-    let delay = (planned * (1.0 - JITTER_SHARE * jitter.clamp(0.0, 1.0))).max(1.0);
+    let delay = (planned * (1.0 - JITTER_SHARE * jitter.clamp(0.0, 1.0)))
+        .max(MIN_REFRESH_DELAY.as_secs_f64().min(lifetime - floor))
+        .max(1.0);
     let due = Timestamp::from_second(
         (issued.as_second() as f64 + issued.subsec_nanosecond() as f64 / 1e9 + delay).ceil() as i64,
     )
@@ -264,10 +357,12 @@ mod tests {
     }
 
     #[test]
-    fn a_small_share_still_refreshes_after_its_delay_not_at_once() {
-        // 1 % of 900 s is 9 s; jitter takes off at most 10 % of that.
+    fn a_small_share_waits_at_least_the_minimum_delay() {
+        // 1 % of 900 s would be 9 s: a mint every few seconds. It waits a minute instead.
         let due = refresh_due_at(at(0), at(900), 1, 0.999);
-        assert!(due >= at(8) && due <= at(9), "{due}");
+        assert_eq!(due, at(60), "{due}");
+        // 5 % of 12 h is 36 min, well past the minimum.
+        assert_eq!(refresh_due_at(at(0), at(43200), 5, 0.0), at(2160));
     }
 
     #[test]
@@ -380,5 +475,40 @@ mod tests {
             ..held
         };
         assert!(reusable(Some(legacy), &request, &spec, at(10)).is_some());
+    }
+
+    #[test]
+    fn a_flooding_namespace_cannot_take_every_mint_and_an_object_mints_at_most_every_30_s() {
+        let budget = MintBudget::default();
+        let now = std::time::Instant::now();
+        let a1 = budget.enter("flood", "flood/1", now).unwrap();
+        let _a2 = budget.enter("flood", "flood/2", now).unwrap();
+        assert!(
+            budget.enter("flood", "flood/3", now).is_err(),
+            "two under way per namespace"
+        );
+        assert!(
+            budget.enter("quiet", "quiet/1", now).is_ok(),
+            "another namespace is not held up"
+        );
+        drop(a1);
+        budget.minted("flood/1", now);
+        assert!(
+            budget.enter("flood", "flood/3", now).is_ok(),
+            "a slot came free"
+        );
+        let wait = budget
+            .enter("flood", "flood/1", now + Duration::from_secs(10))
+            .err();
+        assert_eq!(
+            wait,
+            Some(Duration::from_secs(20)),
+            "flood/1 minted 10 s ago"
+        );
+        assert!(
+            budget
+                .enter("other", "flood/1", now + MIN_MINT_INTERVAL)
+                .is_ok()
+        );
     }
 }

@@ -47,6 +47,8 @@ pub(crate) struct Io<'a, A: Aws> {
     pub kube: &'a Client,
     pub aws: &'a A,
     pub operator: &'a OperatorIdentity,
+    /// Fairness of minting between objects and namespaces.
+    pub mints: &'a credentials::MintBudget,
 }
 
 /// What the controller looked up for this run.
@@ -451,7 +453,18 @@ async fn sync_credentials<A: Aws>(
     let (held, issued) = match credentials::reusable(held.clone(), &request, wanted, facts.now) {
         Some(held) => (held, false),
         None => {
-            match credentials::mint(&io.aws.source(), &request, role.created, facts.now).await {
+            let minted = match mint_fairly(io, cr, &request, role.created, facts.now).await {
+                Ok(minted) => minted,
+                Err(after) => {
+                    let outcome = CredentialsOutcome::Deferred {
+                        after,
+                        secret_name: name,
+                        held,
+                    };
+                    return (outcome, Vec::new());
+                }
+            };
+            match minted {
                 Ok(Minted::Propagating(message)) => {
                     return (CredentialsOutcome::Waiting { message }, Vec::new());
                 }
@@ -492,6 +505,28 @@ async fn sync_credentials<A: Aws>(
         issued,
     };
     (outcome, restarts)
+}
+
+/// Mints when the object's and its namespace's turn has come (see `MintBudget`); otherwise says
+/// when to try again.
+async fn mint_fairly<A: Aws>(
+    io: &Io<'_, A>,
+    cr: &CrossAccountRole,
+    request: &crate::aws::AssumeRoleRequest,
+    role_created: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<Result<Minted, AwsError>, std::time::Duration> {
+    let namespace = cr.namespace().unwrap_or_default();
+    let key = format!("{namespace}/{}", cr.name_any());
+    let slot = io
+        .mints
+        .enter(&namespace, &key, std::time::Instant::now())?;
+    let minted = credentials::mint(&io.aws.source(), request, role_created, now).await;
+    if matches!(minted, Ok(Minted::Issued(_))) {
+        io.mints.minted(&key, std::time::Instant::now());
+    }
+    drop(slot);
+    Ok(minted)
 }
 
 /// The credentials step failed with `error`; the Secret still holds `held`.

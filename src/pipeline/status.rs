@@ -283,6 +283,22 @@ fn credentials_condition(
                 format!("Secret {secret_name} holds valid credentials"),
             )
         }
+        CredentialsOutcome::Deferred {
+            secret_name,
+            held: Some(_),
+            ..
+        } => ConditionUpdate::new(
+            cond::CREDENTIALS_READY,
+            true,
+            why,
+            format!("Secret {secret_name} holds valid credentials"),
+        ),
+        CredentialsOutcome::Deferred { held: None, .. } => ConditionUpdate::new(
+            cond::CREDENTIALS_READY,
+            false,
+            why,
+            "new credentials wait their turn: this object minted less than 30 s ago, or its namespace has several mints under way",
+        ),
         CredentialsOutcome::Failed { message, held, .. } => {
             let message = match held {
                 Some(held) => format!(
