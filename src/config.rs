@@ -1,11 +1,70 @@
 //! Command-line flags of the operator binary, each with an environment-variable fallback.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
+use crate::api::DEFAULT_MOUNT_PATH;
+
+/// What the binary is asked to run: the operator, or (first argument `credentials-endpoint`) the
+/// credentials sidecar.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Operator(Box<Config>),
+    CredentialsEndpoint(EndpointArgs),
+}
+
+/// The first argument that selects the sidecar mode.
+pub const ENDPOINT_MODE: &str = "credentials-endpoint";
+
+impl Mode {
+    /// Parses the command line (exits with clap's message on bad flags).
+    pub fn from_args(args: Vec<String>) -> Self {
+        if args.get(1).map(String::as_str) == Some(ENDPOINT_MODE) {
+            let rest = std::iter::once(format!("{} {ENDPOINT_MODE}", args[0]))
+                .chain(args.into_iter().skip(2));
+            Mode::CredentialsEndpoint(EndpointArgs::parse_from(rest))
+        } else {
+            Mode::Operator(Box::new(Config::parse_from(args)))
+        }
+    }
+}
+
+/// Serves the credentials of a mounted CrossAccountRole Secret over the container credentials
+/// protocol on loopback, as a sidecar (for images with no shell to run `credential_process`): the
+/// application sets `AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:<port>/` and
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=<dir>/container-token`, and its SDK refreshes through
+/// it.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "cross-account-operator credentials-endpoint", version)]
+pub struct EndpointArgs {
+    /// Where the Secret is mounted (a directory mount, as `spec.credentials.mountPath`).
+    #[arg(long, env = "CREDENTIALS_DIR", default_value = DEFAULT_MOUNT_PATH)]
+    pub dir: PathBuf,
+
+    /// Loopback address to listen on.
+    #[arg(long, env = "CREDENTIALS_ENDPOINT_ADDR", default_value = "127.0.0.1:9911", value_parser = parse_loopback)]
+    pub addr: SocketAddr,
+}
+
+/// An address on loopback: the endpoint serves credentials, so nothing outside the pod may reach
+/// it.
+pub fn parse_loopback(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not an address such as 127.0.0.1:9911: {e}"))?;
+    if addr.ip().is_loopback() {
+        Ok(addr)
+    } else {
+        Err(format!(
+            "`{text}` is not a loopback address; use 127.0.0.1 or [::1]"
+        ))
+    }
+}
+
 /// Kubernetes operator that keeps cross-account IAM roles and temporary STS credentials in sync with
-/// CrossAccountRole objects.
+/// CrossAccountRole objects. (`cross-account-operator credentials-endpoint --help`: the credentials
+/// sidecar.)
 #[derive(Parser, Debug, Clone)]
 #[command(name = "cross-account-operator", version, about)]
 pub struct Config {
@@ -166,6 +225,20 @@ mod tests {
     #[test]
     fn flags_are_consistent() {
         Config::command().debug_assert();
+        EndpointArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn the_endpoint_mode_needs_no_cluster_name_and_listens_on_loopback_only() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let Mode::CredentialsEndpoint(endpoint) =
+            Mode::from_args(args(&["op", "credentials-endpoint", "--dir", "/mnt/aws"]))
+        else {
+            panic!("the endpoint mode")
+        };
+        assert_eq!(endpoint.dir, PathBuf::from("/mnt/aws"));
+        assert!(endpoint.addr.ip().is_loopback());
+        assert!(EndpointArgs::try_parse_from(["op", "--addr", "0.0.0.0:9911"]).is_err());
     }
 
     #[test]

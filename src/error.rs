@@ -45,6 +45,9 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    /// A rollout-restart target could not be restarted (retried with backoff).
+    #[error("could not restart {target}: {message}")]
+    RolloutRestart { target: String, message: String },
     /// An AwsAccount is stored in a shape this version cannot read (said on it, and on the CR).
     #[error("AwsAccount {name} cannot be read by the operator")]
     UnreadableAccount { name: String },
@@ -57,6 +60,7 @@ impl ReconcileError {
             ReconcileError::Aws(e) => e.category(),
             ReconcileError::Kube { .. } => KUBERNETES_CATEGORY,
             ReconcileError::UnreadableAccount { .. } => "UnreadableAccount",
+            ReconcileError::RolloutRestart { .. } => KUBERNETES_CATEGORY,
         }
     }
 
@@ -66,6 +70,7 @@ impl ReconcileError {
             ReconcileError::Aws(_) => Reason::AwsError,
             ReconcileError::Kube { .. } => Reason::KubernetesError,
             ReconcileError::UnreadableAccount { .. } => Reason::AccountNotReady,
+            ReconcileError::RolloutRestart { .. } => Reason::RolloutRestartFailed,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod aws;
 pub mod config;
 pub mod controller;
 pub mod crds;
+pub mod endpoint;
 pub mod error;
 pub mod http;
 pub mod leader;

@@ -4,12 +4,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use aws_config::{BehaviorVersion, timeout::TimeoutConfig};
-use clap::Parser;
 use tokio::sync::watch;
 
 use cross_account_operator::{
     aws::SdkAws,
-    config::Config,
+    config::{EndpointArgs, Mode},
     controller, http,
     leader::{self, Ended, LeaseSettings},
     metrics::Metrics,
@@ -19,7 +18,10 @@ use cross_account_operator::{
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config = match Mode::from_args(std::env::args().collect()) {
+        Mode::Operator(config) => *config,
+        Mode::CredentialsEndpoint(args) => return credentials_endpoint(args).await,
+    };
     telemetry::init(config.log_format, &config.log_filter)?;
 
     let client = kube::Client::try_default()
@@ -122,6 +124,18 @@ async fn main() -> anyhow::Result<()> {
             bail!("lost the leader-election lease; exiting so that a restart rejoins the election")
         }
     }
+}
+
+/// The credentials sidecar: serves the mounted Secret until SIGTERM.
+async fn credentials_endpoint(args: EndpointArgs) -> anyhow::Result<()> {
+    telemetry::init(cross_account_operator::config::LogFormat::Text, "info")?;
+    let server = cross_account_operator::endpoint::serve(args.dir, args.addr, async {
+        let _ = shutdown_signal().await;
+    })
+    .await
+    .with_context(|| format!("cannot listen on {}", args.addr))?;
+    server.await?;
+    Ok(())
 }
 
 /// Completes on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).

@@ -607,10 +607,10 @@ fn operator_cluster_permissions() -> BTreeSet<Permission> {
         ),
         // kube's event Recorder: create, and patch for a repeated event's series.
         ("events.k8s.io", "events", &["create", "patch"]),
-        // rollout::restart_targets (merge patch of the pod template).
-        ("apps", "deployments", &["patch"]),
-        ("apps", "statefulsets", &["patch"]),
-        ("apps", "daemonsets", &["patch"]),
+        // rollout::restart_targets (get or list by selector; merge patch of the pod template).
+        ("apps", "deployments", &["get", "list", "patch"]),
+        ("apps", "statefulsets", &["get", "list", "patch"]),
+        ("apps", "daemonsets", &["get", "list", "patch"]),
     ])
 }
 

@@ -221,14 +221,28 @@ pub struct CredentialsSpec {
     #[schemars(length(min = 1, max = 2048))]
     pub session_policy: Option<String>,
 
-    /// Workloads in this namespace whose pods are restarted (pod-template annotation) when new
-    /// credentials are issued. Needed for consumers that read credentials from environment
-    /// variables, which do not change in a running pod.
+    /// Where pods mount the Secret (as a directory, without subPath). The Secret's `config` key
+    /// runs `cat <mountPath>/credentials.json` as its `credential_process`, so a pod with
+    /// `AWS_CONFIG_FILE=<mountPath>/config` (and no static credentials file) follows every
+    /// refresh with its SDK's own refresh. Default `/var/run/secrets/crossaccount`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9._/-]*$"), length(max = 256))]
+    pub mount_path: Option<String>,
+
+    /// Workloads in this namespace whose pods are restarted (pod-template annotation
+    /// `crossaccount.io/restartedAt`) when new credentials are issued, for consumers that read
+    /// credentials from environment variables (which do not change in a running pod). A workload
+    /// is restarted once for credentials issued together (5 s after the issue; several
+    /// CrossAccountRoles refreshed together restart it once), at most once a minute, never
+    /// because the operator restarted; a failed restart is retried with backoff, and status says
+    /// so (condition `RolloutsRestarted`).
     #[serde(default)]
     #[schemars(length(max = 20))]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["kind".into(), "name".into()]))]
     pub rollout_restart_targets: Vec<RestartTarget>,
 }
+
+/// Where pods mount the credentials Secret when `spec.credentials.mountPath` is not set.
+pub const DEFAULT_MOUNT_PATH: &str = "/var/run/secrets/crossaccount";
 
 fn default_duration_seconds() -> i32 {
     3600
@@ -238,15 +252,21 @@ fn default_refresh_percent() -> i32 {
     67
 }
 
-/// A workload restarted when credentials change.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+/// Workloads restarted when new credentials are issued: one by name, or every one of the kind
+/// whose labels match a selector. Set exactly one of `name` or `selector`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.name) != has(self.selector)").message("set exactly one of name or selector"))]
 #[serde(rename_all = "camelCase")]
 pub struct RestartTarget {
     /// Kind of the workload.
     pub kind: RestartKind,
     /// Name of the workload in the CrossAccountRole's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
-    pub name: String,
+    pub name: Option<String>,
+    /// Label selector of workloads of the kind in the CrossAccountRole's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
 }
 
 /// Kinds of workload that can be rollout-restarted.

@@ -14,6 +14,6 @@ pub use aws_account::{
 };
 pub use cross_account_role::{
     CredentialsSpec, CredentialsStatus, CrossAccountRole, CrossAccountRoleSpec,
-    CrossAccountRoleStatus, DeletionPolicy, Grant, InlinePolicy, Policies, RestartKind,
-    RestartTarget, Trust,
+    CrossAccountRoleStatus, DEFAULT_MOUNT_PATH, DeletionPolicy, Grant, InlinePolicy, Policies,
+    RestartKind, RestartTarget, Trust,
 };

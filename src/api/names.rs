@@ -16,6 +16,9 @@ pub const EXPIRATION_ANNOTATION: &str = "crossaccount.io/expiration";
 /// Annotation on the Secret with the time the operator plans to replace the credentials (RFC 3339);
 /// read after a restart so that credentials that are not yet due are kept.
 pub const REFRESH_AT_ANNOTATION: &str = "crossaccount.io/refresh-at";
+/// Annotation on the Secret with the time its credentials were issued (RFC 3339): rollout
+/// restarts catch up with it.
+pub const ISSUED_AT_ANNOTATION: &str = "crossaccount.io/issued-at";
 /// Annotation on the Secret with a fingerprint of the AssumeRole request its credentials answer
 /// (role, session length and policy): a change of the request mints new credentials at once.
 pub const REQUEST_ANNOTATION: &str = "crossaccount.io/request";
@@ -40,6 +43,8 @@ pub mod condition {
     pub const READY: &str = "Ready";
     pub const ROLE_SYNCED: &str = "RoleSynced";
     pub const CREDENTIALS_READY: &str = "CredentialsReady";
+    /// Whether every rollout-restart target runs with the current credentials.
+    pub const ROLLOUTS_RESTARTED: &str = "RolloutsRestarted";
     /// On an AwsAccount being deleted: whether it can go yet.
     pub const DELETING: &str = "Deleting";
 }

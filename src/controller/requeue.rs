@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use super::backoff::jitter;
 use crate::pipeline::{
     credentials::CredentialsOutcome,
+    rollout::RestartResult,
     status::{Outcome, RoleEnding},
 };
 
@@ -31,6 +32,19 @@ pub(crate) fn next_visit(
         Some(CredentialsOutcome::Waiting { .. }) => Some(jitter(WAITING_RETRY, 0.5)),
         Some(CredentialsOutcome::Deferred { after, .. }) => Some(jitter(*after, 0.2)),
         _ => None,
+    };
+    // A rollout restart that waits for its credentials to settle, or for its minute.
+    let restart = outcome
+        .restarts
+        .iter()
+        .filter_map(|(_, result)| match result {
+            RestartResult::Pending(after) => Some(*after + Duration::from_millis(500)),
+            _ => None,
+        })
+        .min();
+    let refresh = match (refresh, restart) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     };
     let own = match &outcome.role {
         RoleEnding::Synced { .. } => Some(jitter(resync_interval, RESYNC_SPREAD)),
@@ -109,8 +123,10 @@ mod tests {
                 region: None,
                 refresh_at,
                 request: None,
+                issued_at: None,
             },
             issued: false,
+            note: None,
         }
     }
 

@@ -15,8 +15,26 @@ use crate::{
     naming::{OperatorIdentity, Owner},
 };
 
-/// Credentials are never refreshed later than this before they expire.
-pub(crate) const REFRESH_FLOOR: Duration = Duration::from_secs(600);
+/// The widest window before expiry in which an AWS SDK refreshes cached credentials: botocore's
+/// advisory refresh, 15 minutes (`_DEFAULT_ADVISORY_REFRESH_TIMEOUT` in botocore/credentials.py;
+/// it insists from 10 minutes, `_DEFAULT_MANDATORY_REFRESH_TIMEOUT`). The AWS SDKs for Go v2,
+/// JavaScript v3, Java v2 and Rust refresh within a few minutes of expiry or later.
+const SDK_REFRESH_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// The window from which botocore refreshes on every call, blocking.
+const SDK_MANDATORY_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// How long kubelet may take to show an updated Secret in a mounted volume: its sync period (1
+/// minute by default) plus its Secret cache's propagation.
+const PROPAGATION_ALLOWANCE: Duration = Duration::from_secs(2 * 60);
+/// Credentials are refreshed at the latest this long before they expire: the new ones are in
+/// every mounted volume before any SDK begins to refresh the old ones, with a few minutes to
+/// spare (15 + 2 + 3 minutes).
+pub(crate) const REFRESH_FLOOR: Duration =
+    Duration::from_secs(SDK_REFRESH_WINDOW.as_secs() + PROPAGATION_ALLOWANCE.as_secs() + 3 * 60);
+/// For sessions too short for [`REFRESH_FLOOR`] (under 21 minutes): at the latest this long
+/// before expiry, so that SDKs never read credentials inside their mandatory window (10 + 2
+/// minutes). botocore then refreshes in its advisory window, i.e. re-reads on many calls.
+const SHORT_SESSION_FLOOR: Duration =
+    Duration::from_secs(SDK_MANDATORY_WINDOW.as_secs() + PROPAGATION_ALLOWANCE.as_secs());
 /// Credentials are never refreshed sooner than this after they were issued (unless that would
 /// pass the floor): `refreshPercent: 1` on a short session must not mint every few seconds.
 pub(crate) const MIN_REFRESH_DELAY: Duration = Duration::from_secs(60);
@@ -113,6 +131,8 @@ pub(crate) struct HeldCredentials {
     /// [`request_fingerprint`] of the request they were issued for; `None` in Secrets written
     /// before the operator recorded it (kept until due, so an upgrade mints nothing).
     pub request: Option<String>,
+    /// When they were issued (what rollout restarts catch up with); `None` in older Secrets.
+    pub issued_at: Option<Timestamp>,
 }
 
 /// The role the credentials are for.
@@ -218,6 +238,7 @@ pub(crate) fn hold(
         region: spec.region.clone(),
         refresh_at,
         request: Some(request_fingerprint(request)),
+        issued_at: Some(now),
     }
 }
 
@@ -229,6 +250,8 @@ pub(crate) enum CredentialsOutcome {
         secret_name: String,
         held: HeldCredentials,
         issued: bool,
+        /// What the session's length implies for SDKs, when it is short.
+        note: Option<String>,
     },
     /// A known delay (IAM propagation): try again soon.
     Waiting { message: String },
@@ -285,10 +308,36 @@ pub(crate) fn session_duration(
     duration.max(MIN_SESSION)
 }
 
+/// How long before expiry credentials of `lifetime` are refreshed at the latest.
+fn floor_for(lifetime: f64) -> Duration {
+    if lifetime >= (REFRESH_FLOOR + MIN_REFRESH_DELAY).as_secs_f64() {
+        REFRESH_FLOOR
+    } else {
+        SHORT_SESSION_FLOOR
+    }
+}
+
+/// What a session of `duration_seconds` implies for SDKs, when it is too short to stay outside
+/// their refresh windows; said in the `CredentialsReady` condition.
+pub(crate) fn short_session_note(duration_seconds: i32) -> Option<String> {
+    let lifetime = f64::from(duration_seconds);
+    if floor_for(lifetime) == REFRESH_FLOOR {
+        return None;
+    }
+    let every = (lifetime - SHORT_SESSION_FLOOR.as_secs_f64()).max(MIN_REFRESH_DELAY.as_secs_f64());
+    Some(format!(
+        "sessions of {duration_seconds} s are refreshed every {every:.0} s, and SDKs that refresh {} min before expiry (botocore) re-run credential_process on many calls; use durationSeconds of at least {} for refreshes outside every SDK's window",
+        SDK_REFRESH_WINDOW.as_secs() / 60,
+        (REFRESH_FLOOR + MIN_REFRESH_DELAY).as_secs()
+    ))
+}
+
 /// When credentials issued at `issued` and expiring at `expiration` should be replaced:
-/// `refresh_percent` of the lifetime, but never later than [`REFRESH_FLOOR`] before expiry, then
-/// brought forward by up to [`JITTER_SHARE`] of that delay (`jitter` in [0, 1) picks how much).
-/// The result is in whole seconds (as stored in the Secret) and at least a second after `issued`.
+/// `refresh_percent` of the lifetime, but never later than [`REFRESH_FLOOR`] before expiry (the
+/// SDKs' refresh windows and kubelet's propagation stay clear; [`SHORT_SESSION_FLOOR`] for short
+/// sessions) and never sooner than [`MIN_REFRESH_DELAY`] after issue, then brought forward by up
+/// to [`JITTER_SHARE`] of that delay (`jitter` in [0, 1) picks how much). The result is in whole
+/// seconds (as stored in the Secret) and at least a second after `issued`.
 pub(crate) fn refresh_due_at(
     issued: Timestamp,
     expiration: Timestamp,
@@ -296,7 +345,8 @@ pub(crate) fn refresh_due_at(
     jitter: f64,
 ) -> Timestamp {
     let lifetime = expiration.duration_since(issued).as_secs_f64();
-    let floor = REFRESH_FLOOR.as_secs_f64();
+    let floor_duration = floor_for(lifetime);
+    let floor = floor_duration.as_secs_f64();
     let share = f64::from(refresh_percent.clamp(1, 100)) / 100.0;
     let planned = (lifetime * share).min(lifetime - floor);
     if planned <= 0.0 {
@@ -309,7 +359,7 @@ pub(crate) fn refresh_due_at(
         (issued.as_second() as f64 + issued.subsec_nanosecond() as f64 / 1e9 + delay).ceil() as i64,
     )
     .unwrap_or(issued);
-    let latest = expiration - SignedDuration::try_from(REFRESH_FLOOR).expect("small duration");
+    let latest = expiration - SignedDuration::try_from(floor_duration).expect("small duration");
     due.min(latest.max(issued))
 }
 
@@ -344,16 +394,40 @@ mod tests {
     }
 
     #[test]
-    fn refresh_is_never_later_than_ten_minutes_before_expiry() {
-        // 90 % of 15 minutes would be 13.5 minutes: too close to the end.
-        assert_eq!(refresh_due_at(at(0), at(900), 90, 0.0), at(300));
-        assert_eq!(refresh_due_at(at(0), at(3600), 90, 0.0), at(3000));
+    fn refresh_leaves_the_sdks_windows_and_kubelets_propagation_clear() {
+        // 67 % (the default) of an hour would be 40.2 minutes: the new credentials must be in
+        // the volume 17 minutes before expiry (botocore's 15 plus kubelet's 2), with room.
+        assert_eq!(refresh_due_at(at(0), at(3600), 67, 0.0), at(2400));
+        assert_eq!(refresh_due_at(at(0), at(3600), 90, 0.0), at(2400));
+        // A 15-minute session cannot stay outside botocore's advisory window: it is refreshed
+        // so that no SDK ever reads it inside the mandatory 10 minutes (plus propagation).
+        assert_eq!(refresh_due_at(at(0), at(900), 90, 0.0), at(180));
+        for lifetime in [900, 1260, 1800, 3600, 43200] {
+            let due = refresh_due_at(at(0), at(lifetime), 90, 0.0);
+            let left = at(lifetime).duration_since(due).as_secs();
+            assert!(
+                left >= (SDK_MANDATORY_WINDOW + PROPAGATION_ALLOWANCE).as_secs() as i64,
+                "{lifetime}: {left} s left at the refresh"
+            );
+            if lifetime >= 1260 {
+                assert!(
+                    left >= (SDK_REFRESH_WINDOW + PROPAGATION_ALLOWANCE).as_secs() as i64,
+                    "{lifetime}: {left}"
+                );
+            }
+        }
+        assert!(short_session_note(900).unwrap().contains("every 180 s"));
+        assert_eq!(short_session_note(3600), None);
     }
 
     #[test]
     fn expired_or_odd_inputs_give_a_time_not_before_issue() {
         assert_eq!(refresh_due_at(at(100), at(50), 67, 0.5), at(100));
-        assert_eq!(refresh_due_at(at(0), at(500), 67, 0.5), at(0));
+        assert_eq!(
+            refresh_due_at(at(0), at(500), 67, 0.5),
+            at(0),
+            "already inside the floor"
+        );
     }
 
     #[test]
@@ -367,10 +441,10 @@ mod tests {
 
     #[test]
     fn jitter_applies_below_the_floor_too() {
-        let plain = refresh_due_at(at(0), at(900), 67, 0.0);
-        let jittered = refresh_due_at(at(0), at(900), 67, 0.9);
-        assert_eq!(plain, at(300));
-        assert!(jittered < plain && jittered >= at(270), "{jittered}");
+        let plain = refresh_due_at(at(0), at(3600), 67, 0.0);
+        let jittered = refresh_due_at(at(0), at(3600), 67, 0.9);
+        assert_eq!(plain, at(2400));
+        assert!(jittered < plain && jittered >= at(2160), "{jittered}");
     }
 
     #[test]
@@ -392,7 +466,10 @@ mod tests {
             let jittered = refresh_due_at(issued, expiration, percent, jitter);
             prop_assert!(jittered <= plain);
             prop_assert!(jittered > issued, "never right after being issued");
-            prop_assert!(jittered <= expiration - SignedDuration::from_secs(600));
+            prop_assert!(jittered <= expiration - SignedDuration::try_from(SHORT_SESSION_FLOOR).unwrap());
+            if lifetime >= 1260 {
+                prop_assert!(jittered <= expiration - SignedDuration::try_from(REFRESH_FLOOR).unwrap());
+            }
             let window = (plain.duration_since(issued).as_secs_f64() * JITTER_SHARE).ceil() as i64 + 1;
             prop_assert!(plain.duration_since(jittered).as_secs() <= window);
         }

@@ -36,7 +36,7 @@ use self::{
     validate::{AccountLookup, Refusal, ValidatedSpec},
 };
 use crate::{
-    api::{AwsAccount, CredentialsSpec, CrossAccountRole, names::Reason},
+    api::{AwsAccount, CredentialsSpec, CrossAccountRole, DEFAULT_MOUNT_PATH, names::Reason},
     aws::{Aws, AwsError, Change},
     error::ReconcileError,
     naming::{OperatorIdentity, Owner},
@@ -450,8 +450,22 @@ async fn sync_credentials<A: Aws>(
     };
     let request = credentials::assume_request(owner, wanted, &for_role, io.operator);
     let held = existing.as_ref().and_then(secret::read_held);
+    let layout = secret::Layout::for_secret(
+        wanted.mount_path.as_deref().unwrap_or(DEFAULT_MOUNT_PATH),
+        existing.as_ref(),
+    );
     let (held, issued) = match credentials::reusable(held.clone(), &request, wanted, facts.now) {
-        Some(held) => (held, false),
+        Some(held) => {
+            // The credentials stay; the rest of the Secret (its config, its token, keys someone
+            // added or removed) is brought back without a mint.
+            let rendered = secret::render_secret(cr, &name, &held, &layout);
+            if existing.as_ref().and_then(|e| e.data.as_ref()) != rendered.data.as_ref()
+                && let Err(e) = secret::write(&secrets, &rendered, existing.as_ref()).await
+            {
+                return (failed(e, Some(held), run), Vec::new());
+            }
+            (held, false)
+        }
         None => {
             let minted = match mint_fairly(io, cr, &request, role.created, facts.now).await {
                 Ok(minted) => minted,
@@ -471,7 +485,7 @@ async fn sync_credentials<A: Aws>(
                 Ok(Minted::Issued(issued)) => {
                     let fresh =
                         credentials::hold(issued, &request, wanted, facts.now, facts.jitter);
-                    let rendered = secret::render_secret(cr, &name, &fresh);
+                    let rendered = secret::render_secret(cr, &name, &fresh, &layout);
                     if let Err(e) = secret::write(&secrets, &rendered, existing.as_ref()).await {
                         return (failed(e, held, run), Vec::new());
                     }
@@ -486,23 +500,36 @@ async fn sync_credentials<A: Aws>(
     {
         run.errors.push(e);
     }
-    let restarts = if issued {
-        // The new expiration is the stamp: one issue restarts each target once.
-        let stamp = held.credentials.expiration.to_string();
-        rollout::restart_targets(
-            io.kube,
-            &cr.namespace().unwrap_or_default(),
-            &wanted.rollout_restart_targets,
-            &stamp,
-        )
-        .await
-    } else {
-        Vec::new()
+    // Workloads that read the credentials from the environment catch up with them.
+    let restarts = match (&wanted.rollout_restart_targets[..], held.issued_at) {
+        ([], _) | (_, None) => Vec::new(),
+        (targets, Some(issued_at)) => {
+            let results = rollout::restart_targets(
+                io.kube,
+                &cr.namespace().unwrap_or_default(),
+                targets,
+                issued_at,
+                facts.now,
+            )
+            .await;
+            // A failed restart stays due: retried with the object's backoff.
+            if let Some((target, RestartResult::Failed(e))) = results
+                .iter()
+                .find(|(_, r)| matches!(r, RestartResult::Failed(_)))
+            {
+                run.errors.push(ReconcileError::RolloutRestart {
+                    target: target.clone(),
+                    message: e.to_string(),
+                });
+            }
+            results
+        }
     };
     let outcome = CredentialsOutcome::Ready {
         secret_name: name,
         held,
         issued,
+        note: credentials::short_session_note(request.duration_seconds),
     };
     (outcome, restarts)
 }

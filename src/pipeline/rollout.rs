@@ -1,13 +1,30 @@
-//! Step 9: after new credentials are issued, restarts the CR's rollout targets (workloads that read
-//! credentials from environment variables) by stamping their pod template.
+//! Step 9: rollout restarts of the workloads that read the credentials from environment
+//! variables (`spec.credentials.rolloutRestartTargets`), by stamping their pod template with
+//! `crossaccount.io/restartedAt`.
+//!
+//! Whether a workload needs a restart is decided from what the cluster holds, not from memory:
+//! credentials issued at `issued_at` (the Secret records it) need a workload restarted at or after
+//! that time. So a restart happens only on a real change of credentials, never because the
+//! operator restarted, and credentials issued together (several CrossAccountRoles refreshed at
+//! once) restart a workload once: the restart waits [`SETTLE`] after the issue, and a workload
+//! restarted since then is done for all of them. A workload is restarted at most once per
+//! [`MIN_INTERVAL`]. A failed restart stays due and is retried with the reconcile's backoff.
 
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
 use kube::{
-    Api, Client,
-    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+    Api, Client, ResourceExt,
+    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
 };
 use serde_json::json;
 
 use crate::api::{RestartKind, RestartTarget, names::RESTARTED_AT_ANNOTATION};
+
+/// How long after an issue a restart waits, so that credentials issued together share it.
+pub(crate) const SETTLE: Duration = Duration::from_secs(5);
+/// The shortest time between two restarts of one workload.
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_secs(60);
 
 fn kind_name(kind: RestartKind) -> &'static str {
     match kind {
@@ -17,37 +34,159 @@ fn kind_name(kind: RestartKind) -> &'static str {
     }
 }
 
-/// What happened to one target.
+/// What became of one workload.
 #[derive(Debug)]
 pub(crate) enum RestartResult {
+    /// Restarted now for the new credentials.
     Restarted,
+    /// Already restarted since the credentials were issued.
+    UpToDate,
+    /// Due in the given time (settling, or restarted less than a minute ago).
+    Pending(Duration),
     NotFound,
     Failed(kube::Error),
 }
 
-/// Stamps `stamp` (the new credentials' expiration, so one issue restarts once, however often it
-/// is applied) on each target's pod template in `namespace`.
+/// What to do with a workload last restarted at `restarted` for credentials issued at `issued`.
+pub(crate) fn decide(restarted: Option<Timestamp>, issued: Timestamp, now: Timestamp) -> Decision {
+    if restarted.is_some_and(|at| at >= issued) {
+        return Decision::UpToDate;
+    }
+    let settle = SignedDuration::try_from(SETTLE).expect("small duration");
+    let interval = SignedDuration::try_from(MIN_INTERVAL).expect("small duration");
+    let mut due = issued + settle;
+    if let Some(at) = restarted {
+        due = due.max(at + interval);
+    }
+    if now >= due {
+        Decision::Restart
+    } else {
+        Decision::Wait(Duration::try_from(due.duration_since(now)).unwrap_or(SETTLE))
+    }
+}
+
+/// See [`decide`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    UpToDate,
+    Restart,
+    Wait(Duration),
+}
+
+/// Brings every target in `namespace` up to credentials issued at `issued`.
 pub(crate) async fn restart_targets(
     client: &Client,
     namespace: &str,
     targets: &[RestartTarget],
-    stamp: &str,
+    issued: Timestamp,
+    now: Timestamp,
 ) -> Vec<(String, RestartResult)> {
     let mut results = Vec::new();
     for target in targets {
         let kind = kind_name(target.kind);
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", kind));
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-        let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: stamp}}}}});
-        let result = match api
-            .patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => RestartResult::Restarted,
-            Err(kube::Error::Api(s)) if s.code == 404 => RestartResult::NotFound,
-            Err(e) => RestartResult::Failed(e),
+        let workloads = match (&target.name, &target.selector) {
+            (Some(name), _) => match api.get_opt(name).await {
+                Ok(Some(found)) => vec![found],
+                Ok(None) => {
+                    results.push((format!("{kind}/{name}"), RestartResult::NotFound));
+                    continue;
+                }
+                Err(e) => {
+                    results.push((format!("{kind}/{name}"), RestartResult::Failed(e)));
+                    continue;
+                }
+            },
+            (None, Some(selector)) => {
+                let selector = match kube::core::Selector::try_from(selector.clone()) {
+                    Ok(selector) => selector,
+                    Err(_) => continue,
+                };
+                match api
+                    .list(&ListParams::default().labels_from(&selector))
+                    .await
+                {
+                    Ok(list) => list.items,
+                    Err(e) => {
+                        results.push((format!("{kind}s selected"), RestartResult::Failed(e)));
+                        continue;
+                    }
+                }
+            }
+            (None, None) => continue,
         };
-        results.push((format!("{kind}/{}", target.name), result));
+        for workload in workloads {
+            let label = format!("{kind}/{}", workload.name_any());
+            let result = restart_one(&api, &workload, issued, now).await;
+            results.push((label, result));
+        }
     }
     results
+}
+
+async fn restart_one(
+    api: &Api<DynamicObject>,
+    workload: &DynamicObject,
+    issued: Timestamp,
+    now: Timestamp,
+) -> RestartResult {
+    let restarted = workload.data["spec"]["template"]["metadata"]["annotations"]
+        [RESTARTED_AT_ANNOTATION]
+        .as_str()
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    match decide(restarted, issued, now) {
+        Decision::UpToDate => RestartResult::UpToDate,
+        Decision::Wait(after) => RestartResult::Pending(after),
+        Decision::Restart => {
+            let stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+            let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: stamp}}}}});
+            match api
+                .patch(
+                    &workload.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(_) => RestartResult::Restarted,
+                Err(kube::Error::Api(s)) if s.code == 404 => RestartResult::NotFound,
+                Err(e) => RestartResult::Failed(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    #[test]
+    fn a_workload_restarted_since_the_issue_is_done_for_every_credential_issued_before() {
+        assert_eq!(decide(Some(at(10)), at(5), at(20)), Decision::UpToDate);
+        assert_eq!(decide(Some(at(5)), at(5), at(20)), Decision::UpToDate);
+    }
+
+    #[test]
+    fn a_restart_waits_for_credentials_issued_together_to_settle() {
+        assert_eq!(
+            decide(None, at(0), at(2)),
+            Decision::Wait(Duration::from_secs(3))
+        );
+        assert_eq!(decide(None, at(0), at(5)), Decision::Restart);
+    }
+
+    #[test]
+    fn a_workload_restarts_at_most_once_a_minute() {
+        // Restarted at 0 for earlier credentials; new ones issued at 10.
+        assert_eq!(
+            decide(Some(at(0)), at(10), at(20)),
+            Decision::Wait(Duration::from_secs(40))
+        );
+        assert_eq!(decide(Some(at(0)), at(10), at(60)), Decision::Restart);
+    }
 }

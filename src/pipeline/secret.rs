@@ -20,8 +20,8 @@ use crate::{
     api::{
         CrossAccountRole,
         names::{
-            EXPIRATION_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
-            REFRESH_AT_ANNOTATION, REQUEST_ANNOTATION,
+            EXPIRATION_ANNOTATION, FIELD_MANAGER, ISSUED_AT_ANNOTATION, MANAGED_BY_LABEL,
+            MANAGED_BY_VALUE, REFRESH_AT_ANNOTATION, REQUEST_ANNOTATION,
         },
     },
     aws::IssuedCredentials,
@@ -39,14 +39,59 @@ pub(crate) mod keys {
     pub const REGION: &str = "AWS_REGION";
     pub const EXPIRATION: &str = "expiration";
     pub const ROLE_ARN: &str = "role_arn";
+    /// The token a client of the container credentials endpoint (`credentials-endpoint` mode of
+    /// the operator binary, a sidecar) presents: `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`.
+    pub const CONTAINER_TOKEN: &str = "container-token";
+}
+
+/// Where the Secret is mounted in the pods that use it (`spec.credentials.mountPath`), for the
+/// `credential_process` of its `config`, and the container-endpoint token it keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub mount_path: String,
+    pub container_token: String,
+}
+
+impl Layout {
+    /// The layout for `mount_path`, keeping the token an `existing` Secret has (a new one
+    /// otherwise: 32 random bytes, hex).
+    pub(crate) fn for_secret(mount_path: &str, existing: Option<&Secret>) -> Self {
+        let kept = existing
+            .and_then(|s| s.data.as_ref()?.get(keys::CONTAINER_TOKEN))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+        let container_token = kept.unwrap_or_else(|| {
+            use rand::Rng;
+            let bytes: [u8; 32] = rand::rng().random();
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        });
+        Self {
+            mount_path: mount_path.trim_end_matches('/').to_owned(),
+            container_token,
+        }
+    }
 }
 
 fn rfc3339(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// The data keys of the Secret, as strings.
-pub(crate) fn render_data(content: &HeldCredentials) -> BTreeMap<String, String> {
+/// The `config` key: the region when set, and a `credential_process` that reads the mounted
+/// `credentials.json`. SDKs re-run it when their cached credentials near the expiry it reports,
+/// so a long-running process follows every refresh; a static credentials file is read once.
+fn render_config(region: Option<&str>, layout: &Layout) -> String {
+    let region = region
+        .map(|r| format!("region = {r}\n"))
+        .unwrap_or_default();
+    format!(
+        "[default]\n{region}credential_process = cat {}/{}\n",
+        layout.mount_path,
+        keys::CREDENTIALS_JSON
+    )
+}
+
+/// The data keys that carry the credentials: what must be intact for them to be reused.
+fn credential_data(content: &HeldCredentials) -> BTreeMap<String, String> {
     let c = &content.credentials;
     let expiration = rfc3339(c.expiration);
     let mut data = BTreeMap::from([
@@ -68,13 +113,6 @@ pub(crate) fn render_data(content: &HeldCredentials) -> BTreeMap<String, String>
             })
             .to_string(),
         ),
-        (
-            keys::CONFIG.to_owned(),
-            match &content.region {
-                Some(region) => format!("[default]\nregion = {region}\n"),
-                None => "[default]\n".to_owned(),
-            },
-        ),
         (keys::ACCESS_KEY_ID.to_owned(), c.access_key_id.clone()),
         (
             keys::SECRET_ACCESS_KEY.to_owned(),
@@ -90,11 +128,26 @@ pub(crate) fn render_data(content: &HeldCredentials) -> BTreeMap<String, String>
     data
 }
 
+/// The data keys of the Secret, as strings.
+pub(crate) fn render_data(content: &HeldCredentials, layout: &Layout) -> BTreeMap<String, String> {
+    let mut data = credential_data(content);
+    data.insert(
+        keys::CONFIG.to_owned(),
+        render_config(content.region.as_deref(), layout),
+    );
+    data.insert(
+        keys::CONTAINER_TOKEN.to_owned(),
+        layout.container_token.clone(),
+    );
+    data
+}
+
 /// The whole Secret for `cr`, owned by it.
 pub(crate) fn render_secret(
     cr: &CrossAccountRole,
     name: &str,
     content: &HeldCredentials,
+    layout: &Layout,
 ) -> Secret {
     let owner = OwnerReference {
         api_version: CrossAccountRole::api_version(&()).into_owned(),
@@ -120,6 +173,7 @@ pub(crate) fn render_secret(
                     ),
                     (REFRESH_AT_ANNOTATION, Some(rfc3339(content.refresh_at))),
                     (REQUEST_ANNOTATION, content.request.clone()),
+                    (ISSUED_AT_ANNOTATION, content.issued_at.map(rfc3339)),
                 ]
                 .into_iter()
                 .filter_map(|(k, v)| Some((k.to_owned(), v?)))
@@ -130,7 +184,7 @@ pub(crate) fn render_secret(
         },
         type_: Some("Opaque".to_owned()),
         data: Some(
-            render_data(content)
+            render_data(content, layout)
                 .into_iter()
                 .map(|(k, v)| (k, ByteString(v.into_bytes())))
                 .collect(),
@@ -174,10 +228,15 @@ pub(crate) fn read_held(secret: &Secret) -> Option<HeldCredentials> {
         region: text(keys::REGION),
         refresh_at,
         request: secret.annotations().get(REQUEST_ANNOTATION).cloned(),
+        issued_at: secret
+            .annotations()
+            .get(ISSUED_AT_ANNOTATION)
+            .and_then(|t| t.parse().ok()),
     };
-    // Keys someone else added are tolerated: server-side apply cannot remove keys it does not own,
-    // so treating them as damage would re-issue credentials on every reconcile.
-    let intact = render_data(&content)
+    // Only the keys that carry the credentials count: another `config` (the mount path changed,
+    // or an older version wrote it) or a key someone added does not spoil them (the Secret is
+    // rewritten, without a mint).
+    let intact = credential_data(&content)
         .iter()
         .all(|(k, v)| text(k).as_deref() == Some(v.as_str()))
         && secret.annotations().get(EXPIRATION_ANNOTATION)
@@ -287,6 +346,7 @@ mod tests {
             region: region.map(str::to_owned),
             refresh_at: "2026-11-28T11:40:00Z".parse().unwrap(),
             request: Some("0123456789".into()),
+            issued_at: Some("2026-11-28T11:00:00Z".parse().unwrap()),
         }
     }
 
@@ -299,14 +359,25 @@ mod tests {
         cr
     }
 
+    fn layout() -> Layout {
+        Layout {
+            mount_path: "/var/run/secrets/crossaccount".into(),
+            container_token: "ab".repeat(32),
+        }
+    }
+
     #[test]
     fn files_are_rendered_exactly() {
-        let data = render_data(&content(Some("eu-west-1")));
+        let data = render_data(&content(Some("eu-west-1")), &layout());
         assert_eq!(
             data["credentials"],
             "[default]\naws_access_key_id = ASIAKEY\naws_secret_access_key = secret/with+chars\naws_session_token = token==\n"
         );
-        assert_eq!(data["config"], "[default]\nregion = eu-west-1\n");
+        assert_eq!(
+            data["config"],
+            "[default]\nregion = eu-west-1\ncredential_process = cat /var/run/secrets/crossaccount/credentials.json\n"
+        );
+        assert_eq!(data["container-token"], "ab".repeat(32));
         let json: serde_json::Value = serde_json::from_str(&data["credentials.json"]).unwrap();
         assert_eq!(
             json,
@@ -318,14 +389,17 @@ mod tests {
             data["role_arn"],
             "arn:aws:iam::111111111111:role/CrossAccountSignin"
         );
-        let without_region = render_data(&content(None));
+        let without_region = render_data(&content(None), &layout());
         assert!(!without_region.contains_key("AWS_REGION"));
-        assert_eq!(without_region["config"], "[default]\n");
+        assert_eq!(
+            without_region["config"],
+            "[default]\ncredential_process = cat /var/run/secrets/crossaccount/credentials.json\n"
+        );
     }
 
     #[test]
     fn secret_is_owned_labelled_and_annotated() {
-        let secret = render_secret(&cr(), "signin-aws", &content(None));
+        let secret = render_secret(&cr(), "signin-aws", &content(None), &layout());
         assert_eq!(secret.type_.as_deref(), Some("Opaque"));
         assert!(owned_by(&secret, &cr()));
         assert_eq!(secret.labels()[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
@@ -346,10 +420,10 @@ mod tests {
     #[test]
     fn an_intact_secret_reads_back_and_a_tampered_one_does_not() {
         for region in [None, Some("us-east-1")] {
-            let secret = render_secret(&cr(), "signin-aws", &content(region));
+            let secret = render_secret(&cr(), "signin-aws", &content(region), &layout());
             assert_eq!(read_held(&secret), Some(content(region)));
         }
-        let mut tampered = render_secret(&cr(), "signin-aws", &content(None));
+        let mut tampered = render_secret(&cr(), "signin-aws", &content(None), &layout());
         tampered
             .data
             .as_mut()
@@ -358,21 +432,44 @@ mod tests {
         assert_eq!(read_held(&tampered), None);
         // A key added by someone else does not spoil the credentials (and cannot be removed by
         // server-side apply, so it must not cause a re-issue loop).
-        let mut extra = render_secret(&cr(), "signin-aws", &content(None));
+        let mut extra = render_secret(&cr(), "signin-aws", &content(None), &layout());
         extra
             .data
             .as_mut()
             .unwrap()
             .insert("extra".into(), ByteString(b"x".to_vec()));
         assert_eq!(read_held(&extra), Some(content(None)));
-        let mut missing = render_secret(&cr(), "signin-aws", &content(None));
-        missing.data.as_mut().unwrap().remove("config");
+        let mut missing = render_secret(&cr(), "signin-aws", &content(None), &layout());
+        missing.data.as_mut().unwrap().remove("credentials");
         assert_eq!(read_held(&missing), None);
+        // Another config (an older version's, or another mount path) keeps the credentials.
+        let mut other_config = render_secret(&cr(), "signin-aws", &content(None), &layout());
+        other_config
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("config".into(), ByteString(b"[default]\n".to_vec()));
+        assert_eq!(read_held(&other_config), Some(content(None)));
+    }
+
+    #[test]
+    fn the_container_token_is_kept_across_refreshes() {
+        let first = Layout::for_secret("/mnt/aws/", None);
+        assert_eq!(first.mount_path, "/mnt/aws");
+        assert_eq!(first.container_token.len(), 64);
+        let secret = render_secret(&cr(), "signin-aws", &content(None), &first);
+        let again = Layout::for_secret("/mnt/aws", Some(&secret));
+        assert_eq!(again, first);
+        assert_ne!(
+            Layout::for_secret("/mnt/aws", None).container_token,
+            first.container_token
+        );
     }
 
     #[test]
     fn a_replacement_keeps_what_others_put_in_the_metadata_and_only_our_data() {
-        let mut existing = render_secret(&cr(), "signin-aws", &content(Some("eu-west-1")));
+        let mut existing =
+            render_secret(&cr(), "signin-aws", &content(Some("eu-west-1")), &layout());
         existing.metadata.resource_version = Some("41".into());
         existing
             .metadata
@@ -391,7 +488,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("extra".into(), ByteString(b"x".to_vec()));
-        let rendered = render_secret(&cr(), "signin-aws", &content(None));
+        let rendered = render_secret(&cr(), "signin-aws", &content(None), &layout());
         let next = over(&existing, &rendered);
         assert_eq!(
             next.metadata.resource_version.as_deref(),

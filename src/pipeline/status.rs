@@ -193,7 +193,23 @@ pub(crate) fn derive_status(
         .credentials
         .as_ref()
         .map(|c| credentials_condition(&mut status, c, &role_arn, &mut notes));
-    notes.extend(outcome.restarts.iter().map(restart_note));
+    notes.extend(outcome.restarts.iter().filter_map(restart_note));
+    if outcome.restarts.is_empty() {
+        status
+            .conditions
+            .retain(|c| c.type_ != cond::ROLLOUTS_RESTARTED);
+    } else {
+        let update = rollouts_condition(&outcome.restarts);
+        let changed = previous(cond::ROLLOUTS_RESTARTED).as_deref() != Some(update.reason.as_str());
+        if !update.status && changed {
+            notes.push(Note::new(
+                Severity::Warning,
+                update.reason,
+                update.message.clone(),
+            ));
+        }
+        set_condition(&mut status.conditions, update, generation, now);
+    }
 
     set_condition(
         &mut status.conditions,
@@ -260,6 +276,7 @@ fn credentials_condition(
             secret_name,
             held,
             issued,
+            note,
         } => {
             let expiration = held.credentials.expiration;
             if *issued {
@@ -276,12 +293,11 @@ fn credentials_condition(
                 expiration: Some(Time(expiration)),
                 next_refresh: Some(Time(held.refresh_at)),
             });
-            ConditionUpdate::new(
-                cond::CREDENTIALS_READY,
-                true,
-                why,
-                format!("Secret {secret_name} holds valid credentials"),
-            )
+            let message = match note {
+                Some(note) => format!("Secret {secret_name} holds valid credentials; {note}"),
+                None => format!("Secret {secret_name} holds valid credentials"),
+            };
+            ConditionUpdate::new(cond::CREDENTIALS_READY, true, why, message)
         }
         CredentialsOutcome::Deferred {
             secret_name,
@@ -317,23 +333,45 @@ fn credentials_condition(
     }
 }
 
-fn restart_note((target, result): &(String, RestartResult)) -> Note {
-    match result {
-        RestartResult::Restarted => Note::new(
+/// The event of a restart made now, if any.
+fn restart_note((target, result): &(String, RestartResult)) -> Option<Note> {
+    matches!(result, RestartResult::Restarted).then(|| {
+        Note::new(
             Severity::Normal,
             Reason::RolloutRestarted,
             format!("restarted {target} for new credentials"),
-        ),
-        RestartResult::NotFound => Note::new(
-            Severity::Warning,
-            Reason::RolloutTargetNotFound,
-            format!("rollout restart target {target} does not exist in this namespace"),
-        ),
-        RestartResult::Failed(e) => Note::new(
-            Severity::Warning,
-            Reason::RolloutRestartFailed,
-            format!("could not restart {target}: {e}"),
-        ),
+        )
+    })
+}
+
+/// The `RolloutsRestarted` condition: whether every rollout target runs with the current
+/// credentials (restarts pending within the settle time count as fine).
+fn rollouts_condition(restarts: &[(String, RestartResult)]) -> ConditionUpdate {
+    let problems: Vec<String> = restarts
+        .iter()
+        .filter_map(|(target, result)| match result {
+            RestartResult::NotFound => Some(format!("{target} does not exist in this namespace")),
+            RestartResult::Failed(e) => Some(format!("could not restart {target}: {e}")),
+            _ => None,
+        })
+        .collect();
+    if problems.is_empty() {
+        ConditionUpdate::new(
+            cond::ROLLOUTS_RESTARTED,
+            true,
+            Reason::RolloutRestarted,
+            "every rollout target runs with the current credentials (or restarts within a minute)",
+        )
+    } else {
+        let reason = if restarts
+            .iter()
+            .any(|(_, r)| matches!(r, RestartResult::Failed(_)))
+        {
+            Reason::RolloutRestartFailed
+        } else {
+            Reason::RolloutTargetNotFound
+        };
+        ConditionUpdate::new(cond::ROLLOUTS_RESTARTED, false, reason, problems.join("; "))
     }
 }
 
@@ -448,8 +486,10 @@ mod tests {
                 region: None,
                 refresh_at: at(2400),
                 request: None,
+                issued_at: None,
             },
             issued,
+            note: None,
         }
     }
 
