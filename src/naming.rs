@@ -10,7 +10,7 @@ use kube::ResourceExt;
 
 use crate::{
     api::{CrossAccountRole, names::tags},
-    aws::{AccountApi, Arn, Aws, AwsError, AwsErrorKind, SdkAws},
+    aws::{AccountApi, Arn, Aws, AwsError, AwsErrorKind, GrantScope, SdkAws},
 };
 
 /// IAM's limit on role names.
@@ -70,6 +70,13 @@ impl OperatorIdentity {
             principal_arn: principal_override
                 .unwrap_or_else(|| caller.principal_of_caller().to_string()),
             chained: caller.is_assumed_role(),
+        }
+    }
+
+    /// Where this cluster keeps its grants on principals of the source account.
+    pub(crate) fn grant_scope(&self) -> GrantScope {
+        GrantScope {
+            cluster: self.cluster_name.clone(),
         }
     }
 }

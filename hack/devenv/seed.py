@@ -40,20 +40,46 @@ OPERATOR_POLICY = {
             "Resource": "*",
         },
         {
-            # "grants": let principals of the operator's own account assume the roles it creates.
-            "Sid": "ManageGrantsInOwnAccount",
+            # Grants: principals of the operator's own account may assume the roles it creates,
+            # through customer managed policies under /crossaccount/ (src/aws/grants.rs).
+            "Sid": "GrantPolicies",
             "Effect": "Allow",
             "Action": [
-                "iam:GetUser",
-                "iam:GetRole",
-                "iam:PutUserPolicy",
-                "iam:DeleteUserPolicy",
+                "iam:GetPolicy",
+                "iam:GetPolicyVersion",
+                "iam:ListPolicyVersions",
+                "iam:CreatePolicy",
+                "iam:CreatePolicyVersion",
+                "iam:DeletePolicyVersion",
+                "iam:DeletePolicy",
+            ],
+            "Resource": f"arn:aws:iam::{SOURCE_ACCOUNT_ID}:policy/crossaccount/*",
+        },
+        {
+            "Sid": "GrantAttachments",
+            "Effect": "Allow",
+            "Action": [
+                "iam:AttachUserPolicy",
+                "iam:DetachUserPolicy",
+                "iam:AttachRolePolicy",
+                "iam:DetachRolePolicy",
+            ],
+            "Resource": "*",
+            # Only the grant policies (moto does not evaluate conditions; AWS does).
+            "Condition": {"ArnLike": {"iam:PolicyARN": f"arn:aws:iam::{SOURCE_ACCOUNT_ID}:policy/crossaccount/*"}},
+        },
+        {
+            "Sid": "ReadGrants",
+            "Effect": "Allow",
+            "Action": [
+                "iam:ListAttachedUserPolicies",
+                "iam:ListAttachedRolePolicies",
+                "iam:GetAccountSummary",
+                # The one inline grant policy per object of earlier versions, removed on sight.
                 "iam:GetUserPolicy",
-                "iam:ListUserPolicies",
-                "iam:PutRolePolicy",
-                "iam:DeleteRolePolicy",
+                "iam:DeleteUserPolicy",
                 "iam:GetRolePolicy",
-                "iam:ListRolePolicies",
+                "iam:DeleteRolePolicy",
             ],
             "Resource": "*",
         },

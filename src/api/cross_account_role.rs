@@ -297,6 +297,10 @@ pub struct CrossAccountRoleStatus {
     /// The operator principal trusted by the role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal_arn: Option<String>,
+    /// The principals of the source account the operator granted the right to assume the role
+    /// (the record from which grants dropped from the spec are revoked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub granted_principals: Vec<String>,
     /// Where the credentials are and when they expire (no secret material).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsStatus>,

@@ -13,8 +13,9 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
 use super::{
-    AccountAccess, AccountApi, Arn, AssumeRoleRequest, Aws, AwsError, AwsErrorKind, Change,
-    IAM_DEFAULT_MAX_SESSION, IssuedCredentials, ObservedRole, Principal, policy,
+    AccountAccess, AccountApi, Arn, AssumeRoleRequest, AttachedPolicy, Aws, AwsError, AwsErrorKind,
+    Change, IAM_DEFAULT_MAX_SESSION, IssuedCredentials, ObservedRole, PolicyVersion, Principal,
+    policy,
 };
 
 /// What RFC 3986 leaves unencoded, as IAM does in the documents it returns.
@@ -77,9 +78,30 @@ impl StoredRole {
     }
 }
 
+/// A customer managed policy: its versions (text as IAM returns it), the default one marked.
+#[derive(Clone, Debug, Default)]
+struct ManagedPolicy {
+    name: String,
+    path: String,
+    versions: Vec<(String, String, bool)>,
+    next_version: usize,
+}
+
+/// IAM's default quotas (GetAccountSummary), which the fake enforces.
+const POLICY_SIZE_QUOTA: usize = 6144;
+const ATTACHED_PER_PRINCIPAL_QUOTA: usize = 10;
+const VERSIONS_QUOTA: usize = 5;
+
 #[derive(Default)]
 struct State {
     roles: BTreeMap<String, StoredRole>,
+    /// Users (and roles used only as principals) that exist besides the roles above.
+    principals: std::collections::BTreeSet<Principal>,
+    /// Customer managed policies by ARN.
+    policies: BTreeMap<String, ManagedPolicy>,
+    /// Managed policies attached to users and roles of this account.
+    attachments: BTreeMap<Principal, std::collections::BTreeSet<String>>,
+    grant_locks: HashMap<Principal, Arc<tokio::sync::Mutex<()>>>,
     /// Inline policies of users and roles, as (principal, policy name) -> document text.
     principal_policies: BTreeMap<(Principal, String), String>,
     writes: Vec<Change>,
@@ -173,6 +195,29 @@ impl FakeAccount {
             .map(|text| policy::parse_observed(text))
     }
 
+    /// A user of this account.
+    pub(crate) fn add_user(&self, name: &str) {
+        self.lock()
+            .principals
+            .insert(Principal::User(name.to_owned()));
+    }
+
+    /// A role of this account used as a principal (granted, trusted).
+    pub(crate) fn add_role_principal(&self, name: &str) {
+        self.lock()
+            .principals
+            .insert(Principal::Role(name.to_owned()));
+    }
+
+    /// Attaches a policy the operator did not make (counts against the attachment quota).
+    pub(crate) fn attach_other_policy(&self, principal: &Principal, arn: &str) {
+        self.lock()
+            .attachments
+            .entry(principal.clone())
+            .or_default()
+            .insert(arn.to_owned());
+    }
+
     /// The raw text IAM would return for a role's trust policy (URL-encoded).
     pub(crate) fn trust_policy_text(&self, role: &str) -> Option<String> {
         self.lock().roles.get(role).map(|r| r.trust_policy.clone())
@@ -197,6 +242,31 @@ fn not_found(operation: &'static str, what: &str) -> AwsError {
         AwsErrorKind::NotFound,
         "NoSuchEntity",
         format!("{what} cannot be found."),
+    )
+}
+
+impl State {
+    fn principal_exists(&self, principal: &Principal) -> bool {
+        self.principals.contains(principal)
+            || matches!(principal, Principal::Role(name) if self.roles.contains_key(name))
+    }
+}
+
+fn limit_exceeded(operation: &'static str, message: String) -> AwsError {
+    iam_error(
+        operation,
+        AwsErrorKind::LimitExceeded,
+        "LimitExceeded",
+        message,
+    )
+}
+
+fn delete_conflict(operation: &'static str, message: &str) -> AwsError {
+    iam_error(
+        operation,
+        AwsErrorKind::Other,
+        "DeleteConflict",
+        message.to_owned(),
     )
 }
 
@@ -245,6 +315,125 @@ impl AccountApi for FakeAccount {
         policy_name: &str,
     ) -> Result<Option<Value>, AwsError> {
         Ok(self.principal_policy(principal, policy_name))
+    }
+
+    async fn attached_policies(
+        &self,
+        principal: &Principal,
+        path_prefix: &str,
+    ) -> Result<Option<Vec<AttachedPolicy>>, AwsError> {
+        let state = self.lock();
+        if !state.principal_exists(principal) {
+            return Ok(None);
+        }
+        let attached = state
+            .attachments
+            .get(principal)
+            .cloned()
+            .unwrap_or_default();
+        Ok(Some(
+            attached
+                .into_iter()
+                .filter_map(|arn| {
+                    let (name, path) = match state.policies.get(&arn) {
+                        Some(p) => (p.name.clone(), p.path.clone()),
+                        None => (
+                            arn.rsplit('/').next().unwrap_or_default().to_owned(),
+                            "/".to_owned(),
+                        ),
+                    };
+                    path.starts_with(path_prefix)
+                        .then_some(AttachedPolicy { name, arn })
+                })
+                .collect(),
+        ))
+    }
+
+    async fn policy_document(&self, arn: &str) -> Result<Option<Value>, AwsError> {
+        let state = self.lock();
+        Ok(state.policies.get(arn).and_then(|p| {
+            p.versions
+                .iter()
+                .find(|v| v.2)
+                .map(|v| policy::parse_observed(&v.1))
+        }))
+    }
+
+    async fn policy_versions(&self, arn: &str) -> Result<Vec<PolicyVersion>, AwsError> {
+        let state = self.lock();
+        let managed = state
+            .policies
+            .get(arn)
+            .ok_or_else(|| not_found("ListPolicyVersions", &format!("Policy {arn}")))?;
+        Ok(managed
+            .versions
+            .iter()
+            .map(|(id, _, default)| PolicyVersion {
+                id: id.clone(),
+                default: *default,
+            })
+            .collect())
+    }
+
+    async fn create_policy(
+        &self,
+        name: &str,
+        path: &str,
+        document: &Value,
+    ) -> Result<String, AwsError> {
+        let mut state = self.lock();
+        if policy::size_without_whitespace(&policy::to_text(document)) > POLICY_SIZE_QUOTA {
+            return Err(limit_exceeded(
+                "CreatePolicy",
+                format!("Cannot exceed quota for PolicySize: {POLICY_SIZE_QUOTA}"),
+            ));
+        }
+        if state.policies.values().any(|p| p.name == name) {
+            return Err(iam_error(
+                "CreatePolicy",
+                AwsErrorKind::AlreadyExists,
+                "EntityAlreadyExists",
+                format!("A policy called {name} already exists."),
+            ));
+        }
+        let arn = format!(
+            "arn:{}:iam::{}:policy{path}{name}",
+            self.partition, self.account_id
+        );
+        state.policies.insert(
+            arn.clone(),
+            ManagedPolicy {
+                name: name.to_owned(),
+                path: path.to_owned(),
+                versions: vec![("v1".into(), as_returned(document), true)],
+                next_version: 1,
+            },
+        );
+        state.writes.push(Change::CreatePolicy {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            document: document.clone(),
+        });
+        Ok(arn)
+    }
+
+    async fn account_quota(&self, name: &'static str) -> Result<Option<i64>, AwsError> {
+        Ok(match name {
+            "PolicySizeQuota" => Some(POLICY_SIZE_QUOTA as i64),
+            "AttachedPoliciesPerUserQuota" | "AttachedPoliciesPerRoleQuota" => {
+                Some(ATTACHED_PER_PRINCIPAL_QUOTA as i64)
+            }
+            "PolicyVersionsInUseQuota" => Some(10000),
+            _ => None,
+        })
+    }
+
+    fn grant_lock(&self, principal: &Principal) -> Arc<tokio::sync::Mutex<()>> {
+        self.lock()
+            .grant_locks
+            .entry(principal.clone())
+            .or_default()
+            .clone()
     }
 
     async fn apply(&self, change: &Change) -> Result<(), AwsError> {
@@ -368,16 +557,6 @@ impl AccountApi for FakeAccount {
                 }
                 state.roles.remove(role);
             }
-            Change::PutGrant {
-                principal,
-                policy_name,
-                document,
-            } => {
-                state.principal_policies.insert(
-                    (principal.clone(), policy_name.clone()),
-                    as_returned(document),
-                );
-            }
             Change::DeleteGrant {
                 principal,
                 policy_name,
@@ -391,6 +570,99 @@ impl AccountApi for FakeAccount {
                         op,
                         &format!("The policy with name {policy_name}"),
                     ));
+                }
+            }
+            Change::GrantAssume { .. } | Change::RevokeAssume { .. } => {
+                unreachable!("grants are made of IAM writes by aws::grants")
+            }
+            Change::CreatePolicy { .. } => unreachable!("policies are created by create_policy"),
+            Change::CreatePolicyVersion { arn, document } => {
+                let text = policy::to_text(document);
+                if policy::size_without_whitespace(&text) > POLICY_SIZE_QUOTA {
+                    return Err(limit_exceeded(
+                        op,
+                        format!("Cannot exceed quota for PolicySize: {POLICY_SIZE_QUOTA}"),
+                    ));
+                }
+                let managed = state
+                    .policies
+                    .get_mut(arn)
+                    .ok_or_else(|| not_found(op, &format!("Policy {arn}")))?;
+                if managed.versions.len() >= VERSIONS_QUOTA {
+                    return Err(limit_exceeded(
+                        op,
+                        format!("A managed policy can have up to {VERSIONS_QUOTA} versions."),
+                    ));
+                }
+                managed.next_version += 1;
+                for version in &mut managed.versions {
+                    version.2 = false;
+                }
+                let id = format!("v{}", managed.next_version);
+                managed.versions.push((id, as_returned(document), true));
+            }
+            Change::DeletePolicyVersion { arn, version } => {
+                let managed = state
+                    .policies
+                    .get_mut(arn)
+                    .ok_or_else(|| not_found(op, &format!("Policy {arn}")))?;
+                let index = managed
+                    .versions
+                    .iter()
+                    .position(|v| v.0 == *version)
+                    .ok_or_else(|| not_found(op, &format!("Policy {arn} version {version}")))?;
+                if managed.versions[index].2 {
+                    return Err(delete_conflict(
+                        op,
+                        "Cannot delete the default version of a policy.",
+                    ));
+                }
+                managed.versions.remove(index);
+            }
+            Change::DeletePolicy { arn } => {
+                let managed = state
+                    .policies
+                    .get(arn)
+                    .ok_or_else(|| not_found(op, &format!("Policy {arn}")))?;
+                if state.attachments.values().any(|set| set.contains(arn)) {
+                    return Err(delete_conflict(
+                        op,
+                        "Cannot delete a policy attached to entities.",
+                    ));
+                }
+                if managed.versions.len() > 1 {
+                    return Err(delete_conflict(
+                        op,
+                        "This policy has more than one version. Before you delete a policy, you must delete the policy's versions. The default version is deleted with the policy.",
+                    ));
+                }
+                state.policies.remove(arn);
+            }
+            Change::AttachPrincipalPolicy { principal, arn } => {
+                if !state.principal_exists(principal) {
+                    return Err(not_found(op, &principal.describe()));
+                }
+                if !state.policies.contains_key(arn) && !arn.contains(":iam::aws:") {
+                    return Err(not_found(op, &format!("Policy {arn}")));
+                }
+                let attached = state.attachments.entry(principal.clone()).or_default();
+                if !attached.contains(arn) && attached.len() >= ATTACHED_PER_PRINCIPAL_QUOTA {
+                    return Err(limit_exceeded(
+                        op,
+                        format!(
+                            "Cannot exceed quota for PoliciesPerUser: {ATTACHED_PER_PRINCIPAL_QUOTA}"
+                        ),
+                    ));
+                }
+                attached.insert(arn.clone());
+            }
+            Change::DetachPrincipalPolicy { principal, arn } => {
+                if !state
+                    .attachments
+                    .get_mut(principal)
+                    .is_some_and(|set| set.remove(arn))
+                {
+                    return Err(not_found(op, &format!("Policy {arn} is not attached")));
                 }
             }
         }

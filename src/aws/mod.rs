@@ -12,6 +12,7 @@ mod arn;
 mod error;
 #[cfg(test)]
 pub(crate) mod fake;
+pub(crate) mod grants;
 mod model;
 pub(crate) mod policy;
 mod rate_limit;
@@ -20,8 +21,9 @@ mod sdk;
 pub(crate) use arn::Arn;
 pub use error::{AwsError, AwsErrorKind};
 pub(crate) use model::{
-    AccountAccess, AssumeRoleRequest, CHAINED_SESSION_LIMIT, Change, IAM_DEFAULT_MAX_SESSION,
-    IssuedCredentials, MIN_SESSION, ObservedRole, Principal,
+    AccountAccess, AssumeRoleRequest, AttachedPolicy, CHAINED_SESSION_LIMIT, Change, GrantScope,
+    IAM_DEFAULT_MAX_SESSION, IssuedCredentials, MIN_SESSION, ObservedRole, PolicyVersion,
+    Principal,
 };
 pub use sdk::SdkAws;
 
@@ -49,8 +51,46 @@ pub(crate) trait AccountApi: Clone + Send + Sync + 'static {
         policy_name: &str,
     ) -> impl Future<Output = Result<Option<Value>, AwsError>> + Send;
 
-    /// Carries out one change.
+    /// Carries out one IAM write (not the composite [`Change::GrantAssume`] and
+    /// [`Change::RevokeAssume`], which [`grants`] makes of several).
     fn apply(&self, change: &Change) -> impl Future<Output = Result<(), AwsError>> + Send;
+
+    /// The managed policies attached to a principal whose path starts with `path_prefix`, or
+    /// `None` when the principal does not exist.
+    fn attached_policies(
+        &self,
+        principal: &Principal,
+        path_prefix: &str,
+    ) -> impl Future<Output = Result<Option<Vec<AttachedPolicy>>, AwsError>> + Send;
+
+    /// The default version's document of a managed policy, or `None` when it does not exist.
+    fn policy_document(
+        &self,
+        arn: &str,
+    ) -> impl Future<Output = Result<Option<Value>, AwsError>> + Send;
+
+    /// The versions of a managed policy, oldest first.
+    fn policy_versions(
+        &self,
+        arn: &str,
+    ) -> impl Future<Output = Result<Vec<PolicyVersion>, AwsError>> + Send;
+
+    /// Creates a managed policy; returns its ARN.
+    fn create_policy(
+        &self,
+        name: &str,
+        path: &str,
+        document: &Value,
+    ) -> impl Future<Output = Result<String, AwsError>> + Send;
+
+    /// One of the account's IAM quotas (GetAccountSummary, e.g. `PolicySizeQuota`), if reported.
+    fn account_quota(
+        &self,
+        name: &'static str,
+    ) -> impl Future<Output = Result<Option<i64>, AwsError>> + Send;
+
+    /// The lock that serializes grant changes of one principal.
+    fn grant_lock(&self, principal: &Principal) -> std::sync::Arc<tokio::sync::Mutex<()>>;
 
     /// Assumes a role with this account's identity (rate-limited per account).
     fn assume_role(

@@ -64,6 +64,48 @@ impl Principal {
     }
 }
 
+/// Where one operator cluster keeps its grants on principals of the source account: customer
+/// managed policies under `/crossaccount/<cluster>/`, one or more per principal, each allowing
+/// `sts:AssumeRole` on a list of roles. One set per principal, shared by every object that grants
+/// it (an inline policy per object would hit IAM's 2,048-character quota on a user's inline
+/// policies after about a dozen roles).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct GrantScope {
+    pub cluster: String,
+}
+
+impl GrantScope {
+    /// The IAM path of the grant policies.
+    pub(crate) fn path(&self) -> String {
+        format!("/crossaccount/{}/", self.cluster)
+    }
+
+    /// The name of shard `n` of `principal`'s grant policies. Managed policy names are unique in
+    /// an account whatever their path, so the name carries the cluster too. It fits IAM's 128
+    /// characters: a cluster name has at most 40, a user or role name at most 64.
+    pub(crate) fn policy_name(&self, principal: &Principal, n: usize) -> String {
+        let (kind, name) = match principal {
+            Principal::User(name) => ("user", name),
+            Principal::Role(name) => ("role", name),
+        };
+        format!("crossaccount-{}-{kind}-{name}-{n}", self.cluster)
+    }
+}
+
+/// A managed policy attached to a principal: its name and ARN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct AttachedPolicy {
+    pub name: String,
+    pub arn: String,
+}
+
+/// A managed policy's versions (IAM keeps at most five), oldest first, and which is the default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PolicyVersion {
+    pub id: String,
+    pub default: bool,
+}
+
 /// An IAM role as read from AWS; documents are parsed (URL-decoded) JSON.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct ObservedRole {
@@ -136,22 +178,67 @@ pub(crate) enum Change {
     DeleteRole {
         role: String,
     },
-    /// Inline policy on a principal of the source account that lets it assume the role.
-    PutGrant {
-        principal: Principal,
-        policy_name: String,
-        document: Value,
-    },
+    /// The inline grant policy an earlier version put on a principal (one per object).
     DeleteGrant {
         principal: Principal,
         policy_name: String,
+    },
+    /// `principal` may assume `role_arn`: added to its grant policies (`aws::grants`).
+    GrantAssume {
+        principal: Principal,
+        role_arn: String,
+        scope: GrantScope,
+    },
+    /// `principal` may no longer assume `role_arn`; the inline grant policy `legacy_policy` an
+    /// earlier version put on it goes too, if it has it.
+    RevokeAssume {
+        principal: Principal,
+        role_arn: String,
+        scope: GrantScope,
+        legacy_policy: String,
+    },
+    // The IAM writes grants are made of, in the source account.
+    CreatePolicy {
+        name: String,
+        path: String,
+        document: Value,
+    },
+    CreatePolicyVersion {
+        arn: String,
+        document: Value,
+    },
+    DeletePolicyVersion {
+        arn: String,
+        version: String,
+    },
+    DeletePolicy {
+        arn: String,
+    },
+    AttachPrincipalPolicy {
+        principal: Principal,
+        arn: String,
+    },
+    DetachPrincipalPolicy {
+        principal: Principal,
+        arn: String,
     },
 }
 
 impl Change {
     /// Whether the change is made in the source account (grants) rather than the target account.
     pub(crate) fn in_source_account(&self) -> bool {
-        matches!(self, Change::PutGrant { .. } | Change::DeleteGrant { .. })
+        matches!(
+            self,
+            Change::DeleteGrant { .. }
+                | Change::GrantAssume { .. }
+                | Change::RevokeAssume { .. }
+                | Change::CreatePolicy { .. }
+                | Change::CreatePolicyVersion { .. }
+                | Change::DeletePolicyVersion { .. }
+                | Change::DeletePolicy { .. }
+                | Change::AttachPrincipalPolicy { .. }
+                | Change::DetachPrincipalPolicy { .. }
+        )
     }
 
     /// Whether the change removes something (so that "already gone" counts as done).
@@ -162,6 +249,10 @@ impl Change {
                 | Change::DetachPolicy { .. }
                 | Change::DeleteInlinePolicy { .. }
                 | Change::DeleteGrant { .. }
+                | Change::RevokeAssume { .. }
+                | Change::DeletePolicyVersion { .. }
+                | Change::DeletePolicy { .. }
+                | Change::DetachPrincipalPolicy { .. }
                 | Change::DeletePermissionsBoundary { .. }
                 | Change::UntagRole { .. }
         )
@@ -196,12 +287,39 @@ impl Change {
                 format!("deleted inline policy {name} of role {role}")
             }
             Change::DeleteRole { role } => format!("deleted role {role}"),
-            Change::PutGrant { principal, .. } => format!(
-                "granted {} the right to assume the role",
+            Change::DeleteGrant { principal, .. } => {
+                format!(
+                    "removed the inline grant policy of {}",
+                    principal.describe()
+                )
+            }
+            Change::GrantAssume {
+                principal,
+                role_arn,
+                ..
+            } => format!(
+                "granted {} the right to assume {role_arn}",
                 principal.describe()
             ),
-            Change::DeleteGrant { principal, .. } => {
-                format!("removed the grant of {}", principal.describe())
+            Change::RevokeAssume {
+                principal,
+                role_arn,
+                ..
+            } => format!(
+                "revoked the right of {} to assume {role_arn}",
+                principal.describe()
+            ),
+            Change::CreatePolicy { name, .. } => format!("created policy {name}"),
+            Change::CreatePolicyVersion { arn, .. } => format!("updated policy {arn}"),
+            Change::DeletePolicyVersion { arn, version } => {
+                format!("deleted version {version} of policy {arn}")
+            }
+            Change::DeletePolicy { arn } => format!("deleted policy {arn}"),
+            Change::AttachPrincipalPolicy { principal, arn } => {
+                format!("attached {arn} to {}", principal.describe())
+            }
+            Change::DetachPrincipalPolicy { principal, arn } => {
+                format!("detached {arn} from {}", principal.describe())
             }
         }
     }
@@ -221,14 +339,6 @@ impl Change {
             Change::PutInlinePolicy { .. } => "PutRolePolicy",
             Change::DeleteInlinePolicy { .. } => "DeleteRolePolicy",
             Change::DeleteRole { .. } => "DeleteRole",
-            Change::PutGrant {
-                principal: Principal::User(_),
-                ..
-            } => "PutUserPolicy",
-            Change::PutGrant {
-                principal: Principal::Role(_),
-                ..
-            } => "PutRolePolicy",
             Change::DeleteGrant {
                 principal: Principal::User(_),
                 ..
@@ -237,6 +347,28 @@ impl Change {
                 principal: Principal::Role(_),
                 ..
             } => "DeleteRolePolicy",
+            Change::GrantAssume { .. } => "GrantAssumeRole",
+            Change::RevokeAssume { .. } => "RevokeAssumeRole",
+            Change::CreatePolicy { .. } => "CreatePolicy",
+            Change::CreatePolicyVersion { .. } => "CreatePolicyVersion",
+            Change::DeletePolicyVersion { .. } => "DeletePolicyVersion",
+            Change::DeletePolicy { .. } => "DeletePolicy",
+            Change::AttachPrincipalPolicy {
+                principal: Principal::User(_),
+                ..
+            } => "AttachUserPolicy",
+            Change::AttachPrincipalPolicy {
+                principal: Principal::Role(_),
+                ..
+            } => "AttachRolePolicy",
+            Change::DetachPrincipalPolicy {
+                principal: Principal::User(_),
+                ..
+            } => "DetachUserPolicy",
+            Change::DetachPrincipalPolicy {
+                principal: Principal::Role(_),
+                ..
+            } => "DetachRolePolicy",
         }
     }
 }

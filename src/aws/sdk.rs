@@ -15,9 +15,9 @@ use aws_smithy_runtime_api::client::{orchestrator::HttpResponse, result::SdkErro
 use serde_json::Value;
 
 use super::{
-    AccountAccess, AccountApi, AssumeRoleRequest, Aws, AwsError, AwsErrorKind, Change,
-    IAM_DEFAULT_MAX_SESSION, IssuedCredentials, ObservedRole, Principal, RequestLog, policy,
-    rate_limit::RateLimiter,
+    AccountAccess, AccountApi, AssumeRoleRequest, AttachedPolicy, Aws, AwsError, AwsErrorKind,
+    Change, IAM_DEFAULT_MAX_SESSION, IssuedCredentials, ObservedRole, PolicyVersion, Principal,
+    RequestLog, policy, rate_limit::RateLimiter,
 };
 
 /// Session name the operator uses when it assumes a management role.
@@ -35,6 +35,10 @@ pub(crate) struct SdkAccount {
     sts: aws_sdk_sts::Client,
     log: Arc<dyn RequestLog>,
     assume_limiter: Arc<RateLimiter>,
+    /// One lock per principal whose grants are being changed (see `aws::grants`).
+    grant_locks: Arc<Mutex<HashMap<Principal, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The account's IAM quotas, read once (GetAccountSummary).
+    quotas: Arc<tokio::sync::OnceCell<HashMap<String, i64>>>,
 }
 
 /// The SDK-backed [`Aws`]: the operator's own configuration for the source account, and one cached
@@ -71,6 +75,8 @@ impl SdkAccount {
             sts: aws_sdk_sts::Client::new(config),
             log,
             assume_limiter: Arc::new(RateLimiter::new(ASSUME_ROLE_RATE, ASSUME_ROLE_BURST)),
+            grant_locks: Arc::default(),
+            quotas: Arc::default(),
         }
     }
 
@@ -318,6 +324,189 @@ impl AccountApi for SdkAccount {
         Ok(document.map(|d| policy::parse_observed(&d)))
     }
 
+    async fn attached_policies(
+        &self,
+        principal: &Principal,
+        path_prefix: &str,
+    ) -> Result<Option<Vec<AttachedPolicy>>, AwsError> {
+        let mut found = Vec::new();
+        let mut marker = None;
+        loop {
+            let (policies, truncated, next) = match principal {
+                Principal::User(user) => {
+                    let out = self
+                        .call(
+                            "iam",
+                            "ListAttachedUserPolicies",
+                            self.iam
+                                .list_attached_user_policies()
+                                .user_name(user)
+                                .path_prefix(path_prefix)
+                                .set_marker(marker.take())
+                                .send(),
+                        )
+                        .await;
+                    let Some(out) = Self::absent_if_not_found(out)? else {
+                        return Ok(None);
+                    };
+                    (
+                        out.attached_policies().to_vec(),
+                        out.is_truncated(),
+                        out.marker().map(str::to_owned),
+                    )
+                }
+                Principal::Role(role) => {
+                    let out = self
+                        .call(
+                            "iam",
+                            "ListAttachedRolePolicies",
+                            self.iam
+                                .list_attached_role_policies()
+                                .role_name(role)
+                                .path_prefix(path_prefix)
+                                .set_marker(marker.take())
+                                .send(),
+                        )
+                        .await;
+                    let Some(out) = Self::absent_if_not_found(out)? else {
+                        return Ok(None);
+                    };
+                    (
+                        out.attached_policies().to_vec(),
+                        out.is_truncated(),
+                        out.marker().map(str::to_owned),
+                    )
+                }
+            };
+            found.extend(policies.iter().filter_map(|p| {
+                Some(AttachedPolicy {
+                    name: p.policy_name()?.to_owned(),
+                    arn: p.policy_arn()?.to_owned(),
+                })
+            }));
+            match (truncated, next) {
+                (true, Some(next)) => marker = Some(next),
+                _ => return Ok(Some(found)),
+            }
+        }
+    }
+
+    async fn policy_document(&self, arn: &str) -> Result<Option<Value>, AwsError> {
+        let out = self
+            .call(
+                "iam",
+                "GetPolicy",
+                self.iam.get_policy().policy_arn(arn).send(),
+            )
+            .await;
+        let Some(out) = Self::absent_if_not_found(out)? else {
+            return Ok(None);
+        };
+        let Some(version) = out.policy().and_then(|p| p.default_version_id()) else {
+            return Ok(None);
+        };
+        let out = self
+            .call(
+                "iam",
+                "GetPolicyVersion",
+                self.iam
+                    .get_policy_version()
+                    .policy_arn(arn)
+                    .version_id(version)
+                    .send(),
+            )
+            .await;
+        Ok(Self::absent_if_not_found(out)?.and_then(|out| {
+            out.policy_version()
+                .and_then(|v| v.document())
+                .map(policy::parse_observed)
+        }))
+    }
+
+    async fn policy_versions(&self, arn: &str) -> Result<Vec<PolicyVersion>, AwsError> {
+        let out = self
+            .call(
+                "iam",
+                "ListPolicyVersions",
+                self.iam.list_policy_versions().policy_arn(arn).send(),
+            )
+            .await?;
+        let mut versions: Vec<(i64, PolicyVersion)> = out
+            .versions()
+            .iter()
+            .filter_map(|v| {
+                Some((
+                    v.create_date().map_or(0, |d| d.secs()),
+                    PolicyVersion {
+                        id: v.version_id()?.to_owned(),
+                        default: v.is_default_version(),
+                    },
+                ))
+            })
+            .collect();
+        versions.sort_by_key(|(at, _)| *at);
+        Ok(versions.into_iter().map(|(_, v)| v).collect())
+    }
+
+    async fn create_policy(
+        &self,
+        name: &str,
+        path: &str,
+        document: &Value,
+    ) -> Result<String, AwsError> {
+        let out = self
+            .call(
+                "iam",
+                "CreatePolicy",
+                self.iam
+                    .create_policy()
+                    .policy_name(name)
+                    .path(path)
+                    .policy_document(policy::to_text(document))
+                    .send(),
+            )
+            .await?;
+        Ok(out
+            .policy()
+            .and_then(|p| p.arn())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    async fn account_quota(&self, name: &'static str) -> Result<Option<i64>, AwsError> {
+        let quotas = self
+            .quotas
+            .get_or_try_init(|| async {
+                let out = self
+                    .call(
+                        "iam",
+                        "GetAccountSummary",
+                        self.iam.get_account_summary().send(),
+                    )
+                    .await?;
+                Ok::<_, AwsError>(
+                    out.summary_map()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| (k.as_str().to_owned(), i64::from(*v)))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                )
+            })
+            .await?;
+        Ok(quotas.get(name).copied())
+    }
+
+    fn grant_lock(&self, principal: &Principal) -> Arc<tokio::sync::Mutex<()>> {
+        self.grant_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(principal.clone())
+            .or_default()
+            .clone()
+    }
+
     async fn apply(&self, change: &Change) -> Result<(), AwsError> {
         let op = change.operation();
         let iam = &self.iam;
@@ -414,31 +603,49 @@ impl AccountApi for SdkAccount {
                 let request = iam.delete_role().role_name(role);
                 self.call("iam", op, request.send()).await.map(drop)
             }
-            Change::PutGrant {
-                principal,
-                policy_name,
-                document,
-            } => {
-                let text = policy::to_text(document);
-                match principal {
-                    Principal::User(user) => {
-                        let request = iam
-                            .put_user_policy()
-                            .user_name(user)
-                            .policy_name(policy_name)
-                            .policy_document(text);
-                        self.call("iam", op, request.send()).await.map(drop)
-                    }
-                    Principal::Role(role) => {
-                        let request = iam
-                            .put_role_policy()
-                            .role_name(role)
-                            .policy_name(policy_name)
-                            .policy_document(text);
-                        self.call("iam", op, request.send()).await.map(drop)
-                    }
-                }
+            Change::GrantAssume { .. } | Change::RevokeAssume { .. } => {
+                unreachable!("grants are made of IAM writes by aws::grants")
             }
+            Change::CreatePolicy { .. } => unreachable!("policies are created by create_policy"),
+            Change::CreatePolicyVersion { arn, document } => {
+                let request = iam
+                    .create_policy_version()
+                    .policy_arn(arn)
+                    .policy_document(policy::to_text(document))
+                    .set_as_default(true);
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::DeletePolicyVersion { arn, version } => {
+                let request = iam
+                    .delete_policy_version()
+                    .policy_arn(arn)
+                    .version_id(version);
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::DeletePolicy { arn } => {
+                let request = iam.delete_policy().policy_arn(arn);
+                self.call("iam", op, request.send()).await.map(drop)
+            }
+            Change::AttachPrincipalPolicy { principal, arn } => match principal {
+                Principal::User(user) => {
+                    let request = iam.attach_user_policy().user_name(user).policy_arn(arn);
+                    self.call("iam", op, request.send()).await.map(drop)
+                }
+                Principal::Role(role) => {
+                    let request = iam.attach_role_policy().role_name(role).policy_arn(arn);
+                    self.call("iam", op, request.send()).await.map(drop)
+                }
+            },
+            Change::DetachPrincipalPolicy { principal, arn } => match principal {
+                Principal::User(user) => {
+                    let request = iam.detach_user_policy().user_name(user).policy_arn(arn);
+                    self.call("iam", op, request.send()).await.map(drop)
+                }
+                Principal::Role(role) => {
+                    let request = iam.detach_role_policy().role_name(role).policy_arn(arn);
+                    self.call("iam", op, request.send()).await.map(drop)
+                }
+            },
             Change::DeleteGrant {
                 principal,
                 policy_name,

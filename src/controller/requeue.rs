@@ -105,6 +105,7 @@ mod tests {
             role_arn: "arn:aws:iam::1:role/r".into(),
             account_id: "1".into(),
             external_id: "x".into(),
+            granted: Vec::new(),
         };
         outcome(role, credentials)
     }

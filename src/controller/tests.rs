@@ -186,7 +186,9 @@ fn with_status(patch: &Value) -> Value {
 fn testbed() -> (Arc<Context<FakeAws>>, ApiServer, FakeAws) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let aws = FakeAws::new(FakeAccount::new(SOURCE));
+    let source = FakeAccount::new(SOURCE);
+    source.add_user("devTest");
+    let aws = FakeAws::new(source);
     let (ctx, _feeds) = Context::new(
         client,
         aws.clone(),
@@ -295,7 +297,10 @@ async fn a_new_role_is_created_and_an_unchanged_one_costs_three_reads() {
     assert_ne!(action, Action::await_change());
     let writes = aws.account(TARGET).take_writes();
     assert_eq!(operations(&writes), ["CreateRole", "AttachRolePolicy"]);
-    assert_eq!(operations(&aws.source().take_writes()), ["PutUserPolicy"]);
+    assert_eq!(
+        operations(&aws.source().take_writes()),
+        ["CreatePolicy", "AttachUserPolicy"]
+    );
     assert_eq!(aws.source().assumed().len(), 1);
     let conditions = &status["status"]["conditions"];
     assert!(
@@ -477,7 +482,7 @@ async fn deleting_with_delete_removes_the_role_and_the_grant_then_releases() {
     assert_eq!(action, Action::await_change());
     assert_eq!(
         operations(&aws.source().take_writes()),
-        ["DeleteUserPolicy"]
+        ["DetachUserPolicy", "DeletePolicy"]
     );
     assert_eq!(
         operations(&aws.account(TARGET).take_writes()),

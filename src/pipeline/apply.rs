@@ -1,10 +1,11 @@
 //! Step 6 (AWS writes): carries out a plan in order, in the target account or (grants) the source
 //! account. Removing something already gone counts as done.
 
-use crate::aws::{AccountApi, AwsError, Change};
+use crate::aws::{AccountApi, AwsError, Change, grants};
 
 /// Applies `changes` in order and stops at the first failure. Returns the changes that were made
-/// (for events) and the failure, if any.
+/// (for events) and the failure, if any. A grant or revocation counts as made when it wrote
+/// something to the principal's grant policies.
 pub(crate) async fn apply_changes<A: AccountApi>(
     target: &A,
     source: &A,
@@ -12,16 +13,38 @@ pub(crate) async fn apply_changes<A: AccountApi>(
 ) -> (Vec<Change>, Result<(), AwsError>) {
     let mut applied = Vec::new();
     for change in changes {
-        let account = if change.in_source_account() {
-            source
-        } else {
-            target
+        let result = match change {
+            Change::GrantAssume {
+                principal,
+                role_arn,
+                scope,
+            } => composite(grants::grant(source, principal, role_arn, scope).await),
+            Change::RevokeAssume {
+                principal,
+                role_arn,
+                scope,
+                legacy_policy,
+            } => composite(grants::revoke(source, principal, role_arn, scope, legacy_policy).await),
+            _ => {
+                let account = if change.in_source_account() {
+                    source
+                } else {
+                    target
+                };
+                account.apply(change).await.map(|()| true)
+            }
         };
-        match account.apply(change).await {
-            Ok(()) => applied.push(change.clone()),
+        match result {
+            Ok(true) => applied.push(change.clone()),
+            Ok(false) => {}
             Err(e) if e.is_not_found() && change.is_removal() => {}
             Err(e) => return (applied, Err(e)),
         }
     }
     (applied, Ok(()))
+}
+
+/// Whether a grant or revocation wrote anything, or its failure.
+fn composite((writes, result): (Vec<Change>, Result<(), AwsError>)) -> Result<bool, AwsError> {
+    result.map(|()| !writes.is_empty())
 }

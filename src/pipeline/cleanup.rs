@@ -9,7 +9,7 @@ use jiff::Timestamp;
 
 use super::{
     apply::apply_changes,
-    desired::{granted_principals, without_operator},
+    desired::{granted_principals, recorded_grants, without_operator},
     observe::access_of,
     ownership::{Claim, Ownership, ownership},
     plan::plan_delete,
@@ -63,13 +63,40 @@ pub(crate) async fn cleanup_role<A: Aws>(
             grant_permitted(account, &namespace, scope.namespace_labels, &arn, operator)
         }));
     }
+    if !foreign {
+        grants.extend(recorded_grants(
+            cr.status.as_ref(),
+            &operator.source_account_id,
+        ));
+    }
     if let Some(role) = owned {
         grants.extend(granted_principals(
             &role.trust_policy,
             &operator.source_account_id,
         ));
     }
-    let changes = plan_delete(&role_name, owned, &grants, &owner.grant_policy_name());
+    // The ARN the grants name: the role's, else the one status recorded, else the one it would
+    // have had.
+    let role_arn = owned
+        .map(|role| role.arn.clone())
+        .or_else(|| cr.status.as_ref().and_then(|s| s.role_arn.clone()))
+        .unwrap_or_else(|| {
+            Arn::role(
+                &operator.partition,
+                &account.spec.account_id,
+                account.spec.role_path.as_deref().unwrap_or("/"),
+                &role_name,
+            )
+            .to_string()
+        });
+    let changes = plan_delete(
+        &role_name,
+        &role_arn,
+        owned,
+        &grants,
+        &operator.grant_scope(),
+        &owner.grant_policy_name(),
+    );
     apply_changes(&target, &source, &changes).await
 }
 
@@ -177,9 +204,18 @@ pub(crate) async fn delete_role<A: AccountApi>(
     role_name: &str,
     role: Option<&crate::aws::ObservedRole>,
     grants: &BTreeSet<Principal>,
+    scope: &crate::aws::GrantScope,
     owner: &Owner,
 ) -> (Vec<Change>, Result<(), AwsError>) {
-    let changes = plan_delete(role_name, role, grants, &owner.grant_policy_name());
+    let role_arn = role.map_or_else(String::new, |r| r.arn.clone());
+    let changes = plan_delete(
+        role_name,
+        &role_arn,
+        role,
+        grants,
+        scope,
+        &owner.grant_policy_name(),
+    );
     apply_changes(target, source, &changes).await
 }
 

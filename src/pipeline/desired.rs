@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 
 use super::validate::{Refusal, ValidatedSpec};
 use crate::{
-    api::names::Reason,
+    api::{CrossAccountRoleStatus, names::Reason},
     aws::{
-        Arn, IAM_DEFAULT_MAX_SESSION, Principal,
+        Arn, GrantScope, IAM_DEFAULT_MAX_SESSION, Principal,
         policy::{self, PolicyKind},
     },
     naming::{OperatorIdentity, Owner},
@@ -37,8 +37,11 @@ pub(crate) struct DesiredRole {
     pub managed_policies: BTreeSet<String>,
     pub inline_policies: BTreeMap<String, Value>,
     pub grants: BTreeSet<Principal>,
-    pub grant_policy_name: String,
-    pub grant_policy: Value,
+    /// Where the grants live on the granted principals.
+    pub grant_scope: GrantScope,
+    /// The inline grant policy an earlier version put on granted principals (one per object):
+    /// removed once the grant is in the shared grant policies.
+    pub legacy_grant_policy_name: String,
 }
 
 /// The desired role for a validated spec in `target_account`, or the refusal when its generated
@@ -85,8 +88,8 @@ pub(crate) fn desired_role(
         managed_policies: spec.managed_policies.clone(),
         inline_policies: spec.inline_policies.clone(),
         grants: spec.grants.clone(),
-        grant_policy_name: owner.grant_policy_name(),
-        grant_policy: grant_policy(&arn),
+        grant_scope: operator.grant_scope(),
+        legacy_grant_policy_name: owner.grant_policy_name(),
         arn,
     })
 }
@@ -146,14 +149,6 @@ pub(crate) fn trust_policy(
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 
-/// The inline policy on a granted principal: it may assume this role.
-pub(crate) fn grant_policy(role_arn: &str) -> Value {
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role_arn}],
-    })
-}
-
 /// The statements of a policy document (one or a list).
 pub(crate) fn statements(document: &Value) -> Vec<&Value> {
     match &document["Statement"] {
@@ -187,6 +182,20 @@ pub(crate) fn granted_principals(
 ) -> BTreeSet<Principal> {
     statement_principals(trust_policy, sid::GRANTS)
         .iter()
+        .filter_map(|arn| Principal::from_arn(&Arn::parse(arn)?, source_account))
+        .collect()
+}
+
+/// The source-account principals status records as granted (`status.grantedPrincipals`): the
+/// second record, for when the trust policy was rewritten by hand. Revoking a grant of the
+/// object's own role that a principal does not hold is a read, so a wrong record costs nothing.
+pub(crate) fn recorded_grants(
+    status: Option<&CrossAccountRoleStatus>,
+    source_account: &str,
+) -> BTreeSet<Principal> {
+    status
+        .into_iter()
+        .flat_map(|s| &s.granted_principals)
         .filter_map(|arn| Principal::from_arn(&Arn::parse(arn)?, source_account))
         .collect()
 }
@@ -284,10 +293,7 @@ mod tests {
                 desired.arn,
                 format!("arn:{partition}:iam::111111111111:role/tenants/team-a-reader")
             );
-            assert_eq!(
-                desired.grant_policy["Statement"][0]["Resource"],
-                desired.arn
-            );
+            assert_eq!(desired.grant_scope.path(), "/crossaccount/dev/");
             assert_eq!(
                 granted_principals(&desired.trust_policy, "123456789012"),
                 BTreeSet::from([Principal::User("devTest".into())])

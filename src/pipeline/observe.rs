@@ -3,23 +3,31 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
-
 use super::desired::{DesiredRole, granted_principals};
 use crate::{
     api::AwsAccount,
-    aws::{AccountAccess, AccountApi, AwsError, ObservedRole, Principal},
+    aws::{AccountAccess, AccountApi, AwsError, ObservedRole, Principal, grants},
 };
+
+/// What a desired principal holds of this role's grant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GrantState {
+    /// Its grant policies allow it to assume the role.
+    pub granted: bool,
+    /// It still has the inline grant policy of an earlier version.
+    pub legacy: bool,
+}
 
 /// What observe read.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Observed {
     /// The role, when it exists.
     pub role: Option<ObservedRole>,
-    /// Grant policy document per desired principal; `None` when the principal lacks it.
-    pub grants: BTreeMap<Principal, Option<Value>>,
-    /// The principals the role's trust policy records as granted by an earlier reconcile (its
-    /// `Grants` statement), so that grants removed from the spec can be revoked.
+    /// What each desired principal holds of the grant.
+    pub grants: BTreeMap<Principal, GrantState>,
+    /// The principals an earlier reconcile granted, as the role's trust policy (its `Grants`
+    /// statement) and the object's status record them, so that grants removed from the spec can
+    /// be revoked.
     pub previously_granted: BTreeSet<Principal>,
 }
 
@@ -29,6 +37,7 @@ pub(crate) async fn observe<A: AccountApi>(
     source: &A,
     desired: &DesiredRole,
     source_account: &str,
+    recorded_grants: &BTreeSet<Principal>,
 ) -> Result<Observed, AwsError> {
     let role = target.get_role(&desired.name).await?;
     let Some(existing) = &role else {
@@ -39,13 +48,18 @@ pub(crate) async fn observe<A: AccountApi>(
             ..Observed::default()
         });
     };
-    let previously_granted = granted_principals(&existing.trust_policy, source_account);
+    let mut previously_granted = granted_principals(&existing.trust_policy, source_account);
+    previously_granted.extend(recorded_grants.iter().cloned());
     let mut grants = BTreeMap::new();
     for principal in &desired.grants {
-        let document = source
-            .get_principal_policy(principal, &desired.grant_policy_name)
-            .await?;
-        grants.insert(principal.clone(), document);
+        let granted = grants::granted_roles(source, principal, &desired.grant_scope)
+            .await?
+            .is_some_and(|roles| roles.contains(&existing.arn));
+        let legacy = source
+            .get_principal_policy(principal, &desired.legacy_grant_policy_name)
+            .await?
+            .is_some();
+        grants.insert(principal.clone(), GrantState { granted, legacy });
     }
     Ok(Observed {
         role,

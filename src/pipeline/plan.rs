@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{desired::DesiredRole, observe::Observed};
-use crate::aws::{Change, IAM_DEFAULT_MAX_SESSION, ObservedRole, Principal, policy};
+use crate::aws::{Change, GrantScope, IAM_DEFAULT_MAX_SESSION, ObservedRole, Principal, policy};
 
 /// The writes that bring AWS to `desired`. The principals an earlier reconcile granted (read from
 /// the role's trust policy) that are no longer desired are revoked.
@@ -15,10 +15,7 @@ pub(crate) fn plan_role_changes(desired: &DesiredRole, observed: &Observed) -> V
     let mut changes: Vec<Change> = observed
         .previously_granted
         .difference(&desired.grants)
-        .map(|principal| Change::DeleteGrant {
-            principal: principal.clone(),
-            policy_name: desired.grant_policy_name.clone(),
-        })
+        .map(|principal| revocation(desired, observed, principal))
         .collect();
     let (attached, inline) = match &observed.role {
         None => {
@@ -61,17 +58,26 @@ pub(crate) fn plan_role_changes(desired: &DesiredRole, observed: &Observed) -> V
             });
         }
     }
+    let mut legacy = Vec::new();
     for principal in &desired.grants {
-        let current = observed.grants.get(principal).cloned().flatten();
-        if !current.is_some_and(|doc| policy::equivalent(&doc, &desired.grant_policy)) {
-            changes.push(Change::PutGrant {
+        let current = observed.grants.get(principal).copied().unwrap_or_default();
+        if !current.granted {
+            changes.push(Change::GrantAssume {
                 principal: principal.clone(),
-                policy_name: desired.grant_policy_name.clone(),
-                document: desired.grant_policy.clone(),
+                role_arn: role_arn_of(desired, observed),
+                scope: desired.grant_scope.clone(),
+            });
+        }
+        // The old one-per-object inline grant goes once the shared grant is in place.
+        if current.legacy {
+            legacy.push(Change::DeleteGrant {
+                principal: principal.clone(),
+                policy_name: desired.legacy_grant_policy_name.clone(),
             });
         }
     }
 
+    changes.extend(legacy);
     // Policy removals last: new access is in place before old access goes.
     for arn in attached.difference(&desired.managed_policies) {
         changes.push(Change::DetachPolicy {
@@ -89,6 +95,25 @@ pub(crate) fn plan_role_changes(desired: &DesiredRole, observed: &Observed) -> V
         });
     }
     changes
+}
+
+/// The role's ARN as IAM knows it (an existing role's own, else the desired one).
+fn role_arn_of(desired: &DesiredRole, observed: &Observed) -> String {
+    observed
+        .role
+        .as_ref()
+        .map_or_else(|| desired.arn.clone(), |r| r.arn.clone())
+}
+
+/// The write that takes a grant of this role away from `principal`: its shared grant, and the
+/// inline grant policy of an earlier version if it still has one.
+fn revocation(desired: &DesiredRole, observed: &Observed, principal: &Principal) -> Change {
+    Change::RevokeAssume {
+        principal: principal.clone(),
+        role_arn: role_arn_of(desired, observed),
+        scope: desired.grant_scope.clone(),
+        legacy_policy: desired.legacy_grant_policy_name.clone(),
+    }
 }
 
 fn plan_role_settings(desired: &DesiredRole, current: &ObservedRole, changes: &mut Vec<Change>) {
@@ -215,25 +240,31 @@ pub(crate) fn narrows(change: &Change) -> bool {
         Change::DetachPolicy { .. }
             | Change::DeleteInlinePolicy { .. }
             | Change::DeleteGrant { .. }
+            | Change::RevokeAssume { .. }
             | Change::PutPermissionsBoundary { .. }
             | Change::UpdateTrustPolicy { .. }
             | Change::UpdateRole { .. }
     )
 }
 
-/// The writes that remove a role and everything attached to it, and revoke `grants` (with
-/// `grant_policy_name`). Works from what was observed, so it needs no valid spec.
+/// The writes that remove a role and everything attached to it, and revoke `grants` of
+/// `role_arn` (in `scope`, and the inline `legacy_grant_policy_name`). Works from what was
+/// observed, so it needs no valid spec.
 pub(crate) fn plan_delete(
     role_name: &str,
+    role_arn: &str,
     role: Option<&ObservedRole>,
     grants: &BTreeSet<Principal>,
-    grant_policy_name: &str,
+    scope: &GrantScope,
+    legacy_grant_policy_name: &str,
 ) -> Vec<Change> {
     let mut changes: Vec<Change> = grants
         .iter()
-        .map(|principal| Change::DeleteGrant {
+        .map(|principal| Change::RevokeAssume {
             principal: principal.clone(),
-            policy_name: grant_policy_name.to_owned(),
+            role_arn: role_arn.to_owned(),
+            scope: scope.clone(),
+            legacy_policy: legacy_grant_policy_name.to_owned(),
         })
         .collect();
     if let Some(role) = role {
@@ -264,13 +295,13 @@ pub(crate) fn plan_delete(
 mod tests {
     use super::*;
     use crate::{
-        aws::{fake::FakeAccount, policy},
+        aws::{AccountApi, fake::FakeAccount, grants, policy},
         naming::{OperatorIdentity, Owner},
         pipeline::{
             apply::apply_changes,
             cleanup::delete_role,
             desired::{desired_role, granted_principals},
-            observe::observe,
+            observe::{GrantState, observe},
             ownership::{Claim, Ownership, ownership},
             validate::ValidatedSpec,
         },
@@ -322,19 +353,38 @@ mod tests {
     struct World {
         target: FakeAccount,
         source: FakeAccount,
+        /// What status records as granted after the last sync.
+        recorded: std::sync::Mutex<BTreeSet<Principal>>,
     }
 
     impl World {
         fn new() -> Self {
+            let source = FakeAccount::new(SOURCE);
+            for user in ["devTest", "alice"] {
+                source.add_user(user);
+            }
+            for role in ["ci", "deployer"] {
+                source.add_role_principal(role);
+            }
             Self {
                 target: FakeAccount::new(TARGET),
-                source: FakeAccount::new(SOURCE),
+                source,
+                recorded: Default::default(),
             }
+        }
+
+        /// The roles `principal` may assume through this cluster's grant policies.
+        async fn granted(&self, principal: &Principal) -> BTreeSet<String> {
+            grants::granted_roles(&self.source, principal, &operator().grant_scope())
+                .await
+                .unwrap()
+                .unwrap_or_default()
         }
 
         async fn plan(&self, spec: &ValidatedSpec) -> Vec<Change> {
             let desired = desired_role(spec, &owner(), &operator(), TARGET).unwrap();
-            let observed = observe(&self.target, &self.source, &desired, SOURCE)
+            let recorded = self.recorded.lock().unwrap().clone();
+            let observed = observe(&self.target, &self.source, &desired, SOURCE, &recorded)
                 .await
                 .unwrap();
             plan_role_changes(&desired, &observed)
@@ -345,8 +395,13 @@ mod tests {
             let changes = self.plan(spec).await;
             let (applied, result) = apply_changes(&self.target, &self.source, &changes).await;
             result.unwrap();
-            let seen = self.target.take_writes().len() + self.source.take_writes().len();
-            assert_eq!(seen, applied.len(), "every applied change reached AWS once");
+            // A grant is several IAM writes (policy, version, attachment); every other change is one.
+            let target = self.target.take_writes();
+            let source = self.source.take_writes();
+            let simple = applied.iter().filter(|c| !c.in_source_account()).count();
+            assert_eq!(target.len(), simple, "every target change reached AWS once");
+            assert!(source.len() >= applied.len() - simple);
+            *self.recorded.lock().unwrap() = spec.grants.clone();
             applied
         }
     }
@@ -362,7 +417,7 @@ mod tests {
         let writes = world.sync(&spec).await;
         assert_eq!(
             operations(&writes),
-            ["CreateRole", "AttachRolePolicy", "PutUserPolicy"]
+            ["CreateRole", "AttachRolePolicy", "GrantAssumeRole"]
         );
 
         let role = world.target.role("CrossAccountSignin").unwrap();
@@ -376,14 +431,10 @@ mod tests {
             granted_principals(&role.trust_policy, SOURCE),
             BTreeSet::from([Principal::User("devTest".into())])
         );
-        let grant = world
-            .source
-            .principal_policy(
-                &Principal::User("devTest".into()),
-                &owner().grant_policy_name(),
-            )
-            .unwrap();
-        assert_eq!(grant["Statement"][0]["Resource"], role.arn);
+        assert_eq!(
+            world.granted(&Principal::User("devTest".into())).await,
+            BTreeSet::from([role.arn.clone()])
+        );
 
         assert!(
             world.plan(&spec).await.is_empty(),
@@ -420,22 +471,20 @@ mod tests {
         assert_eq!(
             operations(&writes),
             [
-                "DeleteUserPolicy",
+                "RevokeAssumeRole",
                 "UpdateAssumeRolePolicy",
                 "UpdateRole",
                 "TagRole",
-                "PutRolePolicy"
+                "GrantAssumeRole"
             ]
         );
         assert!(
             world
-                .source
-                .principal_policy(
-                    &Principal::User("devTest".into()),
-                    &owner().grant_policy_name()
-                )
-                .is_none()
+                .granted(&Principal::User("devTest".into()))
+                .await
+                .is_empty()
         );
+        assert_eq!(world.granted(&Principal::Role("ci".into())).await.len(), 1);
         assert!(world.plan(&spec).await.is_empty());
     }
 
@@ -501,6 +550,7 @@ mod tests {
             "CrossAccountSignin",
             Some(&role),
             &grants,
+            &operator().grant_scope(),
             &owner(),
         )
         .await;
@@ -508,7 +558,7 @@ mod tests {
         assert_eq!(
             operations(&applied),
             [
-                "DeleteUserPolicy",
+                "RevokeAssumeRole",
                 "DetachRolePolicy",
                 "DeleteRolePolicy",
                 "DeleteRole"
@@ -522,6 +572,7 @@ mod tests {
             "CrossAccountSignin",
             None,
             &spec.grants,
+            &operator().grant_scope(),
             &owner(),
         )
         .await;
@@ -569,9 +620,15 @@ mod tests {
             .managed_policies
             .insert("arn:aws:iam::aws:policy/IAMReadOnlyAccess".into());
         let desired = desired_role(&permitted, &owner(), &operator(), TARGET).unwrap();
-        let observed = observe(&world.target, &world.source, &desired, SOURCE)
-            .await
-            .unwrap();
+        let observed = observe(
+            &world.target,
+            &world.source,
+            &desired,
+            SOURCE,
+            &BTreeSet::new(),
+        )
+        .await
+        .unwrap();
         let current = observed.role.clone().unwrap();
         let within = within(&desired, &current, &observed, &permitted, &operator());
         let changes: Vec<Change> = plan_role_changes(&within, &observed)
@@ -767,17 +824,36 @@ mod tests {
                 r.inline_policies.insert("foreign".into(), inline_document(2));
             }
         });
-        let name = owner().grant_policy_name();
-        world.source.edit_principal_policies(|policies| {
-            let key = policies.keys().find(|(_, policy)| *policy == name).cloned();
-            if let Some(key) = key {
-                if drift.drop_grant {
-                    policies.remove(&key);
-                } else if drift.edit_grant {
-                    policies.insert(key, json!({"Statement": []}));
+    }
+
+    /// Drift of the grants, behind the operator's back: devTest's grant policy detached, or its
+    /// document emptied.
+    async fn apply_grant_drift(world: &World, drift: &Drift) {
+        let user = Principal::User("devTest".into());
+        let scope = operator().grant_scope();
+        let attached = world
+            .source
+            .attached_policies(&user, &scope.path())
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        for policy in attached {
+            let edit = if drift.drop_grant {
+                Change::DetachPrincipalPolicy {
+                    principal: user.clone(),
+                    arn: policy.arn,
                 }
-            }
-        });
+            } else if drift.edit_grant {
+                Change::CreatePolicyVersion {
+                    arn: policy.arn,
+                    document: json!({"Version": "2012-10-17", "Statement": []}),
+                }
+            } else {
+                continue;
+            };
+            world.source.apply(&edit).await.unwrap();
+        }
+        world.source.take_writes();
     }
 
     fn block_on<F: std::future::Future>(future: F) -> F::Output {
@@ -804,6 +880,7 @@ mod tests {
                     world.sync(earlier).await;
                 }
                 apply_drift(&world, &drift);
+                apply_grant_drift(&world, &drift).await;
                 world.sync(&wanted).await;
                 let again = world.plan(&wanted).await;
                 prop_assert!(again.is_empty(), "still planned after one sync: {:?}", operations(&again));
@@ -819,7 +896,11 @@ mod tests {
                     desired.inline_policies.keys().collect::<Vec<_>>()
                 );
                 for principal in &wanted.grants {
-                    prop_assert!(world.source.principal_policy(principal, &desired.grant_policy_name).is_some());
+                    prop_assert!(world.granted(principal).await.contains(&desired.arn));
+                }
+                // Nothing else is granted this role.
+                for principal in [Principal::User("devTest".into()), Principal::User("alice".into()), Principal::Role("ci".into()), Principal::Role("deployer".into())] {
+                    prop_assert_eq!(world.granted(&principal).await.contains(&desired.arn), wanted.grants.contains(&principal));
                 }
                 Ok(())
             })?;
@@ -852,7 +933,7 @@ mod tests {
                 grants: desired
                     .grants
                     .iter()
-                    .map(|p| (p.clone(), Some(rng.as_iam_returns(&desired.grant_policy))))
+                    .map(|p| (p.clone(), GrantState { granted: true, legacy: false }))
                     .collect(),
                 previously_granted: desired.grants.clone(),
             };

@@ -125,6 +125,8 @@ pub(crate) enum RoleEnding {
         role_arn: String,
         account_id: String,
         external_id: String,
+        /// ARNs of the principals granted the role.
+        granted: Vec<String>,
     },
     /// Terminal until the CR or its AwsAccount changes.
     Refused(Refusal),
@@ -180,8 +182,10 @@ pub(crate) fn derive_status(
         role_arn,
         account_id,
         external_id,
+        granted,
     } = &outcome.role
     {
+        status.granted_principals = granted.clone();
         status.role_arn = Some(role_arn.clone());
         status.account_id = Some(account_id.clone());
         status.external_id = Some(external_id.clone());
@@ -468,6 +472,7 @@ mod tests {
             role_arn: ROLE.into(),
             account_id: "111111111111".into(),
             external_id: "crossaccount:dev:a:r".into(),
+            granted: Vec::new(),
         };
         outcome(role, credentials)
     }
