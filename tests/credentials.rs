@@ -24,7 +24,10 @@ use common::{TargetRoleGuard, TestNamespace};
 use cross_account_operator::api::CrossAccountRole;
 use futures::StreamExt;
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Secret},
+    api::{
+        apps::v1::{Deployment, ReplicaSet},
+        core::v1::Secret,
+    },
     jiff::{SignedDuration, Timestamp},
 };
 use kube::{
@@ -1314,10 +1317,11 @@ async fn a_restarted_operator_reuses_credentials_that_are_not_due() {
         restarted_at(&deployment),
         "no rollout restart without new credentials"
     );
+    // The generation, not the resource version: the deployment controller writes the status.
     assert_eq!(
-        deployment_after.resource_version(),
-        deployment.resource_version(),
-        "the Deployment is not touched{}",
+        deployment_after.metadata.generation,
+        deployment.metadata.generation,
+        "the Deployment's spec is not touched{}",
         interference()
     );
     delete_role(&client, &ns.name, "kept").await;
@@ -1612,6 +1616,127 @@ async fn new_credentials_restart_rollout_targets_once_each() {
         expirations.last(),
         "the last stamp is the last expiration"
     );
+
+    // And the stamps really roll the Deployment out: the deployment controller made a ReplicaSet
+    // for the last pod template, beside the first one, which keeps the template as created.
+    let final_stamp = final_stamp.expect("the Deployment is stamped");
+    let rollout = wait_rollout(&client, &ns.name, "app", &final_stamp).await;
+    assert_ne!(
+        rollout.first_hash, rollout.last_hash,
+        "the new ReplicaSet has a pod template hash of its own: {rollout:?}"
+    );
+    for stamp in &rollout.stamps {
+        assert!(
+            stamp.as_ref().is_none_or(|s| stamp_values.contains(s)),
+            "every ReplicaSet's template is the Deployment's as created or as stamped: {rollout:?}"
+        );
+    }
+    eprintln!("rollout restarts: {rollout:?}");
+}
+
+/// The ReplicaSets of a Deployment after its rollouts, as [`wait_rollout`] found them.
+#[derive(Debug)]
+#[allow(dead_code)] // the fields are read through Debug in failure messages
+struct Rollout {
+    /// The pod-template-hash of the first ReplicaSet (the template without a stamp).
+    first_hash: String,
+    /// Its replicas: scaled down, or left as they were while the new Pods are not available
+    /// (they never are here: no scheduler, no kubelet).
+    first_replicas: Option<i32>,
+    /// The pod-template-hash of the ReplicaSet for the last stamp.
+    last_hash: String,
+    last_replicas: Option<i32>,
+    /// The restartedAt annotation of every ReplicaSet's pod template, oldest revision first.
+    stamps: Vec<Option<String>>,
+}
+
+/// Waits until Deployment `name` has, among the ReplicaSets it controls, the first one (its
+/// template without the restartedAt annotation) and one for `stamp` with a higher revision.
+async fn wait_rollout(client: &Client, namespace: &str, name: &str, stamp: &str) -> Rollout {
+    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
+    let replica_sets = Api::<ReplicaSet>::namespaced(client.clone(), namespace);
+    let template_stamp = |rs: &ReplicaSet| -> Option<String> {
+        rs.spec
+            .as_ref()?
+            .template
+            .as_ref()?
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get(RESTARTED_AT_ANNOTATION)
+            .cloned()
+    };
+    let revision = |rs: &ReplicaSet| -> u64 {
+        rs.annotations()
+            .get("deployment.kubernetes.io/revision")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0)
+    };
+    let hash = |rs: &ReplicaSet| {
+        rs.labels()
+            .get("pod-template-hash")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let replicas = |rs: &ReplicaSet| rs.spec.as_ref().and_then(|s| s.replicas);
+    let outcome = common::try_poll(CONVERGE, || {
+        let (deployments, replica_sets) = (deployments.clone(), replica_sets.clone());
+        async move {
+            let deployment = deployments.get(name).await.map_err(|e| e.to_string())?;
+            let uid = deployment.uid();
+            let mut owned: Vec<ReplicaSet> = replica_sets
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .into_iter()
+                .filter(|rs| {
+                    rs.owner_references()
+                        .iter()
+                        .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+                })
+                .collect();
+            owned.sort_by_key(revision);
+            let summary: Vec<String> = owned
+                .iter()
+                .map(|rs| {
+                    format!(
+                        "{} rev {} hash {} replicas {:?} stamp {:?}",
+                        rs.name_any(),
+                        revision(rs),
+                        hash(rs),
+                        replicas(rs),
+                        template_stamp(rs)
+                    )
+                })
+                .collect();
+            let first = owned.iter().find(|rs| template_stamp(rs).is_none());
+            let last = owned
+                .last()
+                .filter(|rs| template_stamp(rs).as_deref() == Some(stamp));
+            match (first, last) {
+                (Some(first), Some(last)) if revision(last) > revision(first) => Ok(Rollout {
+                    first_hash: hash(first),
+                    first_replicas: replicas(first),
+                    last_hash: hash(last),
+                    last_replicas: replicas(last),
+                    stamps: owned.iter().map(template_stamp).collect(),
+                }),
+                _ => Err(format!("ReplicaSets of Deployment {name}: {summary:?}")),
+            }
+        }
+    })
+    .await;
+    outcome.unwrap_or_else(|last| {
+        fail(
+            &format!(
+                "timed out waiting for Deployment {namespace}/{name} to roll out a ReplicaSet \
+                 for restartedAt {stamp}"
+            ),
+            &last,
+        )
+    })
 }
 
 #[tokio::test]
@@ -1708,6 +1833,94 @@ async fn a_secret_name_owned_by_someone_else_is_left_alone() {
     unchanged(&secret, "by the deletion of the CR");
 }
 
+/// The owner reference on the Secret is right (the garbage collector honours it): when the
+/// operator is gone (uninstalled) and an admin deletes a CrossAccountRole by removing the
+/// finalizer no one will release, the Secret goes with it.
+#[tokio::test]
+async fn the_secret_of_a_role_deleted_without_the_operator_is_garbage_collected() {
+    let _serial = common::serial().await;
+    operator().await;
+    let client = common::kube_client().await;
+    let ns = TestNamespace::new(&client, "orphan").await;
+    let role_name = common::unique("CredsOrphan");
+    // The operator will not clean AWS up: this guard does.
+    let _role = TargetRoleGuard::new(&role_name);
+    let _cleanup = CleanupOnPanic {
+        namespace: ns.name.clone(),
+    };
+    common::create_role(
+        &client,
+        &ns.name,
+        "orphan",
+        role_spec(&role_name, json!({})),
+    )
+    .await;
+    wait_credentials_ready(&client, &ns.name, "orphan").await;
+    let secret = get_secret(&client, &ns.name, "orphan-aws")
+        .await
+        .expect("the Secret exists");
+
+    // No operator from here on, until the next test starts one.
+    let old = CURRENT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .expect("an operator is running");
+    tokio::task::spawn_blocking(move || old.stop())
+        .await
+        .expect("stop the operator");
+    let roles = common::roles_api(&client, &ns.name);
+    roles
+        .delete("orphan", &DeleteParams::default())
+        .await
+        .expect("delete CrossAccountRole orphan");
+    roles
+        .patch(
+            "orphan",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("remove the finalizer");
+    let outcome = common::try_poll(GONE, || {
+        let roles = roles.clone();
+        async move {
+            match roles.get_opt("orphan").await {
+                Ok(None) => Ok(()),
+                Ok(Some(cr)) => Err(common::describe_role(&cr)),
+                Err(e) => Err(format!("get: {e}")),
+            }
+        }
+    })
+    .await;
+    if let Err(last) = outcome {
+        fail("the CrossAccountRole without finalizer is not gone", &last);
+    }
+
+    // The garbage collector learns of the CRD within 30 s of its creation, then acts at once.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
+    let outcome = common::try_poll(Duration::from_secs(90), || {
+        let secrets = secrets.clone();
+        async move {
+            match secrets.get_opt("orphan-aws").await {
+                Ok(None) => Ok(()),
+                Ok(Some(s)) => Err(format!("still there, owners {:?}", s.owner_references())),
+                Err(e) => Err(format!("get: {e}")),
+            }
+        }
+    })
+    .await;
+    if let Err(last) = outcome {
+        fail(
+            &format!(
+                "the garbage collector did not delete Secret orphan-aws (owners {:?})",
+                secret.owner_references()
+            ),
+            &last,
+        );
+    }
+}
+
 #[tokio::test]
 async fn deleting_the_role_removes_its_secret_and_iam_role() {
     let _serial = common::serial().await;
@@ -1735,7 +1948,8 @@ async fn deleting_the_role_removes_its_secret_and_iam_role() {
     delete_role(&client, &ns.name, "gone").await;
     assert!(
         get_secret(&client, &ns.name, "gone-aws").await.is_none(),
-        "the operator deletes the Secret before it releases the CR (no garbage collector here)"
+        "the operator deletes the Secret before it releases the CR (not left to the garbage \
+         collector, which a cluster may lack)"
     );
     assert!(
         common::get_iam_role(&target, &role_name).await.is_none(),

@@ -8,9 +8,10 @@ venv_dir="$repo_root/target/venv"      # kept across env-down so restarts are fa
 log_dir="$state_dir/logs"
 pid_dir="$state_dir/pids"
 
-# The processes we manage, in the order down.sh stops them: the apiserver first, because a
-# kube-apiserver that is still starting up ignores SIGTERM while its etcd is gone.
-devenv_components=(kube-apiserver moto etcd)
+# The processes we manage, in the order down.sh stops them: the controller manager and the
+# apiserver first, because a kube-apiserver that is still starting up ignores SIGTERM while its
+# etcd is gone.
+devenv_components=(kube-controller-manager kube-apiserver moto etcd)
 
 log() { printf '[devenv] %s\n' "$*" >&2; }
 die() { printf '[devenv] error: %s\n' "$*" >&2; exit 1; }
@@ -33,6 +34,7 @@ EOF
 component_pattern() {
   case $1 in
     kube-apiserver) echo kube-apiserver ;;
+    kube-controller-manager) echo kube-controller-manager ;;
     etcd) echo etcd ;;
     moto) echo moto_server ;;
     operator) echo cross-account-operator ;;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2154  # seed_* variables are set by load_seed (eval)
-# Starts (or reuses) the local dev environment: etcd + kube-apiserver built from source, and a moto
-# server standing in for two AWS accounts, seeded for the operator. Writes target/devenv/env:
+# Starts (or reuses) the local dev environment: etcd, kube-apiserver and kube-controller-manager
+# built from source, and a moto server standing in for two AWS accounts, seeded for the operator.
+# Writes target/devenv/env:
 #   set -a; . target/devenv/env
 # Reuse: if a previous run's processes are alive and healthy, only the CRDs/AwsAccount and the env
 # file are refreshed. Otherwise leftovers are stopped (down.sh) and everything starts fresh.
@@ -13,10 +14,24 @@ set -euo pipefail
 crds_dir=${CRDS_DIR:-$repo_root/crds}
 certs_dir="$state_dir/certs"
 kubeconfig="$state_dir/kubeconfig"
+kcm_kubeconfig="$state_dir/kube-controller-manager.kubeconfig"
 seed_json="$state_dir/seed.json"
 state_file="$state_dir/state"   # ports and binary dir of the running environment
 venv_python="$venv_dir/bin/python"
 start=$SECONDS
+
+# The controllers of kube-controller-manager that up.sh waits for (names of their /healthz
+# checks): the tests rely on garbage collection, namespace deletion, rollouts, and service
+# accounts with their tokens.
+kcm_required_controllers=(
+  garbage-collector-controller namespace-controller deployment-controller replicaset-controller
+  statefulset-controller daemonset-controller serviceaccount-controller serviceaccount-token-controller
+)
+# Every controller that is on by default, as on a cluster. Those that cannot run here switch
+# themselves off: the cloud ones (no cloud provider), node IPAM (no --allocate-node-cidrs) and CSR
+# signing (no signing key). The node-related ones (node lifecycle, taint eviction, attach/detach,
+# TTL) run idle, as no node ever registers (no kubelet).
+kcm_controllers='*'
 
 check_prerequisites() {
   local v
@@ -57,6 +72,16 @@ apiserver_ready() {
   [ "$(curl -sf --max-time 5 --cacert "$certs_dir/ca.crt" --cert "$certs_dir/admin.crt" \
         --key "$certs_dir/admin.key" "https://127.0.0.1:$APISERVER_PORT/readyz")" = ok ]
 }
+# /healthz of the controller manager lists one check per started controller: ready once the
+# controllers the tests rely on run (not only once it serves).
+kcm_ready() {
+  local body controller
+  body=$(curl -sf --max-time 5 --cacert "$certs_dir/ca.crt" --cert "$certs_dir/admin.crt" \
+    --key "$certs_dir/admin.key" "https://127.0.0.1:$KCM_PORT/healthz?verbose") || return 1
+  for controller in "${kcm_required_controllers[@]}"; do
+    grep -qx "\[+\]$controller ok" <<<"$body" || return 1
+  done
+}
 etcd_ready() { curl -sf --max-time 5 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
 moto_ready() { curl -sf --max-time 5 -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/"; }
 
@@ -67,12 +92,14 @@ running_env_healthy() {
   for name in "${devenv_components[@]}"; do component_pid "$name" >/dev/null || return 1; done
   # shellcheck source=/dev/null
   . "$state_file"
-  apiserver_ready && moto_ready || return 1
+  apiserver_ready && kcm_ready && moto_ready || return 1
   "$venv_python" "$devenv_dir/seed.py" check --endpoint "http://127.0.0.1:$MOTO_PORT" --seed "$seed_json" >/dev/null
 }
 
-# A CA, the apiserver's serving cert, an admin client cert (system:masters) and the
-# service-account signing key pair; all throwaway, regenerated on every fresh start.
+# A CA, the apiserver's serving cert, an admin client cert (system:masters), the controller
+# manager's client cert (user system:kube-controller-manager, which the apiserver's bootstrap RBAC
+# policy binds to the role it needs) and serving cert, and the service-account signing key pair;
+# all throwaway, regenerated on every fresh start.
 generate_certs() {
   (
     umask 077
@@ -91,6 +118,10 @@ generate_certs() {
       "$(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment')"
     issue admin "/O=system:masters/CN=admin" \
       "$(printf 'extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment')"
+    issue kube-controller-manager "/CN=system:kube-controller-manager" \
+      "$(printf 'extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment')"
+    issue kube-controller-manager-serving "/CN=kube-controller-manager" \
+      "$(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment')"
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   )
@@ -98,10 +129,13 @@ generate_certs() {
 
 b64() { openssl base64 -A <"$1"; }
 
+# write_kubeconfig PATH USER CERT_NAME: a kubeconfig for the apiserver with the client cert
+# $certs_dir/CERT_NAME.{crt,key}.
 write_kubeconfig() {
+  local path=$1 user=$2 cert=$3
   (
     umask 077
-    cat >"$kubeconfig.tmp" <<EOF
+    cat >"$path.tmp" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -110,17 +144,17 @@ clusters:
     server: https://127.0.0.1:$APISERVER_PORT
     certificate-authority-data: $(b64 "$certs_dir/ca.crt")
 users:
-- name: admin
+- name: $user
   user:
-    client-certificate-data: $(b64 "$certs_dir/admin.crt")
-    client-key-data: $(b64 "$certs_dir/admin.key")
+    client-certificate-data: $(b64 "$certs_dir/$cert.crt")
+    client-key-data: $(b64 "$certs_dir/$cert.key")
 contexts:
 - name: devenv
-  context: {cluster: devenv, user: admin, namespace: default}
+  context: {cluster: devenv, user: $user, namespace: default}
 current-context: devenv
 EOF
   )
-  mv "$kubeconfig.tmp" "$kubeconfig"
+  mv "$path.tmp" "$path"
 }
 
 cleanup_failed_start() {
@@ -139,13 +173,14 @@ start_fresh() {
   trap cleanup_failed_start EXIT
 
   local bin_dir
-  log "ensuring kube-apiserver and etcd are built (hack/build-controlplane.sh; the first build takes several minutes)"
+  log "ensuring etcd, kube-apiserver and kube-controller-manager are built (hack/build-controlplane.sh; the first build takes several minutes)"
   bin_dir=$("$repo_root/hack/build-controlplane.sh" | tail -n 1)
-  if ! [ -x "$bin_dir/etcd" ] || ! [ -x "$bin_dir/kube-apiserver" ]; then
-    die "build-controlplane.sh gave no binaries in '$bin_dir'"
-  fi
+  local binary
+  for binary in etcd kube-apiserver kube-controller-manager; do
+    [ -x "$bin_dir/$binary" ] || die "build-controlplane.sh gave no $binary in '$bin_dir'"
+  done
 
-  { read -r ETCD_PORT; read -r ETCD_PEER_PORT; read -r APISERVER_PORT; read -r MOTO_PORT; } < <(free_ports 4)
+  { read -r ETCD_PORT; read -r ETCD_PEER_PORT; read -r APISERVER_PORT; read -r MOTO_PORT; read -r KCM_PORT; } < <(free_ports 5)
   generate_certs
 
   start_component etcd "$bin_dir/etcd" \
@@ -162,7 +197,9 @@ start_fresh() {
     "$venv_dir/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
   wait_for etcd 60 etcd_ready
 
-  # Flags modelled on controller-runtime's envtest.
+  # Flags modelled on controller-runtime's envtest. --shutdown-watch-termination-grace-period makes
+  # it end the watches on SIGTERM: otherwise the controller manager's open HTTP/2 watch streams hold
+  # its shutdown for up to a minute, and restart-apiserver.sh and down.sh would have to SIGKILL it.
   start_component kube-apiserver "$bin_dir/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --cert-dir "$certs_dir" \
@@ -179,6 +216,7 @@ start_fresh() {
     --service-account-key-file "$certs_dir/sa.pub" \
     --service-account-signing-key-file "$certs_dir/sa.key" \
     --allow-privileged=true \
+    --shutdown-watch-termination-grace-period 2s \
     --endpoint-reconciler-type none  # 127.0.0.1 is not a valid Endpoints address; avoids log spam
 
   # Seed moto while the apiserver starts up.
@@ -187,15 +225,48 @@ start_fresh() {
   (umask 077; "$venv_python" "$devenv_dir/seed.py" seed --endpoint "http://127.0.0.1:$MOTO_PORT" --out "$seed_json" >&2)
 
   wait_for kube-apiserver 120 apiserver_ready
-  write_kubeconfig
+  write_kubeconfig "$kubeconfig" admin admin
+  write_kubeconfig "$kcm_kubeconfig" system:kube-controller-manager kube-controller-manager
+  start_kube_controller_manager "$bin_dir"
   cat >"$state_file" <<EOF
 ETCD_PORT=$ETCD_PORT
 ETCD_PEER_PORT=$ETCD_PEER_PORT
 APISERVER_PORT=$APISERVER_PORT
 MOTO_PORT=$MOTO_PORT
+KCM_PORT=$KCM_PORT
 BIN_DIR=$(printf '%q' "$bin_dir")
 EOF
   trap - EXIT
+}
+
+# kube-controller-manager, once the apiserver is ready: its own identity (user
+# system:kube-controller-manager, bound by the apiserver's bootstrap RBAC policy) for its
+# kubeconfig and for checking who calls its /healthz, and one service account per controller
+# (--use-service-account-credentials), as on a cluster, so each controller has only its bootstrap
+# role's permissions; their tokens are signed with the apiserver's service-account key. The client
+# CA for callers of its endpoints is given, so it does not look the authentication configuration
+# up in the cluster (--authentication-skip-lookup): that would also look for a request-header CA,
+# which this apiserver has none of, and log an error every few seconds. Without leader election:
+# there is one. It rides out an apiserver restart (restart-apiserver.sh) by retrying, as on a
+# cluster.
+start_kube_controller_manager() {
+  local bin_dir=$1
+  start_component kube-controller-manager "$bin_dir/kube-controller-manager" \
+    --kubeconfig "$kcm_kubeconfig" \
+    --authentication-kubeconfig "$kcm_kubeconfig" \
+    --authorization-kubeconfig "$kcm_kubeconfig" \
+    --client-ca-file "$certs_dir/ca.crt" \
+    --authentication-skip-lookup \
+    --use-service-account-credentials \
+    --service-account-private-key-file "$certs_dir/sa.key" \
+    --root-ca-file "$certs_dir/ca.crt" \
+    --controllers "$kcm_controllers" \
+    --leader-elect=false \
+    --bind-address 127.0.0.1 \
+    --secure-port "$KCM_PORT" \
+    --tls-cert-file "$certs_dir/kube-controller-manager-serving.crt" \
+    --tls-private-key-file "$certs_dir/kube-controller-manager-serving.key"
+  wait_for kube-controller-manager 120 kcm_ready
 }
 
 apply_kubernetes_objects() {
@@ -272,6 +343,7 @@ write_env_file
 cat >&2 <<EOF
 [devenv] environment $mode in $((SECONDS - start))s
   kube-apiserver  https://127.0.0.1:$APISERVER_PORT   (kubeconfig: target/devenv/kubeconfig)
+  kube-ctrl-mgr   https://127.0.0.1:$KCM_PORT/healthz
   etcd            http://127.0.0.1:$ETCD_PORT
   moto (AWS)      http://127.0.0.1:$MOTO_PORT   source 123456789012, target 111111111111
   logs            target/devenv/logs/

@@ -53,7 +53,10 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// A namespace of its own for one test, labelled as a tenant namespace (the devenv AwsAccount
-/// allows those). Deleted when the guard drops.
+/// allows those). Deleted when the guard drops: the environment's namespace controller deletes
+/// what is in it, and the namespace goes once nothing is left. CrossAccountRoles with the
+/// operator's finalizer keep it Terminating until an operator releases them (the next test
+/// binary's, if this one's has exited), which is fine: nothing waits for it.
 pub struct TestNamespace {
     pub name: String,
 }
@@ -87,7 +90,8 @@ impl Drop for TestNamespace {
         let name = self.name.clone();
         // A test that failed half-way leaves CrossAccountRoles behind; with an operator running
         // in this binary, delete them and give it the chance to clean up AWS and release them
-        // (nothing else would: a deleted namespace stays Terminating in this environment).
+        // now, while it runs (the namespace controller would delete them too, but only once the
+        // namespace is deleted, and an operator may no longer run by then).
         if std::thread::panicking() && Operator::running().is_some() {
             delete_roles_of(&name, Duration::from_secs(60));
         }
