@@ -1,6 +1,7 @@
-//! The AWS fault proxy of the tests (tests/common/aws_proxy.rs), checked against the local AWS
-//! emulator with the real SDK: each fault does what it says, the operator's error classification
-//! sees it as intended, and the counts are right.
+//! The AWS proxy of the tests (tests/common/aws_proxy.rs), checked against the local AWS emulator
+//! with the real SDK: each fault does what it says, the operator's error classification sees it
+//! as intended, the counts and the request log are right, and sessions past their expiration
+//! are answered as AWS answers them.
 
 mod common;
 
@@ -12,7 +13,7 @@ use aws_sdk_iam::{
     operation::RequestId,
 };
 use common::{
-    aws_proxy::{AwsProxy, CallCount, Fault, FaultRule},
+    aws_proxy::{AwsProxy, CallCount, Fault, FaultRule, Outcome},
     env,
 };
 use cross_account_operator::aws::{AwsError, AwsErrorKind};
@@ -351,4 +352,305 @@ async fn concurrent_requests_are_all_forwarded_and_counted() {
             .expect("GetUser through the proxy");
     }
     assert_eq!(proxy.count("iam", "GetUser").forwarded, 40);
+}
+
+#[tokio::test]
+async fn the_log_records_operation_parameters_access_key_time_and_outcome() {
+    let proxy = start_proxy().await;
+    let (iam, _) = clients(&proxy.endpoint(), 1).await;
+    let key = env("AWS_ACCESS_KEY_ID");
+    iam.get_user()
+        .user_name("devTest")
+        .send()
+        .await
+        .expect("GetUser through the proxy");
+    let mark = proxy.mark();
+    let started = proxy.now();
+    // A role name that needs form encoding (`=`, `,`, `@`, `+`): the log holds it decoded.
+    let odd_name = "no-such=role,x@y+z";
+    let err = iam
+        .get_role()
+        .role_name(odd_name)
+        .send()
+        .await
+        .expect_err("no such role");
+    assert!(common::is_no_such_entity(&err), "{err:?}");
+    proxy.set_rules(vec![
+        FaultRule::new(Fault::Throttling)
+            .service("iam")
+            .operations(&["ListUserPolicies"]),
+    ]);
+    iam.list_user_policies()
+        .user_name("devTest")
+        .send()
+        .await
+        .expect_err("throttled");
+    let ended = proxy.now();
+
+    let all = proxy.requests();
+    let since = proxy.requests_since(&mark);
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(since.len(), 2, "the mark leaves the first out: {since:?}");
+    assert_eq!(all[1..], since[..]);
+    let get_user = &all[0];
+    assert!(get_user.is("iam", "GetUser"), "{get_user:?}");
+    assert_eq!(get_user.param("UserName"), Some("devTest"));
+    assert_eq!(get_user.param("Action"), Some("GetUser"));
+    assert!(get_user.param("Version").is_some(), "{get_user:?}");
+    assert_eq!(get_user.outcome, Outcome::Answered(200));
+    assert!(get_user.succeeded() && get_user.reached_upstream() && !get_user.faulted());
+    // Compared, never printed.
+    assert!(
+        all.iter()
+            .all(|r| r.access_key_id.as_deref() == Some(key.as_str())),
+        "every request is logged with the access key ID it was signed with"
+    );
+
+    let get_role = &since[0];
+    assert!(get_role.is("iam", "GetRole"), "{get_role:?}");
+    assert_eq!(get_role.param("RoleName"), Some(odd_name));
+    assert_eq!(get_role.outcome, Outcome::Answered(404));
+    assert!(get_role.reached_upstream() && !get_role.succeeded());
+    assert!(
+        (started..=ended).contains(&get_role.arrived),
+        "arrived {} between {started} and {ended}",
+        get_role.arrived
+    );
+    let throttled = &since[1];
+    assert!(throttled.is("iam", "ListUserPolicies"), "{throttled:?}");
+    assert_eq!(throttled.outcome, Outcome::Faulted("Throttling"));
+    assert!(throttled.faulted() && !throttled.reached_upstream());
+
+    assert_eq!(proxy.count_since(&mark, "GetRole", None), 1);
+    assert_eq!(
+        proxy.count_since(&mark, "GetRole", Some(("RoleName", odd_name))),
+        1
+    );
+    assert_eq!(
+        proxy.count_since(&mark, "GetRole", Some(("RoleName", "other"))),
+        0
+    );
+    assert_eq!(
+        proxy.count_since(&mark, "GetUser", None),
+        0,
+        "before the mark"
+    );
+    assert_eq!(
+        proxy.count_per_param_since(&mark, "ListUserPolicies", "UserName"),
+        std::collections::BTreeMap::from([("devTest".to_owned(), 1)])
+    );
+
+    // What tests print of a request shows no access key ID.
+    for request in &all {
+        let shown = format!("{request:?} {}", request.summary());
+        assert!(
+            !shown.contains(key.as_str()),
+            "the access key ID is printed by Debug or summary of #{}",
+            request.seq
+        );
+    }
+    assert!(
+        throttled
+            .summary()
+            .contains("ListUserPolicies UserName=devTest -> faulted (Throttling)"),
+        "{}",
+        throttled.summary()
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_logged_as_such() {
+    let proxy = AwsProxy::start(&format!("http://127.0.0.1:{}", common::free_port())).await;
+    let (_, sts) = clients(&proxy.endpoint(), 1).await;
+    let err = sts
+        .get_caller_identity()
+        .send()
+        .await
+        .expect_err("nothing listens upstream");
+    assert!(matches!(err, SdkError::DispatchFailure(_)), "{err:?}");
+    let log = proxy.requests();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].outcome, Outcome::UpstreamFailed);
+    assert!(!log[0].reached_upstream() && !log[0].faulted());
+    assert_eq!(
+        proxy.count("sts", "GetCallerIdentity"),
+        CallCount::default()
+    );
+}
+
+/// IAM and STS clients signing with the session credentials of `assumed` (one attempt per call).
+async fn session_clients(
+    endpoint: &str,
+    assumed: &aws_sdk_sts::types::Credentials,
+) -> (aws_sdk_iam::Client, aws_sdk_sts::Client) {
+    let credentials = aws_credential_types::Credentials::new(
+        assumed.access_key_id(),
+        assumed.secret_access_key(),
+        Some(assumed.session_token().to_owned()),
+        None,
+        "proxy-test-session",
+    );
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .credentials_provider(credentials)
+        .retry_config(RetryConfig::standard().with_max_attempts(1))
+        .load()
+        .await;
+    (
+        aws_sdk_iam::Client::new(&config),
+        aws_sdk_sts::Client::new(&config),
+    )
+}
+
+/// AssumeRole of the environment's management role through `sts`, for `seconds`.
+async fn assume_management_role(
+    sts: &aws_sdk_sts::Client,
+    seconds: i32,
+) -> aws_sdk_sts::types::Credentials {
+    let role_arn = env("MANAGEMENT_ROLE_ARN");
+    sts.assume_role()
+        .role_arn(&role_arn)
+        .role_session_name("proxy-expiry-test")
+        .duration_seconds(seconds)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("AssumeRole {role_arn}: {e:?}"))
+        .credentials()
+        .cloned()
+        .expect("AssumeRole returns credentials")
+}
+
+#[tokio::test]
+async fn a_session_is_answered_expired_token_after_its_expiration() {
+    let proxy = start_proxy().await;
+    let (_, sts) = clients(&proxy.endpoint(), 1).await;
+    let assumed = assume_management_role(&sts, 900).await;
+    assert_eq!(proxy.sessions_seen(), 1, "the proxy learned the session");
+    let expiration =
+        jiff::Timestamp::from_second(assumed.expiration().secs()).expect("an expiration");
+    let lifetime = Duration::try_from(expiration.duration_since(proxy.now()))
+        .expect("the session expires in the future");
+    assert!(
+        lifetime <= Duration::from_secs(900) && lifetime > Duration::from_secs(850),
+        "a 900 s session expires in {lifetime:?}"
+    );
+    let (session_iam, session_sts) = session_clients(&proxy.endpoint(), &assumed).await;
+
+    // Unexpired: passes, also seconds before the expiration.
+    let identity = session_sts
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("an unexpired session passes");
+    assert_eq!(identity.account(), Some(env("TARGET_ACCOUNT_ID").as_str()));
+    proxy.advance_clock(lifetime.saturating_sub(Duration::from_secs(10)));
+    session_iam
+        .list_roles()
+        .max_items(1)
+        .send()
+        .await
+        .expect("seconds before its expiration the session still passes");
+
+    // Expired: AWS's answer, for IAM and STS alike, and nothing reaches the upstream.
+    proxy.advance_clock(Duration::from_secs(11));
+    let mark = proxy.mark();
+    let err = session_iam
+        .list_roles()
+        .max_items(1)
+        .send()
+        .await
+        .expect_err("the session has expired");
+    assert_eq!(err.code(), Some("ExpiredToken"), "{err:?}");
+    assert_eq!(
+        err.message(),
+        Some("The security token included in the request is expired")
+    );
+    assert_eq!(status_of(&err), Some(403));
+    assert!(err.meta().request_id().is_some(), "a request ID: {err:?}");
+    assert_eq!(
+        operator_kind(&err, status_of(&err)),
+        AwsErrorKind::AccessDenied
+    );
+    let err = session_sts
+        .get_caller_identity()
+        .send()
+        .await
+        .expect_err("the session has expired for STS too");
+    assert_eq!(err.code(), Some("ExpiredToken"), "{err:?}");
+    let expired = proxy.requests_since(&mark);
+    assert_eq!(expired.len(), 2, "{expired:?}");
+    assert!(
+        expired
+            .iter()
+            .all(|r| r.outcome == Outcome::Faulted("ExpiredToken")),
+        "answered by the proxy as faults: {expired:?}"
+    );
+    assert_eq!(proxy.count("iam", "ListRoles").faulted, 1);
+    assert_eq!(proxy.count("sts", "GetCallerIdentity").faulted, 1);
+
+    // Long-term keys do not expire, and a session issued after the clock moved gets its full
+    // duration on the proxy's clock.
+    let fresh = assume_management_role(&sts, 900).await;
+    assert_eq!(proxy.sessions_seen(), 2);
+    let (fresh_iam, _) = session_clients(&proxy.endpoint(), &fresh).await;
+    fresh_iam
+        .list_roles()
+        .max_items(1)
+        .send()
+        .await
+        .expect("a fresh session passes");
+    proxy.advance_clock(Duration::from_secs(600));
+    fresh_iam
+        .list_roles()
+        .max_items(1)
+        .send()
+        .await
+        .expect("the fresh session passes 600 s into its 900 s");
+    session_iam
+        .list_roles()
+        .max_items(1)
+        .send()
+        .await
+        .expect_err("the old session stays expired");
+}
+
+#[tokio::test]
+async fn sessions_issued_elsewhere_are_not_judged() {
+    // A session the proxy did not see issued (AssumeRole sent to the emulator directly) is
+    // forwarded whatever the proxy's clock says: the proxy knows no expiration for it.
+    let (_, direct_sts) = clients(&env("AWS_ENDPOINT_URL"), 1).await;
+    let assumed = assume_management_role(&direct_sts, 900).await;
+    let proxy = start_proxy().await;
+    proxy.advance_clock(Duration::from_secs(3600));
+    let (session_iam, _) = session_clients(&proxy.endpoint(), &assumed).await;
+    session_iam
+        .list_roles()
+        .max_items(1)
+        .send()
+        .await
+        .expect("forwarded: moto itself enforces no expiry");
+    assert_eq!(proxy.sessions_seen(), 0);
+    assert_eq!(proxy.count("iam", "ListRoles").forwarded, 1);
+}
+
+#[test]
+fn a_proxy_on_its_own_runtime_outlives_the_runtimes_of_its_users() {
+    env("AWS_ENDPOINT_URL");
+    let proxy = AwsProxy::start_on_own_runtime(&env("AWS_ENDPOINT_URL"));
+    // Two runtimes one after the other, as two `#[tokio::test]`s of one binary have.
+    for round in 0..2 {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (_, sts) = clients(&proxy.endpoint(), 1).await;
+            sts.get_caller_identity()
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        });
+        drop(runtime);
+    }
+    assert_eq!(proxy.count("sts", "GetCallerIdentity").succeeded, 2);
 }

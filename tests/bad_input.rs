@@ -3,8 +3,10 @@
 //! semantic cases pass the apiserver and are refused by the operator's validation with a status
 //! condition. The whole catalog makes no IAM write and mints no credentials.
 //!
-//! The catalog test takes `common::serial()` (it compares metric deltas) and assumes no other
-//! operator process works on the same environment meanwhile.
+//! What reached AWS is counted at the shared operator's AWS proxy (`common::shared_proxy()`),
+//! every attempt whatever its outcome. The catalog test takes `common::serial()` (it compares
+//! what reached AWS between two points) and assumes no other operator process works on the same
+//! environment meanwhile.
 
 mod common;
 
@@ -12,7 +14,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use common::{
     Operator, TestNamespace,
-    tenant::{AwsActivity, guarded_account, write_metric_lines},
+    tenant::{AwsActivity, guarded_account},
 };
 use cross_account_operator::api::{AwsAccount, CrossAccountRole};
 use kube::{
@@ -1029,7 +1031,7 @@ async fn run_rejected(
 async fn every_bad_input_is_refused_naming_the_field_without_touching_aws() {
     let _serial = common::serial().await;
     let started = std::time::Instant::now();
-    let operator = Operator::shared().await;
+    Operator::shared().await;
     let client = common::kube_client().await;
     let ns = TestNamespace::new(&client, "bad-input").await;
     let target = common::target_iam().await;
@@ -1053,7 +1055,7 @@ async fn every_bad_input_is_refused_naming_the_field_without_touching_aws() {
         open.clone(),
         json!({"allowedNamespaces": {"selector": {"matchExpressions": [{"key": "tenant", "operator": "Sometimes", "values": ["x"]}]}}}),
     );
-    let before = AwsActivity::now(operator).await;
+    let before = common::shared_proxy().mark();
     let accounts_by_guardrails = BTreeMap::from([
         (
             Guardrails::Open,
@@ -1195,7 +1197,7 @@ async fn every_bad_input_is_refused_naming_the_field_without_touching_aws() {
             failures.push(format!("{name}: role {role_name} was created"));
         }
     }
-    let activity = AwsActivity::now(operator).await.since(before);
+    let activity = AwsActivity::since(&before);
     for (_, name) in &created {
         common::delete_role_and_wait(&client, &ns.name, name, CONVERGE).await;
     }
@@ -1213,13 +1215,9 @@ async fn every_bad_input_is_refused_naming_the_field_without_touching_aws() {
         failures.len()
     );
     assert_eq!(
-        activity,
-        AwsActivity {
-            iam_writes: 0,
-            assume_roles: 0
-        },
-        "the bad-input catalog reached AWS:\n{}",
-        write_metric_lines(&operator.metrics_text().await)
+        activity.counts(),
+        (0, 0),
+        "the bad-input catalog reached AWS (IAM write attempts, credential mints):\n{activity}"
     );
 }
 

@@ -6,7 +6,9 @@
 //! never lapsed while AWS was reachable, and the AWS calls stayed bounded.
 //!
 //! The operators of these tests talk to AWS through the fault proxy (tests/common/aws_proxy.rs),
-//! which also counts their calls. One operator runs at a time (except in the two-instance test),
+//! which also counts their calls and logs each request: claims about every CR (each reconciled,
+//! each throttled, each written once) are checked per CR from that log, so that one CR skipped
+//! cannot hide behind a total. One operator runs at a time (except in the two-instance test),
 //! and every test holds `common::serial()`.
 
 mod common;
@@ -18,7 +20,7 @@ use std::{
 
 use common::{
     Operator, OperatorOptions, TestNamespace, account_name,
-    aws_proxy::{AwsProxy, CallCount, Fault, FaultRule},
+    aws_proxy::{AwsProxy, CallCount, Fault, FaultRule, LoggedRequest, RequestMark},
     env,
 };
 use cross_account_operator::api::CrossAccountRole;
@@ -397,14 +399,33 @@ async fn reconcile_errors(operator: &Operator, category: &str) -> u64 {
     )
 }
 
-/// AssumeRole calls the operator made to mint credentials (its management-role sessions go through
-/// the SDK's own provider and are not counted there), whatever their outcome.
-async fn credential_mints(operator: &Operator) -> u64 {
-    common::metric_sum(
-        &operator.metrics_text().await,
-        "crossaccount_aws_requests_total",
-        &[("operation", "AssumeRole")],
-    )
+/// AssumeRole requests that mint credentials (not the operators' management-role sessions) the
+/// proxy saw since `mark`, whatever their outcome.
+fn credential_mints(proxy: &AwsProxy, mark: &RequestMark) -> Vec<LoggedRequest> {
+    proxy
+        .requests_since(mark)
+        .into_iter()
+        .filter(common::is_credential_mint)
+        .collect()
+}
+
+/// Requests since `mark` of `operation` per `RoleName` that `keep` selects.
+fn per_role(
+    proxy: &AwsProxy,
+    mark: &RequestMark,
+    operation: &str,
+    keep: impl Fn(&LoggedRequest) -> bool,
+) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for request in proxy.requests_since(mark) {
+        if request.operation == operation
+            && keep(&request)
+            && let Some(role) = request.param("RoleName")
+        {
+            *counts.entry(role.to_owned()).or_default() += 1;
+        }
+    }
+    counts
 }
 
 fn writes_forwarded(counts: &BTreeMap<(String, String), CallCount>) -> BTreeMap<String, u64> {
@@ -823,6 +844,7 @@ async fn fifty_roles_converge_under_throttling_and_server_errors() {
             .body_contains(&format!("RoleName={prefix}-0")),
     ]);
     scenario.proxy.reset_counts();
+    let throttling_mark = scenario.proxy.mark();
     for member in &members {
         common::patch_role_spec(
             &client,
@@ -885,6 +907,31 @@ async fn fifty_roles_converge_under_throttling_and_server_errors() {
          per-object backoff allows (a hot loop?)",
         most_reconciles * 3
     );
+    // Per role, from the proxy's log: each throttled role was tried (its work is pending) and
+    // none of them spun, whatever the total says.
+    let window = scenario.proxy.requests_since(&throttling_mark);
+    let faulted_per_role: BTreeMap<String, u64> = members[..throttled_roles as usize]
+        .iter()
+        .map(|m| {
+            let role = m.role_name();
+            let faulted = window
+                .iter()
+                .filter(|r| r.faulted() && r.param("RoleName") == Some(role.as_str()))
+                .count() as u64;
+            (role, faulted)
+        })
+        .collect();
+    let get_role_per_role = per_role(&scenario.proxy, &throttling_mark, "GetRole", |_| true);
+    let most_per_role = most_reconciles / throttled_roles * 3;
+    let off: Vec<(&String, &u64)> = faulted_per_role
+        .iter()
+        .filter(|(_, n)| !(1..=most_per_role).contains(*n))
+        .collect();
+    assert!(
+        off.is_empty(),
+        "throttled requests per throttled role must be 1 to {most_per_role} (tried, no hot \
+         loop): {off:?}; all: {faulted_per_role:?}; GetRole per role: {get_role_per_role:?}"
+    );
     let list = common::roles_api(&client, &ns.name)
         .list(&ListParams::default())
         .await
@@ -931,6 +978,7 @@ async fn fifty_roles_converge_under_throttling_and_server_errors() {
     // The throttling ends: every role converges within its backoff.
     scenario.proxy.clear_rules();
     scenario.proxy.reset_counts();
+    let recovery_mark = scenario.proxy.mark();
     let recovered_in = wait_all_ready(
         &client,
         &ns.name,
@@ -948,6 +996,15 @@ async fn fifty_roles_converge_under_throttling_and_server_errors() {
         writes_forwarded(&recovery_counts),
         BTreeMap::from([("TagRole".to_owned(), throttled_roles)]),
         "IAM writes that reached AWS after the throttling: the tags of the throttled roles"
+    );
+    let tagged = per_role(&scenario.proxy, &recovery_mark, "TagRole", |_| true);
+    let want: BTreeMap<String, u64> = members[..throttled_roles as usize]
+        .iter()
+        .map(|m| (m.role_name(), 1))
+        .collect();
+    assert_eq!(
+        tagged, want,
+        "TagRole attempts per role after the throttling: each throttled role once, no other"
     );
     assert_fleet(
         &client,
@@ -1061,6 +1118,7 @@ async fn operator_rides_out_an_apiserver_restart() {
 
     // Changes in flight when the apiserver goes away: the operator is reconciling them.
     scenario.proxy.reset_counts();
+    let changes_mark = scenario.proxy.mark();
     for member in &members[..5] {
         common::patch_role_spec(
             &client,
@@ -1109,6 +1167,19 @@ async fn operator_rides_out_an_apiserver_restart() {
         11,
         "EC2 on five roles, two on each new one"
     );
+    // Per role: each old role got EC2 attached once, each new one was created once with both.
+    let reached = |r: &LoggedRequest| r.reached_upstream();
+    let attached = per_role(&scenario.proxy, &changes_mark, "AttachRolePolicy", reached);
+    let created = per_role(&scenario.proxy, &changes_mark, "CreateRole", reached);
+    let want_attached: BTreeMap<String, u64> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.role_name(), if i < 5 { 1 } else { 2 }))
+        .collect();
+    let want_created: BTreeMap<String, u64> =
+        members[5..].iter().map(|m| (m.role_name(), 1)).collect();
+    assert_eq!(attached, want_attached, "AttachRolePolicy per role");
+    assert_eq!(created, want_created, "CreateRole per role");
 
     common::roles_api(&client, &ns.name)
         .delete_collection(&DeleteParams::default(), &ListParams::default())
@@ -1539,32 +1610,38 @@ async fn sigkill_at_random_points_leaves_nothing_behind() {
     let secrets_before = managed_secrets(&client, &ns.name).await;
     let reconciles_needed = scenario.operator(op).reconciles("CrossAccountRole").await;
     scenario.operator(op).kill();
+    // Everything the killed operator sent arrived before this mark.
+    let restart_mark = scenario.proxy.mark();
     let op = scenario.start_operator("kill-restart", None).await;
     let operator = scenario.operator(op);
-    // Every CR reconciled at least twice (start, then a resync) by the new operator.
-    let reconciled = common::try_poll(Duration::from_secs(30), || async {
-        let n = operator.reconciles("CrossAccountRole").await;
-        if n >= 2 * remaining.len() as u64 {
-            Ok(n)
-        } else {
-            Err(format!("{n} reconciles"))
-        }
-    })
+    // Every CR reconciled at least twice (start, then a resync) by the new operator: its role
+    // read from IAM twice, counted per CR so that one skipped CR fails the test.
+    let role_names: Vec<String> = remaining.iter().map(Member::role_name).collect();
+    let reads = common::try_wait_for_role_reads(
+        &scenario.proxy,
+        &restart_mark,
+        &role_names,
+        2,
+        Duration::from_secs(30),
+    )
     .await
     .unwrap_or_else(|last| {
         panic!(
-            "the restarted operator did not reconcile: {last}\n{}",
+            "the restarted operator did not reconcile every CR twice: {last}\n{}",
             operator.log_tail(40)
         )
     });
-    let mints = credential_mints(operator).await;
+    let mints = credential_mints(&scenario.proxy, &restart_mark);
     let secrets_after = managed_secrets(&client, &ns.name).await;
     eprintln!(
-        "restart: {reconciled} reconciles, {mints} credential mints (before: {reconciles_needed} reconciles)"
+        "restart: GetRole per role {reads:?}, {} credential mints (the killed operator had made \
+         {reconciles_needed} reconciles)",
+        mints.len()
     );
-    assert_eq!(
-        mints, 0,
-        "the restarted operator minted credentials that were not due"
+    assert!(
+        mints.is_empty(),
+        "the restarted operator minted credentials that were not due:\n{}",
+        common::describe_requests(&mints)
     );
     assert_eq!(
         secrets_before, secrets_after,
@@ -1704,15 +1781,15 @@ async fn two_operators_without_leader_election_agree() {
         )
     });
     scenario.proxy.reset_counts();
-    let mints_before = credential_mints(scenario.operator(first)).await
-        + credential_mints(scenario.operator(second)).await;
+    let quiet_mark = scenario.proxy.mark();
     // The measurement window.
     tokio::time::sleep(QUIET_WINDOW).await;
     let counts = scenario.proxy.counts();
     let roles_after = versions(api.list(&ListParams::default()).await.expect("list").items);
     let secrets_after = managed_secrets(&client, &ns.name).await;
-    let mints_after = credential_mints(scenario.operator(first)).await
-        + credential_mints(scenario.operator(second)).await;
+    let quiet_requests = scenario.proxy.requests_since(&quiet_mark);
+    let mints = credential_mints(&scenario.proxy, &quiet_mark);
+    let write_attempts = common::iam_write_attempts(&quiet_requests);
     let reads = sum_counts(&counts).total();
     eprintln!(
         "two operators, {QUIET_WINDOW:?} settled: {reads} AWS requests (reads), writes {:?}",
@@ -1720,13 +1797,14 @@ async fn two_operators_without_leader_election_agree() {
     );
     assert!(reads > 0, "the operators resynced during the window");
     assert!(
-        writes_forwarded(&counts).is_empty(),
-        "IAM writes while settled: {:?}",
-        writes_forwarded(&counts)
+        writes_forwarded(&counts).is_empty() && write_attempts.is_empty(),
+        "IAM writes while settled: {write_attempts:?}:\n{}",
+        common::describe_requests(quiet_requests.iter().filter(|r| common::is_iam_write(r)))
     );
-    assert_eq!(
-        mints_after, mints_before,
-        "credentials minted while settled"
+    assert!(
+        mints.is_empty(),
+        "credentials minted while settled:\n{}",
+        common::describe_requests(&mints)
     );
     assert_eq!(
         roles_before, roles_after,

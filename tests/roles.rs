@@ -1,10 +1,12 @@
 //! CrossAccountRoles reconciled by the operator binary against the local apiserver and moto (with
 //! IAM enforcement): creation, updates, steady state, drift, deletion, refusals and an AWS outage.
 //!
-//! Every test takes `common::serial()`: metric deltas are only meaningful while one test runs, and
-//! the outage test freezes AWS for everyone. They also assume that no other operator process works
-//! on the same environment meanwhile (another test binary's, or one started by hand): it would act
-//! on these objects too.
+//! What reached AWS is counted at the shared operator's AWS proxy (`common::shared_proxy()`):
+//! every attempt of an IAM write, whatever its outcome, not only the successes the operator's
+//! metrics report. Every test takes `common::serial()`: what reached AWS between two points is
+//! only meaningful while one test runs, and the outage test freezes AWS for everyone. They also
+//! assume that no other operator process works on the same environment meanwhile (another test
+//! binary's, or one started by hand): it would act on these objects too.
 
 mod common;
 
@@ -316,7 +318,7 @@ async fn seed_role_is_created_with_trust_policy_grant_tags_and_status() {
 #[tokio::test]
 async fn spec_update_makes_only_the_needed_writes() {
     let _serial = common::serial().await;
-    let operator = Operator::shared().await;
+    Operator::shared().await;
     let client = common::kube_client().await;
     let ns = TestNamespace::new(&client, "update").await;
     let role_name = common::unique("Update");
@@ -338,7 +340,7 @@ async fn spec_update_makes_only_the_needed_writes() {
     .await;
     let before = wait_ready(&client, &ns.name, "app").await;
 
-    let metrics_before = operator.metrics_text().await;
+    let mark = common::shared_proxy().mark();
     let updated = common::patch_role_spec(
         &client,
         &ns.name,
@@ -354,28 +356,22 @@ async fn spec_update_makes_only_the_needed_writes() {
         "a spec change bumps the generation"
     );
     let after = wait_ready(&client, &ns.name, "app").await;
-    let metrics_after = operator.metrics_text().await;
+    let requests = common::shared_proxy().requests_since(&mark);
     assert_eq!(
         status_of(&after).observed_generation,
         after.metadata.generation,
         "status.observedGeneration follows the new generation"
     );
 
-    let delta = |op: &str| {
-        let labels = [("operation", op), ("outcome", "ok")];
-        common::metric_sum(&metrics_after, "crossaccount_aws_requests_total", &labels)
-            - common::metric_sum(&metrics_before, "crossaccount_aws_requests_total", &labels)
-    };
-    let writes = common::iam_writes_in(&metrics_after) - common::iam_writes_in(&metrics_before);
-    let per_operation: Vec<(&str, u64)> = common::IAM_WRITE_OPERATIONS
-        .iter()
-        .map(|op| (*op, delta(op)))
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    assert_eq!(delta("AttachRolePolicy"), 1, "writes: {per_operation:?}");
-    assert_eq!(delta("DetachRolePolicy"), 1, "writes: {per_operation:?}");
-    assert_eq!(delta("PutRolePolicy"), 1, "writes: {per_operation:?}");
-    assert_eq!(writes, 3, "writes: {per_operation:?}");
+    // Every attempt counts: a write retried after a failure is a second write.
+    let per_operation = common::iam_write_attempts(&requests);
+    let delta = |op: &str| per_operation.get(op).copied().unwrap_or(0);
+    let writes: u64 = per_operation.values().sum();
+    let listing = write_requests(&requests);
+    assert_eq!(delta("AttachRolePolicy"), 1, "writes:\n{listing}");
+    assert_eq!(delta("DetachRolePolicy"), 1, "writes:\n{listing}");
+    assert_eq!(delta("PutRolePolicy"), 1, "writes:\n{listing}");
+    assert_eq!(writes, 3, "writes:\n{listing}");
 
     let target = common::target_iam().await;
     assert_eq!(
@@ -405,7 +401,7 @@ async fn spec_update_makes_only_the_needed_writes() {
 #[tokio::test]
 async fn steady_state_resyncs_make_no_writes() {
     let _serial = common::serial().await;
-    let operator = Operator::shared().await;
+    Operator::shared().await;
     let client = common::kube_client().await;
     let ns = TestNamespace::new(&client, "steady").await;
     let role_name = common::unique("Steady");
@@ -431,30 +427,19 @@ async fn steady_state_resyncs_make_no_writes() {
     .await;
     let ready = wait_ready(&client, &ns.name, "app").await;
 
-    let writes_before = operator.iam_writes().await;
-    let get_role_before = operator.aws_calls("GetRole", "ok").await;
-    // Every role this operator keeps in sync resyncs; wait for three rounds of all of them.
-    let synced_roles = roles_synced_by_test_operator(&client).await;
-    let wanted = 3 * synced_roles.max(1);
-    common::poll(
-        &format!("{wanted} more successful GetRole calls (3 resyncs of {synced_roles} roles)"),
-        RESYNC_ROUNDS_DEADLINE,
-        || async {
-            let now = operator.aws_calls("GetRole", "ok").await;
-            if now >= get_role_before + wanted {
-                Ok(())
-            } else {
-                Err(format!("{} so far", now - get_role_before))
-            }
-        },
-    )
-    .await;
-    let writes = operator.iam_writes().await - writes_before;
-    assert_eq!(
-        writes,
-        0,
-        "resyncs of a role in sync wrote to IAM; metrics:\n{}",
-        write_lines(&operator.metrics_text().await)
+    let mark = common::shared_proxy().mark();
+    // Every role this operator keeps in sync resyncs; wait for three rounds of each of them
+    // (three reads of each role, this test's among them).
+    let mut synced_roles = roles_synced_by_test_operator(&client).await;
+    synced_roles.insert(role_name.clone());
+    let synced_roles: Vec<String> = synced_roles.into_iter().collect();
+    common::wait_for_role_reads(&mark, &synced_roles, 3, RESYNC_ROUNDS_DEADLINE).await;
+    let requests = common::shared_proxy().requests_since(&mark);
+    let writes = common::iam_write_attempts(&requests);
+    assert!(
+        writes.is_empty(),
+        "resyncs of roles in sync tried to write to IAM ({writes:?}):\n{}",
+        write_requests(&requests)
     );
     let now = common::roles_api(&client, &ns.name)
         .get("app")
@@ -470,9 +455,9 @@ async fn steady_state_resyncs_make_no_writes() {
     common::delete_role_and_wait(&client, &ns.name, "app", GONE).await;
 }
 
-/// CrossAccountRoles in the whole cluster that an operator with this test's cluster name reports
-/// in sync: each resyncs with AWS.
-async fn roles_synced_by_test_operator(client: &Client) -> u64 {
+/// The IAM role names of the CrossAccountRoles in the whole cluster that an operator with this
+/// test's cluster name reports in sync: each resyncs with AWS.
+async fn roles_synced_by_test_operator(client: &Client) -> BTreeSet<String> {
     let all = kube::Api::<CrossAccountRole>::all(client.clone())
         .list(&Default::default())
         .await
@@ -487,26 +472,22 @@ async fn roles_synced_by_test_operator(client: &Client) -> u64 {
                 .is_some_and(|id| id.starts_with(&prefix))
                 && common::role_condition(cr, "Ready").is_some_and(|c| c.status == "True")
         })
-        .count() as u64
+        .filter_map(|cr| {
+            let arn = cr.status.as_ref()?.role_arn.as_deref()?;
+            Some(arn.rsplit('/').next()?.to_owned())
+        })
+        .collect()
 }
 
-fn write_lines(metrics: &str) -> String {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("crossaccount_aws_requests_total")
-                && common::IAM_WRITE_OPERATIONS
-                    .iter()
-                    .any(|op| l.contains(&format!("operation=\"{op}\"")))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+/// The IAM write attempts among `requests`, one per line (for failure messages).
+fn write_requests(requests: &[common::aws_proxy::LoggedRequest]) -> String {
+    common::describe_requests(requests.iter().filter(|r| common::is_iam_write(r)))
 }
 
 #[tokio::test]
 async fn drift_in_aws_is_corrected_on_resync() {
     let _serial = common::serial().await;
-    let operator = Operator::shared().await;
+    Operator::shared().await;
     let client = common::kube_client().await;
     let ns = TestNamespace::new(&client, "drift").await;
     let role_name = common::unique("Drift");
@@ -526,7 +507,7 @@ async fn drift_in_aws_is_corrected_on_resync() {
     let cr = wait_ready(&client, &ns.name, "app").await;
     let external_id = status_of(&cr).external_id.clone().expect("externalId");
 
-    let metrics_before = operator.metrics_text().await;
+    let mark = common::shared_proxy().mark();
     let target = common::target_iam().await;
     target
         .detach_role_policy()
@@ -572,31 +553,16 @@ async fn drift_in_aws_is_corrected_on_resync() {
         },
     )
     .await;
-    // Each repair was made exactly once.
-    let metrics_after = operator.metrics_text().await;
-    let delta = |op: &str| {
-        let labels = [("operation", op), ("outcome", "ok")];
-        common::metric_sum(&metrics_after, "crossaccount_aws_requests_total", &labels)
-            - common::metric_sum(&metrics_before, "crossaccount_aws_requests_total", &labels)
-    };
-    assert_eq!(
-        delta("AttachRolePolicy"),
-        1,
-        "{}",
-        write_lines(&metrics_after)
-    );
-    assert_eq!(
-        delta("UpdateAssumeRolePolicy"),
-        1,
-        "{}",
-        write_lines(&metrics_after)
-    );
-    assert_eq!(
-        common::iam_writes_in(&metrics_after) - common::iam_writes_in(&metrics_before),
-        2,
-        "{}",
-        write_lines(&metrics_after)
-    );
+    // Each repair was made exactly once (attempted once: the proxy sees failed attempts too).
+    // The test's own two writes behind the operator's back go to AWS directly, not through the
+    // operator's proxy.
+    let requests = common::shared_proxy().requests_since(&mark);
+    let per_operation = common::iam_write_attempts(&requests);
+    let delta = |op: &str| per_operation.get(op).copied().unwrap_or(0);
+    let listing = write_requests(&requests);
+    assert_eq!(delta("AttachRolePolicy"), 1, "{listing}");
+    assert_eq!(delta("UpdateAssumeRolePolicy"), 1, "{listing}");
+    assert_eq!(per_operation.values().sum::<u64>(), 2, "{listing}");
 
     common::delete_role_and_wait(&client, &ns.name, "app", GONE).await;
     assert!(common::get_iam_role(&target, &role_name).await.is_none());
@@ -715,7 +681,7 @@ struct Refused {
 #[tokio::test]
 async fn refusals_name_the_cause_and_make_no_iam_writes() {
     let _serial = common::serial().await;
-    let operator = Operator::shared().await;
+    Operator::shared().await;
     let client = common::kube_client().await;
     let ns = TestNamespace::new(&client, "refuse").await;
     let outsider = TestNamespace::not_tenant(&client, "outsider").await;
@@ -869,7 +835,7 @@ async fn refusals_name_the_cause_and_make_no_iam_writes() {
         },
     ];
 
-    let writes_before = operator.iam_writes().await;
+    let mark = common::shared_proxy().mark();
     for case in &cases {
         common::create_role(&client, &case.namespace, case.name, case.spec.clone()).await;
     }
@@ -901,7 +867,11 @@ async fn refusals_name_the_cause_and_make_no_iam_writes() {
             }
         }
     }
-    let writes = operator.iam_writes().await - writes_before;
+    let write_attempts: Vec<_> = common::shared_proxy()
+        .requests_since(&mark)
+        .into_iter()
+        .filter(common::is_iam_write)
+        .collect();
 
     for case in &cases {
         let role = common::get_iam_role(&target, &case.role_name).await;
@@ -932,10 +902,10 @@ async fn refusals_name_the_cause_and_make_no_iam_writes() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
     assert_eq!(
-        writes,
+        write_attempts.len(),
         0,
-        "refused CrossAccountRoles caused IAM writes:\n{}",
-        write_lines(&operator.metrics_text().await)
+        "refused CrossAccountRoles caused IAM write attempts:\n{}",
+        common::describe_requests(&write_attempts)
     );
 }
 

@@ -4,8 +4,10 @@
 //! makes no AWS write, and leaves the victim exactly as it was. Issued credentials never appear
 //! in logs, events, status or metrics.
 //!
-//! Every test takes `common::serial()` (metric deltas) and assumes no other operator process
-//! works on the same environment meanwhile.
+//! What reached AWS is counted at the shared operator's AWS proxy (`common::shared_proxy()`):
+//! every attempt of an IAM write or a credential mint, whatever its outcome. Every test takes
+//! `common::serial()` (it compares what reached AWS between two points) and assumes no other
+//! operator process works on the same environment meanwhile.
 
 mod common;
 
@@ -15,7 +17,7 @@ use common::{
     Operator, TestNamespace,
     tenant::{
         AwsActivity, RoleSnapshot, SecretSnapshot, all_events_text, bind_tenant, guarded_account,
-        impersonating_client, operator_log, write_metric_lines,
+        impersonating_client, operator_log,
     },
 };
 use cross_account_operator::api::{AwsAccount, CrossAccountRole};
@@ -241,12 +243,12 @@ async fn namespace_named(client: &Client, name: &str, labels: Value) -> TestName
     }
 }
 
-fn assert_quiet(activity: AwsActivity, what: &str, metrics: &str) {
+/// No IAM write was attempted and no credentials were minted (from the shared proxy's log).
+fn assert_quiet(activity: &AwsActivity, what: &str) {
     assert_eq!(
-        (activity.iam_writes, activity.assume_roles),
+        activity.counts(),
         (0, 0),
-        "{what} reached AWS ({activity:?}):\n{}",
-        write_metric_lines(metrics)
+        "{what} reached AWS (IAM write attempts, credential mints):\n{activity}"
     );
 }
 
@@ -255,7 +257,7 @@ fn assert_quiet(activity: AwsActivity, what: &str, metrics: &str) {
 #[tokio::test]
 async fn namespaces_the_account_does_not_allow_are_refused_before_touching_aws() {
     let _serial = common::serial().await;
-    let operator = Operator::shared().await;
+    Operator::shared().await;
     let client = common::kube_client().await;
     let victim = Victim::create(&client, "ns-victim").await;
 
@@ -276,7 +278,7 @@ async fn namespaces_the_account_does_not_allow_are_refused_before_touching_aws()
         )
         .await,
     ];
-    let before = AwsActivity::now(operator).await;
+    let before = common::shared_proxy().mark();
     for ns in &outsiders {
         common::create_role(
             &client,
@@ -311,15 +313,11 @@ async fn namespaces_the_account_does_not_allow_are_refused_before_touching_aws()
     for ns in &outsiders {
         common::delete_role_and_wait(&client, &ns.name, "grab", CONVERGE).await;
     }
-    let activity = AwsActivity::now(operator).await.since(before);
+    let activity = AwsActivity::since(&before);
     problems.extend(victim.changes(&client).await);
     victim.delete(&client).await;
     assert!(problems.is_empty(), "{problems:#?}");
-    assert_quiet(
-        activity,
-        "CrossAccountRoles of namespaces not allowed",
-        &operator.metrics_text().await,
-    );
+    assert_quiet(&activity, "CrossAccountRoles of namespaces not allowed");
 }
 
 /// A claim on someone else's role: CR name, AwsAccount, `spec.roleName` (default name when
@@ -336,7 +334,7 @@ struct Claim<'a>(
 #[tokio::test]
 async fn a_role_owned_by_another_namespace_cannot_be_claimed() {
     let _serial = common::serial().await;
-    let operator = Operator::shared().await;
+    Operator::shared().await;
     let client = common::kube_client().await;
     // Default role names are `<namespace>-<name>`: the victim `x` in namespace `<N>-app` and the
     // attacker `app-x` in namespace `<N>` both default to `<N>-app-x`.
@@ -396,7 +394,7 @@ async fn a_role_owned_by_another_namespace_cannot_be_claimed() {
     )
     .await;
 
-    let before = AwsActivity::now(operator).await;
+    let before = common::shared_proxy().mark();
     let api = common::roles_api(&client, &attacker_ns.name);
     let devenv = common::account_name();
     let owned_by = |owner: String| vec![format!("belongs to another CrossAccountRole ({owner}")];
@@ -481,7 +479,7 @@ async fn a_role_owned_by_another_namespace_cannot_be_claimed() {
     if RoleSnapshot::take(&target, &untagged).await != untagged_before {
         problems.push(format!("the untagged role {untagged} changed"));
     }
-    let activity = AwsActivity::now(operator).await.since(before);
+    let activity = AwsActivity::since(&before);
     problems.extend(victim.changes(&client).await);
     if RoleSnapshot::take(&target, &default_name).await != default_before {
         problems.push(format!("the default-named role {default_name} changed"));
@@ -489,17 +487,13 @@ async fn a_role_owned_by_another_namespace_cannot_be_claimed() {
     common::delete_role_and_wait(&client, &victim.ns.name, "y", CONVERGE).await;
     victim.delete(&client).await;
     assert!(problems.is_empty(), "{problems:#?}");
-    assert_quiet(
-        activity,
-        "claims on another namespace's role",
-        &operator.metrics_text().await,
-    );
+    assert_quiet(&activity, "claims on another namespace's role");
 }
 
 #[tokio::test]
 async fn principals_and_policies_outside_the_guardrails_are_refused() {
     let _serial = common::serial().await;
-    let operator = Operator::shared().await;
+    Operator::shared().await;
     let client = common::kube_client().await;
     let ns = TestNamespace::new(&client, "guardrails").await;
     let source = source_account();
@@ -514,7 +508,7 @@ async fn principals_and_policies_outside_the_guardrails_are_refused() {
         }),
     )
     .await;
-    let before = AwsActivity::now(operator).await;
+    let before = common::shared_proxy().mark();
     let cases: Vec<(&str, Value, &str, Vec<String>)> = vec![
         (
             "principal-in-target",
@@ -621,20 +615,16 @@ async fn principals_and_policies_outside_the_guardrails_are_refused() {
     for (name, _, _, _) in &cases {
         common::delete_role_and_wait(&client, &ns.name, name, CONVERGE).await;
     }
-    let activity = AwsActivity::now(operator).await.since(before);
+    let activity = AwsActivity::since(&before);
     drop(strict);
     assert!(problems.is_empty(), "{problems:#?}");
-    assert_quiet(
-        activity,
-        "principals and policies outside the guardrails",
-        &operator.metrics_text().await,
-    );
+    assert_quiet(&activity, "principals and policies outside the guardrails");
 }
 
 #[tokio::test]
 async fn the_permissions_boundary_cannot_be_removed_or_replaced() {
     let _serial = common::serial().await;
-    let operator = Operator::shared().await;
+    Operator::shared().await;
     let client = common::kube_client().await;
     let ns = TestNamespace::new(&client, "boundary").await;
     const BOUNDARY: &str = "arn:aws:iam::aws:policy/PowerUserAccess";
@@ -678,7 +668,7 @@ async fn the_permissions_boundary_cannot_be_removed_or_replaced() {
 
     // 1. The spec has no boundary field: whatever a tenant writes there is dropped by the
     // apiserver (structural schema pruning) or rejected, and the role keeps the boundary.
-    let before = AwsActivity::now(operator).await;
+    let before = common::shared_proxy().mark();
     let api = common::roles_api(&client, &ns.name);
     for attempt in [
         json!({"permissionsBoundaryArn": null}),
@@ -703,23 +693,16 @@ async fn the_permissions_boundary_cannot_be_removed_or_replaced() {
         }
     }
     // The object is unchanged (pruned fields do not bump the generation), so a resync passes
-    // without writes; wait for one full reconcile to be sure.
-    let reconciles = operator.reconciles("CrossAccountRole").await;
-    common::poll("two more reconciles", CONVERGE, || async {
-        let now = operator.reconciles("CrossAccountRole").await;
-        if now >= reconciles + 2 {
-            Ok(())
-        } else {
-            Err(format!("{now}"))
-        }
-    })
+    // without writes; wait until this role was read from IAM twice more to be sure.
+    common::wait_for_role_reads(
+        &common::shared_proxy().mark(),
+        std::slice::from_ref(&role_name),
+        2,
+        CONVERGE,
+    )
     .await;
-    let activity = AwsActivity::now(operator).await.since(before);
-    assert_quiet(
-        activity,
-        "spec fields that try to drop the boundary",
-        &operator.metrics_text().await,
-    );
+    let activity = AwsActivity::since(&before);
+    assert_quiet(&activity, "spec fields that try to drop the boundary");
     assert_eq!(
         boundary_of(target.clone(), role_name.clone())
             .await
@@ -775,7 +758,7 @@ async fn the_permissions_boundary_cannot_be_removed_or_replaced() {
 #[tokio::test]
 async fn secrets_the_operator_does_not_own_are_never_written() {
     let _serial = common::serial().await;
-    let operator = Operator::shared().await;
+    Operator::shared().await;
     let client = common::kube_client().await;
     let victim = Victim::create(&client, "secret-victim").await;
     let secrets = Api::<Secret>::namespaced(client.clone(), &victim.ns.name);
@@ -795,7 +778,7 @@ async fn secrets_the_operator_does_not_own_are_never_written() {
         .expect("create Secret forged");
     let forged_before = SecretSnapshot::of(&forged);
 
-    let before = AwsActivity::now(operator).await;
+    let before = common::shared_proxy().mark();
     // Same namespace (Secret names are namespace-local): aim at the victim's Secret and at the
     // forged one. The attackers' own roles are legitimate and get created (IAM writes for those
     // are expected); what must not happen is a mint or a write to either Secret.
@@ -860,21 +843,12 @@ async fn secrets_the_operator_does_not_own_are_never_written() {
             ));
         }
     }
-    // Still so after further reconciles.
-    let reconciles = operator.reconciles("CrossAccountRole").await;
-    common::poll("more reconciles", CONVERGE, || async {
-        let now = operator.reconciles("CrossAccountRole").await;
-        if now >= reconciles + 4 {
-            Ok(())
-        } else {
-            Err(format!("{now}"))
-        }
-    })
-    .await;
-    let activity = AwsActivity::now(operator).await.since(before);
-    if activity.assume_roles != 0 {
+    // Still so after further reconciles: each attacker's role read from IAM twice more.
+    common::wait_for_role_reads(&common::shared_proxy().mark(), &thieves, 2, CONVERGE).await;
+    let activity = AwsActivity::since(&before);
+    if !activity.assume_roles.is_empty() {
         problems.push(format!(
-            "credentials were minted for Secrets that cannot be written: {activity:?}"
+            "credentials were minted for Secrets that cannot be written:\n{activity}"
         ));
     }
     let forged_now = SecretSnapshot::of(&secrets.get("forged").await.unwrap());
@@ -906,14 +880,14 @@ async fn secrets_the_operator_does_not_own_are_never_written() {
 #[tokio::test]
 async fn tenants_cannot_reach_into_other_namespaces() {
     let _serial = common::serial().await;
-    let operator = Operator::shared().await;
+    Operator::shared().await;
     let client = common::kube_client().await;
     let victim = Victim::create(&client, "rbac-victim").await;
     let own = TestNamespace::new(&client, "rbac-tenant").await;
     let user = common::unique("tenant-b");
     bind_tenant(&client, &own.name, &user).await;
     let tenant = impersonating_client(&user).await;
-    let before = AwsActivity::now(operator).await;
+    let before = common::shared_proxy().mark();
 
     let theirs = common::roles_api(&tenant, &victim.ns.name);
     let mut problems = Vec::new();
@@ -1036,15 +1010,11 @@ async fn tenants_cannot_reach_into_other_namespaces() {
         .expect("a tenant deletes its own CR");
     common::wait_until_role_gone(&client, &own.name, "mine", CONVERGE).await;
 
-    let activity = AwsActivity::now(operator).await.since(before);
+    let activity = AwsActivity::since(&before);
     problems.extend(victim.changes(&client).await);
     victim.delete(&client).await;
     assert!(problems.is_empty(), "{problems:#?}");
-    assert_quiet(
-        activity,
-        "a tenant's reach into another namespace",
-        &operator.metrics_text().await,
-    );
+    assert_quiet(&activity, "a tenant's reach into another namespace");
 }
 
 /// A tenant controls its own CR fully (metadata and, in the worst case, status): it adds the
@@ -1053,7 +1023,7 @@ async fn tenants_cannot_reach_into_other_namespaces() {
 #[tokio::test]
 async fn a_forged_status_cannot_direct_cleanup_at_another_role() {
     let _serial = common::serial().await;
-    let operator = Operator::shared().await;
+    Operator::shared().await;
     let client = common::kube_client().await;
     let victim = Victim::create(&client, "cleanup-victim").await;
     let own = TestNamespace::new(&client, "cleanup-tenant").await;
@@ -1061,7 +1031,7 @@ async fn a_forged_status_cannot_direct_cleanup_at_another_role() {
     bind_tenant(&client, &own.name, &user).await;
     let tenant = impersonating_client(&user).await;
     let api = common::roles_api(&tenant, &own.name);
-    let before = AwsActivity::now(operator).await;
+    let before = common::shared_proxy().mark();
 
     let cr: CrossAccountRole = serde_json::from_value(json!({
         "metadata": {"name": "decoy", "finalizers": ["crossaccount.io/cleanup"]},
@@ -1099,15 +1069,11 @@ async fn a_forged_status_cannot_direct_cleanup_at_another_role() {
         .expect("the tenant deletes its decoy");
     common::wait_until_role_gone(&client, &own.name, "decoy", CONVERGE).await;
 
-    let activity = AwsActivity::now(operator).await.since(before);
+    let activity = AwsActivity::since(&before);
     problems.extend(victim.changes(&client).await);
     victim.delete(&client).await;
     assert!(problems.is_empty(), "{problems:#?}");
-    assert_quiet(
-        activity,
-        "the cleanup of a forged CR",
-        &operator.metrics_text().await,
-    );
+    assert_quiet(&activity, "the cleanup of a forged CR");
 }
 
 /// Mints credentials (two sets: issue and a forced re-issue), then looks for every credential

@@ -1,6 +1,22 @@
-//! An HTTP proxy in front of the local AWS emulator that injects faults by rule: throttling and
-//! server errors in the query-protocol shape IAM and STS use, added latency, and dropped
-//! connections. It counts the requests it sees per (service, operation).
+//! An HTTP proxy in front of the local AWS emulator: the tests' ground truth of what reached AWS,
+//! and the place where the emulator is made to behave as AWS does where moto does not.
+//!
+//! - **Request log.** Every request is recorded: service and operation, its decoded form
+//!   parameters, the access key ID it was signed with, when it arrived (on the proxy's clock) and
+//!   how it ended (faulted by the proxy, or the upstream's HTTP status). Tests take a
+//!   [`RequestMark`] and count what came after it ([`AwsProxy::requests_since`],
+//!   [`AwsProxy::count_since`], [`AwsProxy::count_per_param_since`]). Per (service, operation)
+//!   summaries are kept too ([`AwsProxy::counts`]).
+//! - **Fault injection by rule**: throttling and server errors in the query-protocol shape IAM
+//!   and STS use, added latency, and dropped connections.
+//! - **Expired session credentials.** moto enforces no session expiry. The proxy learns every
+//!   session STS issues through it (`AccessKeyId` and `Expiration` of the answer) and answers a
+//!   later request signed with that key after the expiration as AWS does (`ExpiredToken`). Its
+//!   clock can be moved forward ([`AwsProxy::advance_clock`]) so tests need not wait.
+//!
+//! Secret material (secret keys, session tokens, signatures) is never stored. Access key IDs are,
+//! to match sessions; `Debug` of a [`LoggedRequest`] does not show them, and tests must not print
+//! them either.
 //!
 //! Self-contained on purpose (no other test helper is used), so that a benchmark can include it
 //! with `#[path = "../tests/common/aws_proxy.rs"] mod aws_proxy;` to count the AWS calls of a
@@ -13,7 +29,7 @@
 #![allow(dead_code)] // each includer uses a different subset
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -30,6 +46,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
+use jiff::Timestamp;
 use rand::Rng;
 
 /// What a rule does to a request it picks.
@@ -41,6 +58,10 @@ pub enum Fault {
     InternalFailure,
     /// HTTP 503 with error code `ServiceUnavailable`.
     ServiceUnavailable,
+    /// HTTP 403 with error code `ExpiredToken`, as AWS answers a request signed with session
+    /// credentials past their expiration. The proxy answers so by itself for the sessions it saw
+    /// issued (see [`AwsProxy::advance_clock`]); a rule can inject it for any request.
+    ExpiredToken,
     /// Waits this long, then forwards the request.
     Latency(Duration),
     /// Drops the connection without an answer (TCP reset): the client sees a connection error.
@@ -55,6 +76,7 @@ impl Fault {
             Fault::Throttling => "Throttling",
             Fault::InternalFailure => "InternalFailure",
             Fault::ServiceUnavailable => "ServiceUnavailable",
+            Fault::ExpiredToken => "ExpiredToken",
             Fault::Latency(_) => "Latency",
             Fault::ConnectionReset => "ConnectionReset",
             Fault::Outage => "Outage",
@@ -149,6 +171,147 @@ impl CallCount {
     }
 }
 
+/// How a logged request ended (so far).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forwarded (or being delayed) and not answered yet.
+    InFlight,
+    /// Answered or dropped by the proxy instead of the upstream: the name of the fault (a rule's,
+    /// or `ExpiredToken` for a session past its expiration).
+    Faulted(&'static str),
+    /// Forwarded and answered by the upstream with this HTTP status.
+    Answered(u16),
+    /// Forwarded, but the upstream could not be reached or its answer not read.
+    UpstreamFailed,
+}
+
+/// One request the proxy saw.
+#[derive(Clone, PartialEq)]
+pub struct LoggedRequest {
+    /// Position in the log (0 for the first request).
+    pub seq: usize,
+    /// The SigV4 signing name (`iam`, `sts`), `unknown` for an unsigned request.
+    pub service: String,
+    /// `Action=` of the request, `unknown` without one.
+    pub operation: String,
+    /// The decoded parameters of the query string and the form body (`Action` included).
+    pub params: BTreeMap<String, String>,
+    /// The access key ID of the SigV4 `Credential=`. Identifies a session; never print it.
+    pub access_key_id: Option<String>,
+    /// When it arrived, on the proxy's clock ([`AwsProxy::now`]).
+    pub arrived: Timestamp,
+    /// Whether a `Latency` fault delayed it.
+    pub delayed: bool,
+    pub outcome: Outcome,
+}
+
+/// Parameters whose values are credentials (or one-time codes): `Debug` leaves their values out.
+fn is_sensitive_param(name: &str) -> bool {
+    [
+        "AccessKeyId",
+        "SecretAccessKey",
+        "SessionToken",
+        "TokenCode",
+        "Password",
+    ]
+    .iter()
+    .any(|s| name.ends_with(s))
+}
+
+impl std::fmt::Debug for LoggedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let params: BTreeMap<&str, &str> = self
+            .params
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_sensitive_param(k) {
+                    "(redacted)"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("LoggedRequest")
+            .field("seq", &self.seq)
+            .field("service", &self.service)
+            .field("operation", &self.operation)
+            .field("params", &params)
+            .field(
+                "access_key_id",
+                &self.access_key_id.as_ref().map(|_| "(redacted)"),
+            )
+            .field("arrived", &self.arrived)
+            .field("delayed", &self.delayed)
+            .field("outcome", &self.outcome)
+            .finish()
+    }
+}
+
+/// Parameters that name what a request is about, for [`LoggedRequest::summary`].
+const NAMING_PARAMS: &[&str] = &[
+    "RoleName",
+    "UserName",
+    "PolicyName",
+    "PolicyArn",
+    "PermissionsBoundary",
+    "RoleArn",
+    "RoleSessionName",
+];
+
+impl LoggedRequest {
+    /// The decoded parameter `name`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// Whether it is `operation` of `service`.
+    pub fn is(&self, service: &str, operation: &str) -> bool {
+        self.service == service && self.operation == operation
+    }
+
+    /// Whether the upstream answered it (whatever the status).
+    pub fn reached_upstream(&self) -> bool {
+        matches!(self.outcome, Outcome::Answered(_))
+    }
+
+    /// Whether the upstream answered it with success (2xx).
+    pub fn succeeded(&self) -> bool {
+        matches!(self.outcome, Outcome::Answered(status) if (200..300).contains(&status))
+    }
+
+    /// Whether the proxy answered or dropped it instead of the upstream.
+    pub fn faulted(&self) -> bool {
+        matches!(self.outcome, Outcome::Faulted(_))
+    }
+
+    /// One line for failure messages: service, operation, the parameters that name its subject,
+    /// and how it ended (no credentials, no policy documents).
+    pub fn summary(&self) -> String {
+        let mut line = format!("#{} {} {}", self.seq, self.service, self.operation);
+        for name in NAMING_PARAMS {
+            if let Some(value) = self.param(name) {
+                line.push_str(&format!(" {name}={value}"));
+            }
+        }
+        let outcome = match self.outcome {
+            Outcome::InFlight => "in flight".to_owned(),
+            Outcome::Faulted(fault) => format!("faulted ({fault})"),
+            Outcome::Answered(status) => format!("HTTP {status}"),
+            Outcome::UpstreamFailed => "upstream unreachable".to_owned(),
+        };
+        line.push_str(&format!(" -> {outcome}"));
+        if self.delayed {
+            line.push_str(" (delayed)");
+        }
+        line
+    }
+}
+
+/// A position in the log: what came after it is [`AwsProxy::requests_since`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RequestMark(usize);
+
 /// A rule and how often it has fired.
 struct ActiveRule {
     rule: FaultRule,
@@ -160,6 +323,11 @@ struct State {
     client: reqwest::Client,
     rules: Mutex<Arc<Vec<ActiveRule>>>,
     counts: Mutex<BTreeMap<(String, String), CallCount>>,
+    log: Mutex<Vec<LoggedRequest>>,
+    /// Sessions STS issued through the proxy: access key ID -> expiration.
+    sessions: Mutex<HashMap<String, Timestamp>>,
+    /// How far the proxy's clock is ahead of the real one, in milliseconds.
+    clock_offset_ms: AtomicU64,
     request_ids: AtomicU64,
 }
 
@@ -168,13 +336,15 @@ pub struct AwsProxy {
     endpoint: String,
     state: Arc<State>,
     acceptor: tokio::task::JoinHandle<()>,
+    /// Set for a proxy on a runtime of its own: dropping it ends that runtime's thread.
+    _runtime_stop: Option<futures::channel::oneshot::Sender<()>>,
 }
 
 /// How a request ends at the proxy.
 enum Decision {
     Forward { delay: Option<Duration> },
     Answer(Fault),
-    Drop,
+    Drop(Fault),
 }
 
 /// The connection is dropped without an answer: hyper closes a connection whose service fails.
@@ -190,7 +360,8 @@ impl std::fmt::Display for Dropped {
 impl std::error::Error for Dropped {}
 
 impl AwsProxy {
-    /// Starts a proxy on a free loopback port in front of `upstream` (e.g. `http://127.0.0.1:5000`).
+    /// Starts a proxy on a free loopback port in front of `upstream` (such as
+    /// `http://127.0.0.1:5000`), serving on the caller's runtime.
     pub async fn start(upstream: &str) -> AwsProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -209,6 +380,9 @@ impl AwsProxy {
             client,
             rules: Mutex::new(Arc::new(Vec::new())),
             counts: Mutex::new(BTreeMap::new()),
+            log: Mutex::new(Vec::new()),
+            sessions: Mutex::new(HashMap::new()),
+            clock_offset_ms: AtomicU64::new(0),
             request_ids: AtomicU64::new(0),
         });
         let acceptor = tokio::spawn(accept_loop(listener, state.clone()));
@@ -216,7 +390,42 @@ impl AwsProxy {
             endpoint: format!("http://{address}"),
             state,
             acceptor,
+            _runtime_stop: None,
         }
+    }
+
+    /// Starts a proxy like [`AwsProxy::start`], but on a runtime of its own in a thread of its
+    /// own, so that it serves whatever happens to the caller's runtime: a proxy shared by the
+    /// tests of a binary must outlive the test (and the `#[tokio::test]` runtime) that started
+    /// it, and keep serving while a test's runtime is blocked in a `Drop`. The runtime and its
+    /// thread end when the proxy is dropped.
+    pub fn start_on_own_runtime(upstream: &str) -> AwsProxy {
+        let upstream = upstream.to_owned();
+        let (proxy_tx, proxy_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("aws-proxy".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("aws-proxy-worker")
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the AWS proxy");
+                runtime.block_on(async move {
+                    let proxy = AwsProxy::start(&upstream).await;
+                    if proxy_tx.send(proxy).is_ok() {
+                        // Until the proxy is dropped (the sender with it).
+                        let _ = stop_rx.await;
+                    }
+                });
+            })
+            .expect("spawn the AWS proxy's thread");
+        let mut proxy = proxy_rx
+            .recv()
+            .expect("the AWS proxy's thread ended before the proxy started");
+        proxy._runtime_stop = Some(stop_tx);
+        proxy
     }
 
     /// The URL clients use instead of the upstream's (`AWS_ENDPOINT_URL`).
@@ -233,21 +442,18 @@ impl AwsProxy {
                 fired: AtomicU64::new(0),
             })
             .collect();
-        *self.state.rules.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(active);
+        *lock(&self.state.rules) = Arc::new(active);
     }
 
-    /// No faults: every request is forwarded.
+    /// No faults: every request is forwarded (sessions past their expiration are still answered
+    /// `ExpiredToken`: that is how AWS behaves, not a fault rule).
     pub fn clear_rules(&self) {
         self.set_rules(Vec::new());
     }
 
-    /// Requests seen so far per (service, operation).
+    /// Requests seen so far per (service, operation), since the last [`AwsProxy::reset_counts`].
     pub fn counts(&self) -> BTreeMap<(String, String), CallCount> {
-        self.state
-            .counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.state.counts).clone()
     }
 
     /// The count of one (service, operation).
@@ -271,13 +477,82 @@ impl AwsProxy {
             })
     }
 
-    /// Forgets the counts.
+    /// Forgets the counts (the request log is kept: use a [`RequestMark`] for it).
     pub fn reset_counts(&self) {
-        self.state
-            .counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        lock(&self.state.counts).clear();
+    }
+
+    /// Every request seen so far, in order of arrival.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        lock(&self.state.log).clone()
+    }
+
+    /// The current end of the log.
+    pub fn mark(&self) -> RequestMark {
+        RequestMark(lock(&self.state.log).len())
+    }
+
+    /// The requests that arrived after `mark` was taken.
+    pub fn requests_since(&self, mark: &RequestMark) -> Vec<LoggedRequest> {
+        let log = lock(&self.state.log);
+        log.get(mark.0..).unwrap_or_default().to_vec()
+    }
+
+    /// Requests since `mark` of `operation` (any service) whose parameter `param.0` is `param.1`
+    /// (any when `None`), whatever their outcome.
+    pub fn count_since(
+        &self,
+        mark: &RequestMark,
+        operation: &str,
+        param: Option<(&str, &str)>,
+    ) -> u64 {
+        let log = lock(&self.state.log);
+        log.get(mark.0..)
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.operation == operation)
+            .filter(|r| param.is_none_or(|(name, value)| r.param(name) == Some(value)))
+            .count() as u64
+    }
+
+    /// Requests since `mark` of `operation` (any service) per value of their parameter `param`
+    /// (e.g. GetRole per `RoleName`), whatever their outcome; requests without it are left out.
+    pub fn count_per_param_since(
+        &self,
+        mark: &RequestMark,
+        operation: &str,
+        param: &str,
+    ) -> BTreeMap<String, u64> {
+        let log = lock(&self.state.log);
+        let mut counts = BTreeMap::new();
+        for request in log.get(mark.0..).unwrap_or_default() {
+            if request.operation == operation
+                && let Some(value) = request.param(param)
+            {
+                *counts.entry(value.to_owned()).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// The proxy's clock: the real time plus every [`AwsProxy::advance_clock`]. Session expiry
+    /// and [`LoggedRequest::arrived`] are on it.
+    pub fn now(&self) -> Timestamp {
+        self.state.now()
+    }
+
+    /// Moves the proxy's clock forward by `by` (for tests of session expiry that cannot wait for
+    /// it): sessions issued before expire that much sooner; sessions issued afterwards get their
+    /// full duration from the moved clock. Only the proxy's view of time changes: requests are
+    /// forwarded unchanged.
+    pub fn advance_clock(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.state.clock_offset_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// How many sessions (STS-issued access keys) the proxy has seen issued.
+    pub fn sessions_seen(&self) -> usize {
+        lock(&self.state.sessions).len()
     }
 }
 
@@ -285,6 +560,11 @@ impl Drop for AwsProxy {
     fn drop(&mut self) {
         self.acceptor.abort();
     }
+}
+
+/// A lock that a panicking test thread does not poison for the others.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<State>) {
@@ -309,22 +589,55 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<State>) {
 }
 
 impl State {
+    /// How far the proxy's clock is ahead of the real one.
+    fn clock_offset(&self) -> jiff::SignedDuration {
+        let ms = self.clock_offset_ms.load(Ordering::SeqCst);
+        jiff::SignedDuration::from_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+            .checked_add(self.clock_offset())
+            .unwrap_or(Timestamp::MAX)
+    }
+
     async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, Dropped> {
+        let arrived = self.now();
         let (parts, body) = request.into_parts();
         let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
         let service = service_of(&parts.headers);
-        let operation = operation_of(parts.uri.query(), &body);
-        let decision = self.decide(&service, &operation, &body);
+        let params = params_of(parts.uri.query(), &parts.headers, &body);
+        let operation = params
+            .get("Action")
+            .cloned()
+            .unwrap_or_else(|| "unknown".to_owned());
+        let access_key_id = access_key_id_of(&parts.headers);
+        let decision = self.decide(&service, &operation, &body, access_key_id.as_deref());
+        let seq = {
+            let mut log = lock(&self.log);
+            let seq = log.len();
+            log.push(LoggedRequest {
+                seq,
+                service: service.clone(),
+                operation: operation.clone(),
+                params,
+                access_key_id,
+                arrived,
+                delayed: matches!(decision, Decision::Forward { delay: Some(_) }),
+                outcome: Outcome::InFlight,
+            });
+            seq
+        };
         match decision {
-            Decision::Drop => {
-                self.count_fault(&service, &operation);
+            Decision::Drop(fault) => {
+                self.count_fault(seq, &service, &operation, &fault);
                 Err(Dropped)
             }
             Decision::Answer(fault) => {
-                self.count_fault(&service, &operation);
+                self.count_fault(seq, &service, &operation, &fault);
                 Ok(self.error_response(&fault))
             }
             Decision::Forward { delay } => {
@@ -334,14 +647,16 @@ impl State {
                     if let Some(delay) = delay {
                         tokio::time::sleep(delay).await;
                     }
-                    let answer = state.forward(parts, body).await;
-                    if let Ok(response) = &answer {
-                        state.count_answer(
+                    let answer = state.forward(parts, body, &service).await;
+                    match &answer {
+                        Ok(response) => state.count_answer(
+                            seq,
                             &service,
                             &operation,
                             delay.is_some(),
                             response.status(),
-                        );
+                        ),
+                        Err(_) => state.set_outcome(seq, Outcome::UpstreamFailed),
                     }
                     answer
                 });
@@ -350,8 +665,21 @@ impl State {
         }
     }
 
-    fn decide(&self, service: &str, operation: &str, body: &[u8]) -> Decision {
-        let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    fn decide(
+        &self,
+        service: &str,
+        operation: &str,
+        body: &[u8],
+        access_key_id: Option<&str>,
+    ) -> Decision {
+        // Before any rule: AWS refuses an expired session before it gets to anything else.
+        if let Some(key) = access_key_id
+            && let Some(expiration) = lock(&self.sessions).get(key).copied()
+            && self.now() >= expiration
+        {
+            return Decision::Answer(Fault::ExpiredToken);
+        }
+        let rules = lock(&self.rules).clone();
         for active in rules.iter() {
             let rule = &active.rule;
             if !rule.matches(service, operation, body) {
@@ -376,7 +704,7 @@ impl State {
                 Fault::Latency(delay) => Decision::Forward {
                     delay: Some(*delay),
                 },
-                Fault::ConnectionReset | Fault::Outage => Decision::Drop,
+                Fault::ConnectionReset | Fault::Outage => Decision::Drop(rule.fault.clone()),
                 fault => Decision::Answer(fault.clone()),
             };
         }
@@ -384,7 +712,7 @@ impl State {
     }
 
     fn with_count(&self, service: &str, operation: &str, update: impl FnOnce(&mut CallCount)) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = lock(&self.counts);
         update(
             counts
                 .entry((service.to_owned(), operation.to_owned()))
@@ -392,11 +720,26 @@ impl State {
         );
     }
 
-    fn count_fault(&self, service: &str, operation: &str) {
+    fn set_outcome(&self, seq: usize, outcome: Outcome) {
+        if let Some(entry) = lock(&self.log).get_mut(seq) {
+            entry.outcome = outcome;
+        }
+    }
+
+    fn count_fault(&self, seq: usize, service: &str, operation: &str, fault: &Fault) {
+        self.set_outcome(seq, Outcome::Faulted(fault.name()));
         self.with_count(service, operation, |c| c.faulted += 1);
     }
 
-    fn count_answer(&self, service: &str, operation: &str, delayed: bool, status: StatusCode) {
+    fn count_answer(
+        &self,
+        seq: usize,
+        service: &str,
+        operation: &str,
+        delayed: bool,
+        status: StatusCode,
+    ) {
+        self.set_outcome(seq, Outcome::Answered(status.as_u16()));
         self.with_count(service, operation, |c| {
             c.forwarded += 1;
             c.succeeded += u64::from(status.is_success());
@@ -412,6 +755,19 @@ impl State {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Receiver",
                 "An internal error occurred (injected by the test proxy)",
+            ),
+            // AWS's answer to a request signed with expired session credentials: the common
+            // error `ExpiredToken(Exception)`, "The security token included in the request is
+            // expired", HTTP 403 (IAM API Reference, Common Errors:
+            // https://docs.aws.amazon.com/IAM/latest/APIReference/CommonErrors.html, and the AWS
+            // common errors list https://docs.aws.amazon.com/awsconsolehelpdocs/latest/gsg/common-errors.html).
+            // On the wire IAM and STS (query protocol) send the code `ExpiredToken` with type
+            // Sender, as captured answers show (e.g. cfn-sphere/cfn-sphere#55,
+            // aws/aws-sdk-java-v2#1649).
+            Fault::ExpiredToken => (
+                StatusCode::FORBIDDEN,
+                "Sender",
+                "The security token included in the request is expired",
             ),
             _ => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -442,6 +798,7 @@ impl State {
         &self,
         parts: hyper::http::request::Parts,
         body: Bytes,
+        service: &str,
     ) -> Result<Response<Full<Bytes>>, Dropped> {
         let path = parts
             .uri
@@ -461,6 +818,9 @@ impl State {
         let status = answer.status();
         let headers = answer.headers().clone();
         let body = answer.bytes().await.map_err(|_| Dropped)?;
+        if service == "sts" && status.is_success() {
+            self.learn_session(&body);
+        }
         let mut response = Response::new(Full::new(body));
         *response.status_mut() = status;
         for (name, value) in &headers {
@@ -470,6 +830,38 @@ impl State {
         }
         Ok(response)
     }
+
+    /// Remembers the session of an STS answer that issues credentials (AssumeRole and its
+    /// kind): its access key ID and expiration. Nothing else of the answer is kept.
+    fn learn_session(&self, body: &[u8]) {
+        let Ok(text) = std::str::from_utf8(body) else {
+            return;
+        };
+        let Some(credentials) = xml_element(text, "Credentials") else {
+            return;
+        };
+        let key = xml_element(credentials, "AccessKeyId");
+        let expiration =
+            xml_element(credentials, "Expiration").and_then(|t| t.trim().parse::<Timestamp>().ok());
+        if let (Some(key), Some(expiration)) = (key, expiration) {
+            // The upstream's expiration is on the real clock; on the proxy's clock, the session
+            // lives its full duration from now (a clock moved forward earlier does not shorten
+            // the sessions issued afterwards).
+            let expiration = expiration
+                .checked_add(self.clock_offset())
+                .unwrap_or(Timestamp::MAX);
+            lock(&self.sessions).insert(key.trim().to_owned(), expiration);
+        }
+    }
+}
+
+/// The text inside the first `<name>...</name>` of `xml`.
+fn xml_element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&close)? + start;
+    Some(&xml[start..end])
 }
 
 /// Headers that belong to one connection (or that the HTTP stack recomputes for the body).
@@ -487,28 +879,62 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "keep-alive"
 }
 
-/// The SigV4 signing name: `Credential=AKID/date/region/SERVICE/aws4_request`.
-fn service_of(headers: &hyper::HeaderMap) -> String {
+/// The SigV4 credential of the `Authorization` header:
+/// `Credential=AKID/date/region/SERVICE/aws4_request`.
+fn credential_scope(headers: &hyper::HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|auth| auth.split("Credential=").nth(1))
         .and_then(|scope| scope.split([',', ' ']).next())
+}
+
+/// The SigV4 signing name.
+fn service_of(headers: &hyper::HeaderMap) -> String {
+    credential_scope(headers)
         .and_then(|scope| scope.split('/').nth(3))
         .unwrap_or("unknown")
         .to_owned()
 }
 
-/// `Action=` of a query-protocol request, from the form body or else the query string.
-fn operation_of(query: Option<&str>, body: &[u8]) -> String {
-    let action = |form: &str| {
-        form.split('&')
-            .find_map(|pair| pair.strip_prefix("Action="))
-            .map(str::to_owned)
+/// The access key ID the request was signed with.
+fn access_key_id_of(headers: &hyper::HeaderMap) -> Option<String> {
+    credential_scope(headers)
+        .and_then(|scope| scope.split('/').next())
+        .filter(|key| !key.is_empty())
+        .map(str::to_owned)
+}
+
+/// The decoded parameters of a query-protocol request: the query string's, then the form
+/// body's (`application/x-www-form-urlencoded`, or a body without a content type).
+fn params_of(
+    query: Option<&str>,
+    headers: &hyper::HeaderMap,
+    body: &[u8],
+) -> BTreeMap<String, String> {
+    let mut params = BTreeMap::new();
+    if let Some(query) = query {
+        decode_form(query, &mut params);
+    }
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|t| t.starts_with("application/x-www-form-urlencoded"));
+    if form && let Ok(text) = std::str::from_utf8(body) {
+        decode_form(text, &mut params);
+    }
+    params
+}
+
+/// `a=1&b=x%20y+z` into its pairs (`+` is a space in form encoding).
+fn decode_form(form: &str, into: &mut BTreeMap<String, String>) {
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(&text.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
     };
-    std::str::from_utf8(body)
-        .ok()
-        .and_then(action)
-        .or_else(|| query.and_then(action))
-        .unwrap_or_else(|| "unknown".to_owned())
+    for pair in form.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        into.insert(decode(name), decode(value));
+    }
 }

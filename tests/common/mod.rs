@@ -1,5 +1,10 @@
 //! Shared helpers for the integration tests. They run against the local environment that
 //! `make env-up` starts; its variables come from `target/devenv/env` (the Makefile loads it).
+//!
+//! The shared test operator of a test binary ([`Operator::shared`]) reaches AWS through an AWS
+//! proxy without faults ([`shared_proxy`], tests/common/aws_proxy.rs): what it did to AWS is
+//! counted there, every attempt whatever its outcome, not in the operator's own metrics (which
+//! report only what the operator believes it did).
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod aws_proxy;
@@ -15,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use aws_proxy::{AwsProxy, LoggedRequest};
 use cross_account_operator::api::{AwsAccount, CrossAccountRole};
 use k8s_openapi::{api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{
@@ -245,8 +251,18 @@ pub struct Operator {
 }
 
 static OPERATOR: OnceLock<Operator> = OnceLock::new();
+static SHARED_PROXY: OnceLock<AwsProxy> = OnceLock::new();
 
-/// IAM operations that change something; `Operator::iam_writes` sums their successes.
+/// The AWS proxy (no fault rules) between this test binary's shared operator and the
+/// environment's AWS: the ground truth of what that operator did to AWS. It runs on a runtime of
+/// its own (each `#[tokio::test]` has its own runtime, and this proxy must outlive the test that
+/// started it) and lives as long as the test binary.
+pub fn shared_proxy() -> &'static AwsProxy {
+    SHARED_PROXY.get_or_init(|| AwsProxy::start_on_own_runtime(&env("AWS_ENDPOINT_URL")))
+}
+
+/// IAM operations that change something: every request of one counts as a write attempt,
+/// whatever its outcome.
 pub const IAM_WRITE_OPERATIONS: &[&str] = &[
     "CreateRole",
     "UpdateAssumeRolePolicy",
@@ -264,9 +280,93 @@ pub const IAM_WRITE_OPERATIONS: &[&str] = &[
     "DeleteUserPolicy",
 ];
 
+/// The session name of the operator's own management-role sessions: their AssumeRole calls do
+/// not mint credentials for a CrossAccountRole.
+pub const MANAGEMENT_SESSION_NAME: &str = "cross-account-operator";
+
+/// Whether `request` is an attempt of an IAM write (whatever its outcome).
+pub fn is_iam_write(request: &LoggedRequest) -> bool {
+    request.service == "iam" && IAM_WRITE_OPERATIONS.contains(&request.operation.as_str())
+}
+
+/// Whether `request` is an AssumeRole that mints credentials (whatever its outcome): any but the
+/// operator's management-role sessions.
+pub fn is_credential_mint(request: &LoggedRequest) -> bool {
+    request.is("sts", "AssumeRole")
+        && request.param("RoleSessionName") != Some(MANAGEMENT_SESSION_NAME)
+}
+
+/// Attempts of IAM writes among `requests`, per operation (operations without any left out).
+pub fn iam_write_attempts(requests: &[LoggedRequest]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for request in requests.iter().filter(|r| is_iam_write(r)) {
+        *counts.entry(request.operation.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// Polls until `proxy` has seen at least `at_least` GetRole requests for each of `role_names`
+/// since `since` (each a reconcile that read the role from IAM), for up to `timeout`; returns
+/// the GetRole counts per role name, or the roles still short at the deadline.
+pub async fn try_wait_for_role_reads(
+    proxy: &AwsProxy,
+    since: &aws_proxy::RequestMark,
+    role_names: &[String],
+    at_least: u64,
+    timeout: Duration,
+) -> Result<BTreeMap<String, u64>, String> {
+    try_poll(timeout, || async {
+        let reads = proxy.count_per_param_since(since, "GetRole", "RoleName");
+        let count = |name: &String| reads.get(name).copied().unwrap_or(0);
+        let short: Vec<String> = role_names
+            .iter()
+            .filter(|name| count(name) < at_least)
+            .map(|name| format!("{name}: {}", count(name)))
+            .collect();
+        if short.is_empty() {
+            Ok(role_names.iter().map(|n| (n.clone(), count(n))).collect())
+        } else {
+            Err(format!("GetRole requests so far: {}", short.join(", ")))
+        }
+    })
+    .await
+}
+
+/// [`try_wait_for_role_reads`] on the shared operator's proxy; panics with the counts and the
+/// operator's log at the deadline.
+pub async fn wait_for_role_reads(
+    since: &aws_proxy::RequestMark,
+    role_names: &[String],
+    at_least: u64,
+    timeout: Duration,
+) {
+    if let Err(last) =
+        try_wait_for_role_reads(shared_proxy(), since, role_names, at_least, timeout).await
+    {
+        fail_with_operator_log(
+            &format!(
+                "timed out after {timeout:?} waiting for {at_least} GetRole requests for each of \
+                 {role_names:?}"
+            ),
+            &last,
+        );
+    }
+}
+
+/// One line per request (their summaries, no credentials), for failure messages.
+pub fn describe_requests<'a>(requests: impl IntoIterator<Item = &'a LoggedRequest>) -> String {
+    let lines: Vec<String> = requests.into_iter().map(LoggedRequest::summary).collect();
+    if lines.is_empty() {
+        "  (none)".to_owned()
+    } else {
+        format!("  {}", lines.join("\n  "))
+    }
+}
+
 impl Operator {
-    /// The operator of this test binary: started on first use, shared by all its tests. Returns
-    /// once `/readyz` answers 200. It is stopped (SIGTERM) when the test binary exits.
+    /// The operator of this test binary: started on first use, shared by all its tests, reaching
+    /// AWS through [`shared_proxy`]. Returns once `/readyz` answers 200. It is stopped (SIGTERM)
+    /// when the test binary exits.
     pub async fn shared() -> &'static Operator {
         let operator = OPERATOR.get_or_init(Operator::spawn);
         operator.wait_ready().await;
@@ -284,7 +384,14 @@ impl Operator {
         let log_path = log_dir.join(format!("operator-{}.log", env!("CARGO_CRATE_NAME")));
         let log = std::fs::File::create(&log_path)
             .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
-        Operator::start(log, log_path)
+        Operator::start_with(
+            log,
+            log_path,
+            OperatorOptions {
+                aws_endpoint: Some(shared_proxy().endpoint()),
+                ..OperatorOptions::default()
+            },
+        )
     }
 
     /// Starts an operator process of this binary's own (`--cluster-name it`, the short resync)
@@ -393,22 +500,6 @@ impl Operator {
         }
     }
 
-    /// `crossaccount_aws_requests_total` for `operation` and `outcome`, summed over services.
-    pub async fn aws_calls(&self, operation: &str, outcome: &str) -> u64 {
-        let text = self.metrics_text().await;
-        metric_sum(
-            &text,
-            "crossaccount_aws_requests_total",
-            &[("operation", operation), ("outcome", outcome)],
-        )
-    }
-
-    /// Successful IAM writes of every kind (see [`IAM_WRITE_OPERATIONS`]).
-    pub async fn iam_writes(&self) -> u64 {
-        let text = self.metrics_text().await;
-        iam_writes_in(&text)
-    }
-
     /// `crossaccount_reconciles_total` for `kind`.
     pub async fn reconciles(&self, kind: &str) -> u64 {
         let text = self.metrics_text().await;
@@ -510,20 +601,6 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     sum as u64
 }
 
-/// Successful IAM writes in a metrics text.
-pub fn iam_writes_in(text: &str) -> u64 {
-    IAM_WRITE_OPERATIONS
-        .iter()
-        .map(|op| {
-            metric_sum(
-                text,
-                "crossaccount_aws_requests_total",
-                &[("operation", op), ("outcome", "ok")],
-            )
-        })
-        .sum()
-}
-
 /// `name{k="v",...} value` (labels optional) into its parts.
 fn parse_sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
     let (name, rest) = match line.find('{') {
@@ -563,9 +640,9 @@ fn parse_sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
     Some((name, labels, value))
 }
 
-/// Tests that compare metric deltas, or disturb the shared environment (freezing AWS), take this
-/// lock so that one of them runs at a time. Async-aware; a test that panics while holding it
-/// releases it (no poisoning).
+/// Tests that compare what reached AWS between two points (or metric deltas), or disturb the
+/// shared environment (freezing AWS), take this lock so that one of them runs at a time.
+/// Async-aware; a test that panics while holding it releases it (no poisoning).
 pub async fn serial() -> futures::lock::MutexGuard<'static, ()> {
     static SERIAL: futures::lock::Mutex<()> = futures::lock::Mutex::new(());
     SERIAL.lock().await

@@ -1,5 +1,6 @@
 //! Helpers for the hostile-input tests (tenant isolation and the bad-input catalog): snapshots
-//! of what an attacker must not change, the operator's AWS activity, and tenant identities.
+//! of what an attacker must not change, the operator's AWS activity (from its proxy's log), and
+//! tenant identities.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,56 +15,60 @@ use kube::{
 use serde_json::{Value, json};
 
 use super::{
-    AccountGuard, Operator, attached_policies, create_account, devenv_dir, get_iam_role,
-    inline_policies, metric_sum, policy_json, role_tags, wait_for_account_ready,
+    AccountGuard, attached_policies,
+    aws_proxy::{LoggedRequest, RequestMark},
+    create_account, devenv_dir, get_iam_role, inline_policies, policy_json, role_tags,
+    wait_for_account_ready,
 };
 
-/// What the operator did to AWS so far, from its metrics: successful IAM writes and successful
-/// AssumeRole calls that mint credentials (the management role's are not counted).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the shared operator did to AWS since a mark of its proxy's log ([`super::shared_proxy`]):
+/// every attempt of an IAM write and every AssumeRole that mints credentials (the management
+/// role's sessions are not counted), whatever their outcome. Failed attempts count: a write that
+/// AWS refused was still tried.
+#[derive(Clone, Debug)]
 pub struct AwsActivity {
-    pub iam_writes: u64,
-    pub assume_roles: u64,
+    pub iam_writes: Vec<LoggedRequest>,
+    pub assume_roles: Vec<LoggedRequest>,
 }
 
 impl AwsActivity {
-    pub async fn now(operator: &Operator) -> Self {
-        let text = operator.metrics_text().await;
+    /// What reached the shared proxy after `mark`.
+    pub fn since(mark: &RequestMark) -> Self {
+        let requests = super::shared_proxy().requests_since(mark);
         Self {
-            iam_writes: super::iam_writes_in(&text),
-            assume_roles: metric_sum(
-                &text,
-                "crossaccount_aws_requests_total",
-                &[
-                    ("service", "sts"),
-                    ("operation", "AssumeRole"),
-                    ("outcome", "ok"),
-                ],
-            ),
+            iam_writes: requests
+                .iter()
+                .filter(|r| super::is_iam_write(r))
+                .cloned()
+                .collect(),
+            assume_roles: requests
+                .iter()
+                .filter(|r| super::is_credential_mint(r))
+                .cloned()
+                .collect(),
         }
     }
 
-    /// What happened since `earlier`.
-    pub fn since(self, earlier: AwsActivity) -> AwsActivity {
-        AwsActivity {
-            iam_writes: self.iam_writes - earlier.iam_writes,
-            assume_roles: self.assume_roles - earlier.assume_roles,
-        }
+    /// (IAM write attempts, credential mints).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.iam_writes.len(), self.assume_roles.len())
     }
 }
 
-/// The write lines of a metrics text (for failure messages): which IAM operations succeeded.
-pub fn write_metric_lines(text: &str) -> String {
-    text.lines()
-        .filter(|l| l.starts_with("crossaccount_aws_requests_total"))
-        .filter(|l| {
-            super::IAM_WRITE_OPERATIONS
-                .iter()
-                .any(|op| l.contains(&format!("operation=\"{op}\"")))
-                || l.contains("\"AssumeRole\"")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Which requests they were (for failure messages; no credentials).
+impl std::fmt::Display for AwsActivity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "IAM write attempts:\n{}",
+            super::describe_requests(&self.iam_writes)
+        )?;
+        write!(
+            f,
+            "AssumeRole calls minting credentials:\n{}",
+            super::describe_requests(&self.assume_roles)
+        )
+    }
 }
 
 /// Creates an AwsAccount for the devenv's target account (management role included) with the
