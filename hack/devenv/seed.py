@@ -72,6 +72,9 @@ OPERATOR_POLICY = {
             "Sid": "ReadGrants",
             "Effect": "Allow",
             "Action": [
+                # Principals are looked up for their real ARN (a path) before they are trusted.
+                "iam:GetUser",
+                "iam:GetRole",
                 "iam:ListAttachedUserPolicies",
                 "iam:ListAttachedRolePolicies",
                 "iam:GetAccountSummary",

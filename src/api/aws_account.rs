@@ -111,7 +111,7 @@ pub struct AwsAccountSpec {
     /// (`:root` must be written out). Also used for `spec.grants` when `allowedGrants` is not
     /// set (deprecated: set `allowedGrants`).
     #[serde(default)]
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 100), inner(length(max = 512)))]
     pub allowed_trust_principals: Vec<String>,
 
     /// Allow `*` in the account field of `allowedTrustPrincipals` patterns (any account's
