@@ -534,6 +534,13 @@ fn catalog() -> Vec<Case> {
             &["reserved"],
         ),
         rejected(
+            "reserved tag key in another case",
+            Cel,
+            role(json!({"tags": {"CrossAccount.IO/Name": "x"}})),
+            "spec.tags",
+            &["reserved"],
+        ),
+        rejected(
             "reserved tag key aws:",
             Cel,
             role(json!({"tags": {"aws:cloudformation:stack-name": "x"}})),
@@ -711,6 +718,32 @@ fn catalog() -> Vec<Case> {
             &["account of spec.accountId"],
         ),
         rejected(
+            "inline policies without a boundary",
+            Cel,
+            account(json!({"allowInlinePolicies": true})),
+            "spec.allowInlinePolicies",
+            &[
+                "permissionsBoundaryArn",
+                "allowInlinePoliciesWithoutBoundary",
+            ],
+        ),
+        rejected(
+            "a trusted principal pattern with a wildcard account",
+            Cel,
+            account(json!({"allowedTrustPrincipals": ["arn:aws:iam::*:role/ci"]})),
+            "spec.allowedTrustPrincipals",
+            &["12 digits", "allowWildcardAccounts"],
+        ),
+        rejected(
+            "a trusted principal pattern longer than 512 characters",
+            Schema,
+            account(
+                json!({"allowedTrustPrincipals": [format!("arn:aws:iam::123456789012:role/{}", "r".repeat(500))]}),
+            ),
+            "spec.allowedTrustPrincipals",
+            &[],
+        ),
+        rejected(
             "changing accountId",
             Cel,
             Input::AccountUpdate(
@@ -851,6 +884,40 @@ fn catalog() -> Vec<Case> {
             json!({"trust": {"principals": ["arn:aws:iam::123456789012:root"]}}),
             "NotPermitted",
             &["spec.trust.principals[0]", "allowedTrustPrincipals"],
+        ),
+        refused(
+            "inline policy allowing iam:PassRole",
+            Guardrails::Open,
+            inline(&document(
+                json!({"Effect": "Allow", "Action": "iam:PassRole", "Resource": "*"}),
+            )),
+            "NotPermitted",
+            &["spec.policies.inline[p]", "iam:PassRole", "deniedActions"],
+        ),
+        refused(
+            "inline policy whose wildcard covers sts:AssumeRole",
+            Guardrails::Open,
+            inline(&document(
+                json!({"Effect": "Allow", "Action": "s*:*", "Resource": "*"}),
+            )),
+            "NotPermitted",
+            &["spec.policies.inline[p]", "deniedActions"],
+        ),
+        refused(
+            "inline policy with NotAction",
+            Guardrails::Open,
+            inline(&document(
+                json!({"Effect": "Allow", "NotAction": "s3:DeleteObject", "Resource": "*"}),
+            )),
+            "NotPermitted",
+            &["spec.policies.inline[p]", "allowNotActions"],
+        ),
+        refused(
+            "trust principal that is the operator itself",
+            Guardrails::Open,
+            json!({"trust": {"principals": ["arn:aws:iam::123456789012:user/cross-account-operator"]}}),
+            "NotPermitted",
+            &["spec.trust.principals[0]"],
         ),
         refused(
             "grant of a role when only a user is allowed",
@@ -1040,6 +1107,7 @@ async fn every_bad_input_is_refused_naming_the_field_without_touching_aws() {
         "allowedNamespaces": {"names": [ns.name]},
         "allowedPolicyArns": ["arn:aws:iam::aws:policy/*"],
         "allowInlinePolicies": true,
+        "allowInlinePoliciesWithoutBoundary": true,
         "allowedTrustPrincipals": [format!("arn:aws:iam::{}:user/*", common::env("SOURCE_ACCOUNT_ID"))],
         "roleNamePrefix": "cat-",
         "maxSessionDurationSeconds": 3600,

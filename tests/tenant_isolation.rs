@@ -58,7 +58,8 @@ struct Victim {
 #[derive(Debug, PartialEq)]
 struct VictimState {
     role: Option<RoleSnapshot>,
-    grant: Option<Value>,
+    /// The developer user may assume the role through the operator's grant policies.
+    grant: bool,
     secret: Option<SecretSnapshot>,
     spec: Value,
     generation: Option<i64>,
@@ -94,7 +95,7 @@ impl Victim {
             role_name,
             before: VictimState {
                 role: None,
-                grant: None,
+                grant: false,
                 secret: None,
                 spec: Value::Null,
                 generation: None,
@@ -102,22 +103,11 @@ impl Victim {
         };
         victim.before = victim.state(client).await;
         assert!(
-            victim.before.role.is_some()
-                && victim.before.grant.is_some()
-                && victim.before.secret.is_some(),
+            victim.before.role.is_some() && victim.before.grant && victim.before.secret.is_some(),
             "the victim is not fully set up: {:#?}",
             victim.before
         );
         victim
-    }
-
-    fn grant_policy_name(&self) -> String {
-        format!(
-            "crossaccount.{}.{}.{}",
-            common::CLUSTER_NAME,
-            self.ns.name,
-            self.name
-        )
     }
 
     fn role_arn(&self) -> String {
@@ -137,9 +127,9 @@ impl Victim {
             .expect("read the victim Secret");
         VictimState {
             role: RoleSnapshot::take(&target, &self.role_name).await,
-            grant: common::user_policies(&source, DEVELOPER)
+            grant: common::user_assumable_roles(&source, DEVELOPER)
                 .await
-                .remove(&self.grant_policy_name()),
+                .contains(&self.role_arn()),
             secret: secret.as_ref().map(SecretSnapshot::of),
             spec: serde_json::to_value(&cr.spec).unwrap(),
             generation: cr.metadata.generation,
@@ -336,8 +326,9 @@ async fn a_role_owned_by_another_namespace_cannot_be_claimed() {
     let _serial = common::serial().await;
     Operator::shared().await;
     let client = common::kube_client().await;
-    // Default role names are `<namespace>-<name>`: the victim `x` in namespace `<N>-app` and the
-    // attacker `app-x` in namespace `<N>` both default to `<N>-app-x`.
+    // Default role names were `<namespace>-<name>`, so the victim `y` in namespace `<N>-app` and
+    // the attacker `app-y` in namespace `<N>` both defaulted to `<N>-app-y`. Now they are
+    // `<namespace>_<name>` (`_` cannot be part of a namespace name): `<N>-app_y` and `<N>_app-y`.
     let base = common::unique("squat");
     let tenant = json!({"crossaccount.io/tenant": "true"});
     let attacker_ns = namespace_named(&client, &base, tenant.clone()).await;
@@ -361,7 +352,7 @@ async fn a_role_owned_by_another_namespace_cannot_be_claimed() {
         CONVERGE,
     )
     .await;
-    let default_name = format!("{base}-app-y");
+    let default_name = format!("{base}-app_y");
     let target = common::target_iam().await;
     let default_before = RoleSnapshot::take(&target, &default_name).await;
     assert!(
@@ -435,15 +426,6 @@ async fn a_role_owned_by_another_namespace_cannot_be_claimed() {
             "NotPermitted",
             vec!["allowAdoption is false".into()],
         ),
-        // Default names collide: `app-y` here and `y` in `<N>-app` are both `<N>-app-y`.
-        Claim(
-            "app-y",
-            &devenv,
-            None,
-            false,
-            "RoleNotOwned",
-            owned_by(format!("{}/y", victim.ns.name)),
-        ),
     ];
     for Claim(name, account, role_name, adopt, _, _) in &claims {
         let mut spec = json!({
@@ -484,6 +466,43 @@ async fn a_role_owned_by_another_namespace_cannot_be_claimed() {
     if RoleSnapshot::take(&target, &default_name).await != default_before {
         problems.push(format!("the default-named role {default_name} changed"));
     }
+    // What used to collide by default gets a role of its own.
+    let lookalike_name = format!("{base}_app-y");
+    let _lookalike_cleanup = common::TargetRoleGuard::new(&lookalike_name);
+    common::create_role(
+        &client,
+        &attacker_ns.name,
+        "app-y",
+        json!({"accountRef": devenv, "policies": {"managed": [S3_READ]}}),
+    )
+    .await;
+    let lookalike = common::wait_for_condition(
+        &client,
+        &attacker_ns.name,
+        "app-y",
+        "Ready",
+        "True",
+        None,
+        CONVERGE,
+    )
+    .await;
+    let lookalike_arn = lookalike
+        .status
+        .and_then(|s| s.role_arn)
+        .unwrap_or_default();
+    if lookalike_arn != common::role_arn(&lookalike_name) {
+        problems.push(format!(
+            "{}/app-y has role {lookalike_arn}, expected its own {lookalike_name}",
+            attacker_ns.name
+        ));
+    }
+    if RoleSnapshot::take(&target, &default_name).await != default_before {
+        problems.push(format!(
+            "the default-named role {default_name} changed when {}/app-y got its role",
+            attacker_ns.name
+        ));
+    }
+    common::delete_role_and_wait(&client, &attacker_ns.name, "app-y", CONVERGE).await;
     common::delete_role_and_wait(&client, &victim.ns.name, "y", CONVERGE).await;
     victim.delete(&client).await;
     assert!(problems.is_empty(), "{problems:#?}");

@@ -40,30 +40,20 @@ OPERATOR_POLICY = {
             "Resource": "*",
         },
         {
-            # Grants: principals of the operator's own account may assume the roles it creates,
-            # through customer managed policies under /crossaccount/ (src/aws/grants.rs).
+            # Grants: each granted principal of the operator's own account gets the operator's
+            # grant policy (one per principal, under /crossaccount/, allowing sts:AssumeRole on
+            # the roles tagged for it; src/aws/model.rs GrantScope).
             "Sid": "GrantPolicies",
             "Effect": "Allow",
-            "Action": [
-                "iam:GetPolicy",
-                "iam:GetPolicyVersion",
-                "iam:ListPolicyVersions",
-                "iam:CreatePolicy",
-                "iam:CreatePolicyVersion",
-                "iam:DeletePolicyVersion",
-                "iam:DeletePolicy",
-            ],
-            "Resource": f"arn:aws:iam::{SOURCE_ACCOUNT_ID}:policy/crossaccount/*",
+            "Action": ["iam:CreatePolicy"],
+            # The README scopes this to policy/crossaccount/*; moto matches Resource only for
+            # role operations (any other IAM request is authorized against "*").
+            "Resource": "*",
         },
         {
             "Sid": "GrantAttachments",
             "Effect": "Allow",
-            "Action": [
-                "iam:AttachUserPolicy",
-                "iam:DetachUserPolicy",
-                "iam:AttachRolePolicy",
-                "iam:DetachRolePolicy",
-            ],
+            "Action": ["iam:AttachUserPolicy", "iam:AttachRolePolicy"],
             "Resource": "*",
             # Only the grant policies (moto does not evaluate conditions; AWS does).
             "Condition": {"ArnLike": {"iam:PolicyARN": f"arn:aws:iam::{SOURCE_ACCOUNT_ID}:policy/crossaccount/*"}},

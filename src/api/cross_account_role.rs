@@ -78,8 +78,11 @@ pub struct CrossAccountRoleSpec {
     pub trust: Trust,
 
     /// Principals of the source account (the operator's account) that may assume the role: each is
-    /// added to the role's trust policy and gets an inline policy allowing `sts:AssumeRole` on it.
-    /// Each must match the AwsAccount's allowedTrustPrincipals.
+    /// added to the role's trust policy, the role is tagged `crossaccount.io/grant/<user|role>/<name>`,
+    /// and the principal gets the operator's grant policy (one per principal, allowing
+    /// `sts:AssumeRole` on the roles tagged for it). Each must match the AwsAccount's allowedGrants
+    /// (or allowedTrustPrincipals). Tags and grants together fit IAM's 50 tags per role (3 are the
+    /// ownership tags).
     #[serde(default)]
     #[schemars(length(max = 20))]
     #[x_kube(validation = Rule::new("self.all(g, self.indexOf(g) == self.lastIndexOf(g))").message("grants must not repeat a principal"))]

@@ -14,8 +14,7 @@ use serde_json::Value;
 
 use super::{
     AccountAccess, AccountApi, Arn, AssumeRoleRequest, AttachedPolicy, Aws, AwsError, AwsErrorKind,
-    Change, IAM_DEFAULT_MAX_SESSION, IssuedCredentials, ObservedRole, PolicyVersion, Principal,
-    policy,
+    Change, IAM_DEFAULT_MAX_SESSION, IssuedCredentials, ObservedRole, Principal, policy,
 };
 
 /// What RFC 3986 leaves unencoded, as IAM does in the documents it returns.
@@ -78,19 +77,18 @@ impl StoredRole {
     }
 }
 
-/// A customer managed policy: its versions (text as IAM returns it), the default one marked.
+/// A customer managed policy (the operator's never change, so one version).
 #[derive(Clone, Debug, Default)]
 struct ManagedPolicy {
     name: String,
     path: String,
-    versions: Vec<(String, String, bool)>,
-    next_version: usize,
+    /// The document as IAM returns it.
+    document: String,
 }
 
 /// IAM's default quotas (GetAccountSummary), which the fake enforces.
 const POLICY_SIZE_QUOTA: usize = 6144;
 const ATTACHED_PER_PRINCIPAL_QUOTA: usize = 10;
-const VERSIONS_QUOTA: usize = 5;
 
 #[derive(Default)]
 struct State {
@@ -101,7 +99,6 @@ struct State {
     policies: BTreeMap<String, ManagedPolicy>,
     /// Managed policies attached to users and roles of this account.
     attachments: BTreeMap<Principal, std::collections::BTreeSet<String>>,
-    grant_locks: HashMap<Principal, Arc<tokio::sync::Mutex<()>>>,
     /// Inline policies of users and roles, as (principal, policy name) -> document text.
     principal_policies: BTreeMap<(Principal, String), String>,
     writes: Vec<Change>,
@@ -209,6 +206,19 @@ impl FakeAccount {
             .insert(Principal::Role(name.to_owned()));
     }
 
+    /// Detaches every managed policy from `principal`, behind the operator's back.
+    pub(crate) fn detach_all(&self, principal: &Principal) {
+        self.lock().attachments.remove(principal);
+    }
+
+    /// The document of managed policy `arn`, decoded.
+    pub(crate) fn managed_policy(&self, arn: &str) -> Option<Value> {
+        self.lock()
+            .policies
+            .get(arn)
+            .map(|p| policy::parse_observed(&p.document))
+    }
+
     /// Attaches a policy the operator did not make (counts against the attachment quota).
     pub(crate) fn attach_other_policy(&self, principal: &Principal, arn: &str) {
         self.lock()
@@ -258,15 +268,6 @@ fn limit_exceeded(operation: &'static str, message: String) -> AwsError {
         AwsErrorKind::LimitExceeded,
         "LimitExceeded",
         message,
-    )
-}
-
-fn delete_conflict(operation: &'static str, message: &str) -> AwsError {
-    iam_error(
-        operation,
-        AwsErrorKind::Other,
-        "DeleteConflict",
-        message.to_owned(),
     )
 }
 
@@ -349,32 +350,6 @@ impl AccountApi for FakeAccount {
         ))
     }
 
-    async fn policy_document(&self, arn: &str) -> Result<Option<Value>, AwsError> {
-        let state = self.lock();
-        Ok(state.policies.get(arn).and_then(|p| {
-            p.versions
-                .iter()
-                .find(|v| v.2)
-                .map(|v| policy::parse_observed(&v.1))
-        }))
-    }
-
-    async fn policy_versions(&self, arn: &str) -> Result<Vec<PolicyVersion>, AwsError> {
-        let state = self.lock();
-        let managed = state
-            .policies
-            .get(arn)
-            .ok_or_else(|| not_found("ListPolicyVersions", &format!("Policy {arn}")))?;
-        Ok(managed
-            .versions
-            .iter()
-            .map(|(id, _, default)| PolicyVersion {
-                id: id.clone(),
-                default: *default,
-            })
-            .collect())
-    }
-
     async fn create_policy(
         &self,
         name: &str,
@@ -405,8 +380,7 @@ impl AccountApi for FakeAccount {
             ManagedPolicy {
                 name: name.to_owned(),
                 path: path.to_owned(),
-                versions: vec![("v1".into(), as_returned(document), true)],
-                next_version: 1,
+                document: as_returned(document),
             },
         );
         state.writes.push(Change::CreatePolicy {
@@ -423,17 +397,8 @@ impl AccountApi for FakeAccount {
             "AttachedPoliciesPerUserQuota" | "AttachedPoliciesPerRoleQuota" => {
                 Some(ATTACHED_PER_PRINCIPAL_QUOTA as i64)
             }
-            "PolicyVersionsInUseQuota" => Some(10000),
             _ => None,
         })
-    }
-
-    fn grant_lock(&self, principal: &Principal) -> Arc<tokio::sync::Mutex<()>> {
-        self.lock()
-            .grant_locks
-            .entry(principal.clone())
-            .or_default()
-            .clone()
     }
 
     async fn apply(&self, change: &Change) -> Result<(), AwsError> {
@@ -572,72 +537,10 @@ impl AccountApi for FakeAccount {
                     ));
                 }
             }
-            Change::GrantAssume { .. } | Change::RevokeAssume { .. } => {
-                unreachable!("grants are made of IAM writes by aws::grants")
+            Change::AttachGrantPolicy { .. } => {
+                unreachable!("a grant policy is attached by aws::grants")
             }
             Change::CreatePolicy { .. } => unreachable!("policies are created by create_policy"),
-            Change::CreatePolicyVersion { arn, document } => {
-                let text = policy::to_text(document);
-                if policy::size_without_whitespace(&text) > POLICY_SIZE_QUOTA {
-                    return Err(limit_exceeded(
-                        op,
-                        format!("Cannot exceed quota for PolicySize: {POLICY_SIZE_QUOTA}"),
-                    ));
-                }
-                let managed = state
-                    .policies
-                    .get_mut(arn)
-                    .ok_or_else(|| not_found(op, &format!("Policy {arn}")))?;
-                if managed.versions.len() >= VERSIONS_QUOTA {
-                    return Err(limit_exceeded(
-                        op,
-                        format!("A managed policy can have up to {VERSIONS_QUOTA} versions."),
-                    ));
-                }
-                managed.next_version += 1;
-                for version in &mut managed.versions {
-                    version.2 = false;
-                }
-                let id = format!("v{}", managed.next_version);
-                managed.versions.push((id, as_returned(document), true));
-            }
-            Change::DeletePolicyVersion { arn, version } => {
-                let managed = state
-                    .policies
-                    .get_mut(arn)
-                    .ok_or_else(|| not_found(op, &format!("Policy {arn}")))?;
-                let index = managed
-                    .versions
-                    .iter()
-                    .position(|v| v.0 == *version)
-                    .ok_or_else(|| not_found(op, &format!("Policy {arn} version {version}")))?;
-                if managed.versions[index].2 {
-                    return Err(delete_conflict(
-                        op,
-                        "Cannot delete the default version of a policy.",
-                    ));
-                }
-                managed.versions.remove(index);
-            }
-            Change::DeletePolicy { arn } => {
-                let managed = state
-                    .policies
-                    .get(arn)
-                    .ok_or_else(|| not_found(op, &format!("Policy {arn}")))?;
-                if state.attachments.values().any(|set| set.contains(arn)) {
-                    return Err(delete_conflict(
-                        op,
-                        "Cannot delete a policy attached to entities.",
-                    ));
-                }
-                if managed.versions.len() > 1 {
-                    return Err(delete_conflict(
-                        op,
-                        "This policy has more than one version. Before you delete a policy, you must delete the policy's versions. The default version is deleted with the policy.",
-                    ));
-                }
-                state.policies.remove(arn);
-            }
             Change::AttachPrincipalPolicy { principal, arn } => {
                 if !state.principal_exists(principal) {
                     return Err(not_found(op, &principal.describe()));
@@ -655,15 +558,6 @@ impl AccountApi for FakeAccount {
                     ));
                 }
                 attached.insert(arn.clone());
-            }
-            Change::DetachPrincipalPolicy { principal, arn } => {
-                if !state
-                    .attachments
-                    .get_mut(principal)
-                    .is_some_and(|set| set.remove(arn))
-                {
-                    return Err(not_found(op, &format!("Policy {arn} is not attached")));
-                }
             }
         }
         state.writes.push(change.clone());

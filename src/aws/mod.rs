@@ -22,8 +22,7 @@ pub(crate) use arn::Arn;
 pub use error::{AwsError, AwsErrorKind};
 pub(crate) use model::{
     AccountAccess, AssumeRoleRequest, AttachedPolicy, CHAINED_SESSION_LIMIT, Change, GrantScope,
-    IAM_DEFAULT_MAX_SESSION, IssuedCredentials, MIN_SESSION, ObservedRole, PolicyVersion,
-    Principal,
+    IAM_DEFAULT_MAX_SESSION, IssuedCredentials, MIN_SESSION, ObservedRole, Principal,
 };
 pub use sdk::SdkAws;
 
@@ -51,8 +50,8 @@ pub(crate) trait AccountApi: Clone + Send + Sync + 'static {
         policy_name: &str,
     ) -> impl Future<Output = Result<Option<Value>, AwsError>> + Send;
 
-    /// Carries out one IAM write (not the composite [`Change::GrantAssume`] and
-    /// [`Change::RevokeAssume`], which [`grants`] makes of several).
+    /// Carries out one IAM write (not the composite [`Change::AttachGrantPolicy`], which
+    /// [`grants`] makes of several).
     fn apply(&self, change: &Change) -> impl Future<Output = Result<(), AwsError>> + Send;
 
     /// The managed policies attached to a principal whose path starts with `path_prefix`, or
@@ -62,18 +61,6 @@ pub(crate) trait AccountApi: Clone + Send + Sync + 'static {
         principal: &Principal,
         path_prefix: &str,
     ) -> impl Future<Output = Result<Option<Vec<AttachedPolicy>>, AwsError>> + Send;
-
-    /// The default version's document of a managed policy, or `None` when it does not exist.
-    fn policy_document(
-        &self,
-        arn: &str,
-    ) -> impl Future<Output = Result<Option<Value>, AwsError>> + Send;
-
-    /// The versions of a managed policy, oldest first.
-    fn policy_versions(
-        &self,
-        arn: &str,
-    ) -> impl Future<Output = Result<Vec<PolicyVersion>, AwsError>> + Send;
 
     /// Creates a managed policy; returns its ARN.
     fn create_policy(
@@ -88,9 +75,6 @@ pub(crate) trait AccountApi: Clone + Send + Sync + 'static {
         &self,
         name: &'static str,
     ) -> impl Future<Output = Result<Option<i64>, AwsError>> + Send;
-
-    /// The lock that serializes grant changes of one principal.
-    fn grant_lock(&self, principal: &Principal) -> std::sync::Arc<tokio::sync::Mutex<()>>;
 
     /// Assumes a role with this account's identity (rate-limited per account).
     fn assume_role(

@@ -55,6 +55,14 @@ impl Principal {
         }
     }
 
+    /// `("user", NAME)` or `("role", NAME)`.
+    pub(crate) fn kind_and_name(&self) -> (&'static str, &str) {
+        match self {
+            Principal::User(name) => ("user", name),
+            Principal::Role(name) => ("role", name),
+        }
+    }
+
     /// `user NAME` or `role NAME`, for messages.
     pub(crate) fn describe(&self) -> String {
         match self {
@@ -64,15 +72,25 @@ impl Principal {
     }
 }
 
-/// Where one operator cluster keeps its grants on principals of the source account: customer
-/// managed policies under `/crossaccount/<cluster>/`, one or more per principal, each allowing
-/// `sts:AssumeRole` on a list of roles. One set per principal, shared by every object that grants
-/// it (an inline policy per object would hit IAM's 2,048-character quota on a user's inline
-/// policies after about a dozen roles).
+/// How one operator cluster grants principals of the source account the right to assume its
+/// roles. A grant has two halves, as IAM requires for cross-account access: the role's trust
+/// policy allows the principal (the target account's side), and the principal's identity allows
+/// `sts:AssumeRole` on the role (the source account's side). The identity side is one customer
+/// managed policy per principal, under `/crossaccount/<cluster>/`, that never changes: it allows
+/// assuming any role tagged `crossaccount.io/grant/<user|role>/<name>` = `<cluster>`, and the
+/// operator tags each granted role. So a grant or revocation is a tag on the role, in the target
+/// account, and nothing in the source account is ever read, modified and written back: no quota
+/// on policy size is approached however many roles grant one principal, and concurrent grants to
+/// one principal cannot lose each other's writes. (A policy per object, inline on the principal,
+/// hit IAM's 2,048-character quota on a user's inline policies after about a dozen roles.)
+/// See <https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_examples_iam-assume-tagged-role.html>.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct GrantScope {
     pub cluster: String,
 }
+
+/// The tag keys of grants: `crossaccount.io/grant/<user|role>/<name>`.
+pub(crate) const GRANT_TAG_PREFIX: &str = "crossaccount.io/grant/";
 
 impl GrantScope {
     /// The IAM path of the grant policies.
@@ -80,15 +98,45 @@ impl GrantScope {
         format!("/crossaccount/{}/", self.cluster)
     }
 
-    /// The name of shard `n` of `principal`'s grant policies. Managed policy names are unique in
-    /// an account whatever their path, so the name carries the cluster too. It fits IAM's 128
-    /// characters: a cluster name has at most 40, a user or role name at most 64.
-    pub(crate) fn policy_name(&self, principal: &Principal, n: usize) -> String {
-        let (kind, name) = match principal {
-            Principal::User(name) => ("user", name),
-            Principal::Role(name) => ("role", name),
-        };
-        format!("crossaccount-{}-{kind}-{name}-{n}", self.cluster)
+    /// The name of `principal`'s grant policy. Managed policy names are unique in an account
+    /// whatever their path, so the name carries the cluster too. It fits IAM's 128 characters: a
+    /// cluster name has at most 40, a user or role name at most 64.
+    pub(crate) fn policy_name(&self, principal: &Principal) -> String {
+        let (kind, name) = principal.kind_and_name();
+        format!("crossaccount-{}-{kind}-{name}", self.cluster)
+    }
+
+    /// The role tag that grants `principal` (its value is the cluster name). At most 91
+    /// characters (IAM allows 128).
+    pub(crate) fn tag_key(principal: &Principal) -> String {
+        let (kind, name) = principal.kind_and_name();
+        format!("{GRANT_TAG_PREFIX}{kind}/{name}")
+    }
+
+    /// The principal a grant tag key names, if it is one.
+    pub(crate) fn principal_of_tag(key: &str) -> Option<Principal> {
+        let rest = key.strip_prefix(GRANT_TAG_PREFIX)?;
+        match rest.split_once('/')? {
+            ("user", name) if !name.is_empty() => Some(Principal::User(name.to_owned())),
+            ("role", name) if !name.is_empty() => Some(Principal::Role(name.to_owned())),
+            _ => None,
+        }
+    }
+
+    /// The document of `principal`'s grant policy.
+    pub(crate) fn policy_document(&self, principal: &Principal) -> Value {
+        serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "CrossAccountGrants",
+                "Effect": "Allow",
+                "Action": "sts:AssumeRole",
+                "Resource": "*",
+                "Condition": {"StringEquals": {
+                    format!("iam:ResourceTag/{}", Self::tag_key(principal)): self.cluster,
+                }},
+            }],
+        })
     }
 }
 
@@ -97,13 +145,6 @@ impl GrantScope {
 pub(crate) struct AttachedPolicy {
     pub name: String,
     pub arn: String,
-}
-
-/// A managed policy's versions (IAM keeps at most five), oldest first, and which is the default.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PolicyVersion {
-    pub id: String,
-    pub default: bool,
 }
 
 /// An IAM role as read from AWS; documents are parsed (URL-decoded) JSON.
@@ -183,42 +224,19 @@ pub(crate) enum Change {
         principal: Principal,
         policy_name: String,
     },
-    /// `principal` may assume `role_arn`: added to its grant policies (`aws::grants`).
-    GrantAssume {
+    /// `principal`'s grant policy exists and is attached to it (`aws::grants`); the grant itself
+    /// is the role's tag.
+    AttachGrantPolicy {
         principal: Principal,
-        role_arn: String,
         scope: GrantScope,
     },
-    /// `principal` may no longer assume `role_arn`; the inline grant policy `legacy_policy` an
-    /// earlier version put on it goes too, if it has it.
-    RevokeAssume {
-        principal: Principal,
-        role_arn: String,
-        scope: GrantScope,
-        legacy_policy: String,
-    },
-    // The IAM writes grants are made of, in the source account.
+    // The IAM writes an AttachGrantPolicy is made of, in the source account.
     CreatePolicy {
         name: String,
         path: String,
         document: Value,
     },
-    CreatePolicyVersion {
-        arn: String,
-        document: Value,
-    },
-    DeletePolicyVersion {
-        arn: String,
-        version: String,
-    },
-    DeletePolicy {
-        arn: String,
-    },
     AttachPrincipalPolicy {
-        principal: Principal,
-        arn: String,
-    },
-    DetachPrincipalPolicy {
         principal: Principal,
         arn: String,
     },
@@ -230,14 +248,9 @@ impl Change {
         matches!(
             self,
             Change::DeleteGrant { .. }
-                | Change::GrantAssume { .. }
-                | Change::RevokeAssume { .. }
+                | Change::AttachGrantPolicy { .. }
                 | Change::CreatePolicy { .. }
-                | Change::CreatePolicyVersion { .. }
-                | Change::DeletePolicyVersion { .. }
-                | Change::DeletePolicy { .. }
                 | Change::AttachPrincipalPolicy { .. }
-                | Change::DetachPrincipalPolicy { .. }
         )
     }
 
@@ -249,10 +262,6 @@ impl Change {
                 | Change::DetachPolicy { .. }
                 | Change::DeleteInlinePolicy { .. }
                 | Change::DeleteGrant { .. }
-                | Change::RevokeAssume { .. }
-                | Change::DeletePolicyVersion { .. }
-                | Change::DeletePolicy { .. }
-                | Change::DetachPrincipalPolicy { .. }
                 | Change::DeletePermissionsBoundary { .. }
                 | Change::UntagRole { .. }
         )
@@ -293,33 +302,15 @@ impl Change {
                     principal.describe()
                 )
             }
-            Change::GrantAssume {
-                principal,
-                role_arn,
-                ..
-            } => format!(
-                "granted {} the right to assume {role_arn}",
-                principal.describe()
-            ),
-            Change::RevokeAssume {
-                principal,
-                role_arn,
-                ..
-            } => format!(
-                "revoked the right of {} to assume {role_arn}",
-                principal.describe()
+            Change::AttachGrantPolicy { principal, scope } => format!(
+                "attached grant policy {} to {} (it may assume the roles tagged {})",
+                scope.policy_name(principal),
+                principal.describe(),
+                GrantScope::tag_key(principal)
             ),
             Change::CreatePolicy { name, .. } => format!("created policy {name}"),
-            Change::CreatePolicyVersion { arn, .. } => format!("updated policy {arn}"),
-            Change::DeletePolicyVersion { arn, version } => {
-                format!("deleted version {version} of policy {arn}")
-            }
-            Change::DeletePolicy { arn } => format!("deleted policy {arn}"),
             Change::AttachPrincipalPolicy { principal, arn } => {
                 format!("attached {arn} to {}", principal.describe())
-            }
-            Change::DetachPrincipalPolicy { principal, arn } => {
-                format!("detached {arn} from {}", principal.describe())
             }
         }
     }
@@ -347,12 +338,8 @@ impl Change {
                 principal: Principal::Role(_),
                 ..
             } => "DeleteRolePolicy",
-            Change::GrantAssume { .. } => "GrantAssumeRole",
-            Change::RevokeAssume { .. } => "RevokeAssumeRole",
+            Change::AttachGrantPolicy { .. } => "AttachGrantPolicy",
             Change::CreatePolicy { .. } => "CreatePolicy",
-            Change::CreatePolicyVersion { .. } => "CreatePolicyVersion",
-            Change::DeletePolicyVersion { .. } => "DeletePolicyVersion",
-            Change::DeletePolicy { .. } => "DeletePolicy",
             Change::AttachPrincipalPolicy {
                 principal: Principal::User(_),
                 ..
@@ -361,14 +348,6 @@ impl Change {
                 principal: Principal::Role(_),
                 ..
             } => "AttachRolePolicy",
-            Change::DetachPrincipalPolicy {
-                principal: Principal::User(_),
-                ..
-            } => "DetachUserPolicy",
-            Change::DetachPrincipalPolicy {
-                principal: Principal::Role(_),
-                ..
-            } => "DetachRolePolicy",
         }
     }
 }

@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use super::{
     AccountAccess, AccountApi, AssumeRoleRequest, AttachedPolicy, Aws, AwsError, AwsErrorKind,
-    Change, IAM_DEFAULT_MAX_SESSION, IssuedCredentials, ObservedRole, PolicyVersion, Principal,
-    RequestLog, policy, rate_limit::RateLimiter,
+    Change, IAM_DEFAULT_MAX_SESSION, IssuedCredentials, ObservedRole, Principal, RequestLog,
+    policy, rate_limit::RateLimiter,
 };
 
 /// Session name the operator uses when it assumes a management role.
@@ -36,7 +36,6 @@ pub(crate) struct SdkAccount {
     log: Arc<dyn RequestLog>,
     assume_limiter: Arc<RateLimiter>,
     /// One lock per principal whose grants are being changed (see `aws::grants`).
-    grant_locks: Arc<Mutex<HashMap<Principal, Arc<tokio::sync::Mutex<()>>>>>,
     /// The account's IAM quotas, read once (GetAccountSummary).
     quotas: Arc<tokio::sync::OnceCell<HashMap<String, i64>>>,
 }
@@ -75,7 +74,6 @@ impl SdkAccount {
             sts: aws_sdk_sts::Client::new(config),
             log,
             assume_limiter: Arc::new(RateLimiter::new(ASSUME_ROLE_RATE, ASSUME_ROLE_BURST)),
-            grant_locks: Arc::default(),
             quotas: Arc::default(),
         }
     }
@@ -391,63 +389,6 @@ impl AccountApi for SdkAccount {
         }
     }
 
-    async fn policy_document(&self, arn: &str) -> Result<Option<Value>, AwsError> {
-        let out = self
-            .call(
-                "iam",
-                "GetPolicy",
-                self.iam.get_policy().policy_arn(arn).send(),
-            )
-            .await;
-        let Some(out) = Self::absent_if_not_found(out)? else {
-            return Ok(None);
-        };
-        let Some(version) = out.policy().and_then(|p| p.default_version_id()) else {
-            return Ok(None);
-        };
-        let out = self
-            .call(
-                "iam",
-                "GetPolicyVersion",
-                self.iam
-                    .get_policy_version()
-                    .policy_arn(arn)
-                    .version_id(version)
-                    .send(),
-            )
-            .await;
-        Ok(Self::absent_if_not_found(out)?.and_then(|out| {
-            out.policy_version()
-                .and_then(|v| v.document())
-                .map(policy::parse_observed)
-        }))
-    }
-
-    async fn policy_versions(&self, arn: &str) -> Result<Vec<PolicyVersion>, AwsError> {
-        let out = self
-            .call(
-                "iam",
-                "ListPolicyVersions",
-                self.iam.list_policy_versions().policy_arn(arn).send(),
-            )
-            .await?;
-        let mut versions: Vec<(i64, PolicyVersion)> = out
-            .versions()
-            .iter()
-            .filter_map(|v| {
-                Some((
-                    v.create_date().map_or(0, |d| d.secs()),
-                    PolicyVersion {
-                        id: v.version_id()?.to_owned(),
-                        default: v.is_default_version(),
-                    },
-                ))
-            })
-            .collect();
-        versions.sort_by_key(|(at, _)| *at);
-        Ok(versions.into_iter().map(|(_, v)| v).collect())
-    }
-
     async fn create_policy(
         &self,
         name: &str,
@@ -496,15 +437,6 @@ impl AccountApi for SdkAccount {
             })
             .await?;
         Ok(quotas.get(name).copied())
-    }
-
-    fn grant_lock(&self, principal: &Principal) -> Arc<tokio::sync::Mutex<()>> {
-        self.grant_locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(principal.clone())
-            .or_default()
-            .clone()
     }
 
     async fn apply(&self, change: &Change) -> Result<(), AwsError> {
@@ -603,29 +535,10 @@ impl AccountApi for SdkAccount {
                 let request = iam.delete_role().role_name(role);
                 self.call("iam", op, request.send()).await.map(drop)
             }
-            Change::GrantAssume { .. } | Change::RevokeAssume { .. } => {
-                unreachable!("grants are made of IAM writes by aws::grants")
+            Change::AttachGrantPolicy { .. } => {
+                unreachable!("a grant policy is attached by aws::grants")
             }
             Change::CreatePolicy { .. } => unreachable!("policies are created by create_policy"),
-            Change::CreatePolicyVersion { arn, document } => {
-                let request = iam
-                    .create_policy_version()
-                    .policy_arn(arn)
-                    .policy_document(policy::to_text(document))
-                    .set_as_default(true);
-                self.call("iam", op, request.send()).await.map(drop)
-            }
-            Change::DeletePolicyVersion { arn, version } => {
-                let request = iam
-                    .delete_policy_version()
-                    .policy_arn(arn)
-                    .version_id(version);
-                self.call("iam", op, request.send()).await.map(drop)
-            }
-            Change::DeletePolicy { arn } => {
-                let request = iam.delete_policy().policy_arn(arn);
-                self.call("iam", op, request.send()).await.map(drop)
-            }
             Change::AttachPrincipalPolicy { principal, arn } => match principal {
                 Principal::User(user) => {
                     let request = iam.attach_user_policy().user_name(user).policy_arn(arn);
@@ -633,16 +546,6 @@ impl AccountApi for SdkAccount {
                 }
                 Principal::Role(role) => {
                     let request = iam.attach_role_policy().role_name(role).policy_arn(arn);
-                    self.call("iam", op, request.send()).await.map(drop)
-                }
-            },
-            Change::DetachPrincipalPolicy { principal, arn } => match principal {
-                Principal::User(user) => {
-                    let request = iam.detach_user_policy().user_name(user).policy_arn(arn);
-                    self.call("iam", op, request.send()).await.map(drop)
-                }
-                Principal::Role(role) => {
-                    let request = iam.detach_role_policy().role_name(role).policy_arn(arn);
                     self.call("iam", op, request.send()).await.map(drop)
                 }
             },

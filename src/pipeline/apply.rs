@@ -4,8 +4,8 @@
 use crate::aws::{AccountApi, AwsError, Change, grants};
 
 /// Applies `changes` in order and stops at the first failure. Returns the changes that were made
-/// (for events) and the failure, if any. A grant or revocation counts as made when it wrote
-/// something to the principal's grant policies.
+/// (for events) and the failure, if any. Attaching a grant policy counts as made when it wrote
+/// something.
 pub(crate) async fn apply_changes<A: AccountApi>(
     target: &A,
     source: &A,
@@ -14,17 +14,10 @@ pub(crate) async fn apply_changes<A: AccountApi>(
     let mut applied = Vec::new();
     for change in changes {
         let result = match change {
-            Change::GrantAssume {
-                principal,
-                role_arn,
-                scope,
-            } => composite(grants::grant(source, principal, role_arn, scope).await),
-            Change::RevokeAssume {
-                principal,
-                role_arn,
-                scope,
-                legacy_policy,
-            } => composite(grants::revoke(source, principal, role_arn, scope, legacy_policy).await),
+            Change::AttachGrantPolicy { principal, scope } => {
+                let (writes, result) = grants::attach(source, principal, scope).await;
+                result.map(|()| !writes.is_empty())
+            }
             _ => {
                 let account = if change.in_source_account() {
                     source
@@ -42,9 +35,4 @@ pub(crate) async fn apply_changes<A: AccountApi>(
         }
     }
     (applied, Ok(()))
-}
-
-/// Whether a grant or revocation wrote anything, or its failure.
-fn composite((writes, result): (Vec<Change>, Result<(), AwsError>)) -> Result<bool, AwsError> {
-    result.map(|()| !writes.is_empty())
 }

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 
 use super::{
     apply::apply_changes,
-    desired::{granted_principals, recorded_grants, without_operator},
+    desired::{granted_principals, without_operator},
     observe::access_of,
     ownership::{Claim, Ownership, ownership},
     plan::plan_delete,
@@ -51,52 +51,36 @@ pub(crate) async fn cleanup_role<A: Aws>(
     let decision = ownership(role.as_ref(), &claim);
     let owned = role.as_ref().filter(|_| decision == Ownership::Owned);
     let foreign = role.is_some() && owned.is_none();
-    // Grants the trust policy records, and those the spec names that its guardrails allow (in
-    // case the record was lost): never those of a role that is not ours.
-    let mut grants = BTreeSet::new();
+    // The grants are the role's tags and trust entries and go with it. What may be left is the
+    // inline grant policy an earlier version put on each granted principal: looked for on those
+    // the role records and those the spec names that its guardrails allow (in case the record
+    // was lost), never for a role that is not ours, and deleted only where it is.
+    let mut granted = BTreeSet::new();
     if !foreign {
         let namespace = owner.namespace.clone();
-        grants.extend(spec_grants(cr).into_iter().filter(|p| {
+        granted.extend(spec_grants(cr).into_iter().filter(|p| {
             let arn = p
                 .arn(&operator.partition, &operator.source_account_id)
                 .to_string();
             grant_permitted(account, &namespace, scope.namespace_labels, &arn, operator)
         }));
     }
-    if !foreign {
-        grants.extend(recorded_grants(
-            cr.status.as_ref(),
-            &operator.source_account_id,
-        ));
-    }
     if let Some(role) = owned {
-        grants.extend(granted_principals(
-            &role.trust_policy,
-            &operator.source_account_id,
-        ));
+        granted.extend(granted_principals(role, &operator.source_account_id));
     }
-    // The ARN the grants name: the role's, else the one status recorded, else the one it would
-    // have had.
-    let role_arn = owned
-        .map(|role| role.arn.clone())
-        .or_else(|| cr.status.as_ref().and_then(|s| s.role_arn.clone()))
-        .unwrap_or_else(|| {
-            Arn::role(
-                &operator.partition,
-                &account.spec.account_id,
-                account.spec.role_path.as_deref().unwrap_or("/"),
-                &role_name,
-            )
-            .to_string()
-        });
-    let changes = plan_delete(
-        &role_name,
-        &role_arn,
-        owned,
-        &grants,
-        &operator.grant_scope(),
-        &owner.grant_policy_name(),
-    );
+    let legacy_name = owner.grant_policy_name();
+    let mut legacy = BTreeSet::new();
+    for principal in granted {
+        match source.get_principal_policy(&principal, &legacy_name).await {
+            Ok(Some(_)) => {
+                legacy.insert(principal);
+            }
+            Ok(None) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return (Vec::new(), Err(e)),
+        }
+    }
+    let changes = plan_delete(&role_name, owned, &legacy, &legacy_name);
     apply_changes(&target, &source, &changes).await
 }
 
@@ -196,26 +180,18 @@ fn spec_grants(cr: &CrossAccountRole) -> BTreeSet<Principal> {
         .collect()
 }
 
-/// Revokes `grants` and deletes `role` (when given) with everything attached to it.
+/// Deletes `role` (when given) with everything attached to it, and the legacy inline grant
+/// policies of `legacy`.
 #[cfg(test)]
 pub(crate) async fn delete_role<A: AccountApi>(
     target: &A,
     source: &A,
     role_name: &str,
     role: Option<&crate::aws::ObservedRole>,
-    grants: &BTreeSet<Principal>,
-    scope: &crate::aws::GrantScope,
+    legacy: &BTreeSet<Principal>,
     owner: &Owner,
 ) -> (Vec<Change>, Result<(), AwsError>) {
-    let role_arn = role.map_or_else(String::new, |r| r.arn.clone());
-    let changes = plan_delete(
-        role_name,
-        &role_arn,
-        role,
-        grants,
-        scope,
-        &owner.grant_policy_name(),
-    );
+    let changes = plan_delete(role_name, role, legacy, &owner.grant_policy_name());
     apply_changes(target, source, &changes).await
 }
 

@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 
 use super::validate::{Refusal, ValidatedSpec};
 use crate::{
-    api::{CrossAccountRoleStatus, names::Reason},
+    api::names::Reason,
     aws::{
-        Arn, GrantScope, IAM_DEFAULT_MAX_SESSION, Principal,
+        Arn, GrantScope, IAM_DEFAULT_MAX_SESSION, ObservedRole, Principal,
         policy::{self, PolicyKind},
     },
     naming::{OperatorIdentity, Owner},
@@ -75,8 +75,10 @@ pub(crate) fn desired_role(
         &grant_arns,
     );
     check_trust_policy_size(&trust_policy)?;
+    let grant_scope = operator.grant_scope();
     let mut tags = spec.tags.clone();
     tags.extend(owner.tags());
+    tags.extend(grant_tags(&spec.grants, &grant_scope));
     Ok(DesiredRole {
         name: spec.role_name.clone(),
         path: spec.role_path.clone(),
@@ -88,7 +90,7 @@ pub(crate) fn desired_role(
         managed_policies: spec.managed_policies.clone(),
         inline_policies: spec.inline_policies.clone(),
         grants: spec.grants.clone(),
-        grant_scope: operator.grant_scope(),
+        grant_scope,
         legacy_grant_policy_name: owner.grant_policy_name(),
         arn,
     })
@@ -174,29 +176,30 @@ fn statement_principals(trust_policy: &Value, sid: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The source-account principals an existing trust policy records as granted (its `Grants`
-/// statement), so that grants removed from the spec can be revoked.
-pub(crate) fn granted_principals(
-    trust_policy: &Value,
-    source_account: &str,
-) -> BTreeSet<Principal> {
-    statement_principals(trust_policy, sid::GRANTS)
+/// The source-account principals an existing role records as granted: its grant tags, and its
+/// trust policy's `Grants` statement (each record survives the other being edited by hand), so
+/// that grants removed from the spec can be revoked.
+pub(crate) fn granted_principals(role: &ObservedRole, source_account: &str) -> BTreeSet<Principal> {
+    let mut granted: BTreeSet<Principal> = statement_principals(&role.trust_policy, sid::GRANTS)
         .iter()
         .filter_map(|arn| Principal::from_arn(&Arn::parse(arn)?, source_account))
-        .collect()
+        .collect();
+    granted.extend(
+        role.tags
+            .keys()
+            .filter_map(|k| GrantScope::principal_of_tag(k)),
+    );
+    granted
 }
 
-/// The source-account principals status records as granted (`status.grantedPrincipals`): the
-/// second record, for when the trust policy was rewritten by hand. Revoking a grant of the
-/// object's own role that a principal does not hold is a read, so a wrong record costs nothing.
-pub(crate) fn recorded_grants(
-    status: Option<&CrossAccountRoleStatus>,
-    source_account: &str,
-) -> BTreeSet<Principal> {
-    status
-        .into_iter()
-        .flat_map(|s| &s.granted_principals)
-        .filter_map(|arn| Principal::from_arn(&Arn::parse(arn)?, source_account))
+/// The grant tags of `grants` in `scope`: what the role carries for them.
+pub(crate) fn grant_tags(
+    grants: &BTreeSet<Principal>,
+    scope: &GrantScope,
+) -> BTreeMap<String, String> {
+    grants
+        .iter()
+        .map(|p| (GrantScope::tag_key(p), scope.cluster.clone()))
         .collect()
 }
 
@@ -294,9 +297,17 @@ mod tests {
                 format!("arn:{partition}:iam::111111111111:role/tenants/team-a-reader")
             );
             assert_eq!(desired.grant_scope.path(), "/crossaccount/dev/");
+            let role = ObservedRole {
+                trust_policy: desired.trust_policy.clone(),
+                ..ObservedRole::default()
+            };
             assert_eq!(
-                granted_principals(&desired.trust_policy, "123456789012"),
+                granted_principals(&role, "123456789012"),
                 BTreeSet::from([Principal::User("devTest".into())])
+            );
+            assert_eq!(
+                desired.tags.get("crossaccount.io/grant/user/devTest"),
+                Some(&"dev".to_owned())
             );
             assert_eq!(desired.max_session_duration, IAM_DEFAULT_MAX_SESSION);
         }

@@ -22,7 +22,7 @@ pub(crate) mod secret;
 pub(crate) mod status;
 pub(crate) mod validate;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -37,7 +37,7 @@ use self::{
 };
 use crate::{
     api::{AwsAccount, CredentialsSpec, CrossAccountRole, DEFAULT_MOUNT_PATH, names::Reason},
-    aws::{Aws, AwsError, Change, Principal},
+    aws::{Aws, AwsError, Change},
     error::ReconcileError,
     naming::{OperatorIdentity, Owner},
 };
@@ -206,7 +206,6 @@ async fn run_steps<A: Aws>(
         Err(refusal) => return refused(io, cr, refusal, outcome, run).await,
     };
     let spec = &checked.spec;
-    let recorded = desired::recorded_grants(cr.status.as_ref(), &io.operator.source_account_id);
 
     // The role: from a recent sync of the same inputs, else synced now. A spec the guardrails
     // refuse still has its existing role brought back inside them.
@@ -222,7 +221,6 @@ async fn run_steps<A: Aws>(
                 account,
                 spec,
                 &claim,
-                &recorded,
                 Mode::Restrict,
                 before_first_write,
                 &mut run.applied,
@@ -256,7 +254,6 @@ async fn run_steps<A: Aws>(
                 account,
                 spec,
                 &claim,
-                &recorded,
                 Mode::Full,
                 before_first_write,
                 &mut run.applied,
@@ -386,7 +383,6 @@ async fn sync_iam<A: Aws>(
     account: &AwsAccount,
     spec: &ValidatedSpec,
     claim: &Claim<'_>,
-    recorded_grants: &BTreeSet<Principal>,
     mode: Mode,
     before_first_write: impl AsyncFnOnce() -> Result<(), ReconcileError>,
     applied: &mut Vec<Change>,
@@ -396,14 +392,8 @@ async fn sync_iam<A: Aws>(
         desired::desired_role(spec, claim.owner, io.operator, &account.spec.account_id)?;
     let target = io.aws.target(&observe::access_of(account)).await;
     let source = io.aws.source();
-    let observed = observe::observe(
-        &target,
-        &source,
-        &desired,
-        &io.operator.source_account_id,
-        recorded_grants,
-    )
-    .await?;
+    let observed =
+        observe::observe(&target, &source, &desired, &io.operator.source_account_id).await?;
     if let Ownership::Foreign(message) = ownership::ownership(observed.role.as_ref(), claim) {
         return Err(Refusal::new(Reason::RoleNotOwned, message).into());
     }

@@ -9,12 +9,12 @@ use crate::{
     aws::{AccountAccess, AccountApi, AwsError, ObservedRole, Principal, grants},
 };
 
-/// What a desired principal holds of this role's grant.
+/// What a principal holds of this role's grant, in the source account.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct GrantState {
-    /// Its grant policies allow it to assume the role.
-    pub granted: bool,
-    /// It still has the inline grant policy of an earlier version.
+    /// Its grant policy is attached (only read for desired principals).
+    pub attached: bool,
+    /// It still has the inline grant policy of an earlier version (one per object).
     pub legacy: bool,
 }
 
@@ -23,11 +23,10 @@ pub(crate) struct GrantState {
 pub(crate) struct Observed {
     /// The role, when it exists.
     pub role: Option<ObservedRole>,
-    /// What each desired principal holds of the grant.
+    /// What each desired principal, and each one granted before, holds of the grant.
     pub grants: BTreeMap<Principal, GrantState>,
-    /// The principals an earlier reconcile granted, as the role's trust policy (its `Grants`
-    /// statement) and the object's status record them, so that grants removed from the spec can
-    /// be revoked.
+    /// The principals an earlier reconcile granted, as the role records them (its grant tags and
+    /// its trust policy's `Grants` statement), so that grants removed from the spec are revoked.
     pub previously_granted: BTreeSet<Principal>,
 }
 
@@ -37,29 +36,28 @@ pub(crate) async fn observe<A: AccountApi>(
     source: &A,
     desired: &DesiredRole,
     source_account: &str,
-    recorded_grants: &BTreeSet<Principal>,
 ) -> Result<Observed, AwsError> {
     let role = target.get_role(&desired.name).await?;
     let Some(existing) = &role else {
-        // A role that does not exist yet is created with every grant put as planned
-        // (PutUserPolicy overwrites), so reading the grants first would only add calls.
+        // A role that does not exist yet is created with every grant attached as planned
+        // (attaching reads first), so reading the grants here would only add calls.
         return Ok(Observed {
             role,
             ..Observed::default()
         });
     };
-    let mut previously_granted = granted_principals(&existing.trust_policy, source_account);
-    previously_granted.extend(recorded_grants.iter().cloned());
+    let previously_granted = granted_principals(existing, source_account);
     let mut grants = BTreeMap::new();
-    for principal in &desired.grants {
-        let granted = grants::granted_roles(source, principal, &desired.grant_scope)
-            .await?
-            .is_some_and(|roles| roles.contains(&existing.arn));
+    for principal in desired.grants.union(&previously_granted) {
+        let attached = desired.grants.contains(principal)
+            && grants::is_attached(source, principal, &desired.grant_scope)
+                .await?
+                .unwrap_or(false);
         let legacy = source
             .get_principal_policy(principal, &desired.legacy_grant_policy_name)
             .await?
             .is_some();
-        grants.insert(principal.clone(), GrantState { granted, legacy });
+        grants.insert(principal.clone(), GrantState { attached, legacy });
     }
     Ok(Observed {
         role,

@@ -6,16 +6,27 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{desired::DesiredRole, observe::Observed};
 use crate::aws::{Change, GrantScope, IAM_DEFAULT_MAX_SESSION, ObservedRole, Principal, policy};
 
-/// The writes that bring AWS to `desired`. The principals an earlier reconcile granted (read from
-/// the role's trust policy) that are no longer desired are revoked.
+/// The writes that bring AWS to `desired`. A grant is the role's grant tag and trust entry (the
+/// tag and trust diffs make and revoke it) and the principal's grant policy attached; the inline
+/// grant policy an earlier version put on a principal goes once the grant no longer needs it.
 pub(crate) fn plan_role_changes(desired: &DesiredRole, observed: &Observed) -> Vec<Change> {
     let role = desired.name.clone();
-    // Grants are revoked first: the trust policy's Grants statement is the record of what was
-    // granted, so it is rewritten only after the revocations succeeded.
+    let legacy = |principal: &Principal| {
+        observed
+            .grants
+            .get(principal)
+            .is_some_and(|g| g.legacy)
+            .then(|| Change::DeleteGrant {
+                principal: principal.clone(),
+                policy_name: desired.legacy_grant_policy_name.clone(),
+            })
+    };
+    // Revoked principals lose their old inline grant first; their tags and trust entry go with
+    // the role's settings below.
     let mut changes: Vec<Change> = observed
         .previously_granted
         .difference(&desired.grants)
-        .map(|principal| revocation(desired, observed, principal))
+        .filter_map(legacy)
         .collect();
     let (attached, inline) = match &observed.role {
         None => {
@@ -58,26 +69,16 @@ pub(crate) fn plan_role_changes(desired: &DesiredRole, observed: &Observed) -> V
             });
         }
     }
-    let mut legacy = Vec::new();
     for principal in &desired.grants {
-        let current = observed.grants.get(principal).copied().unwrap_or_default();
-        if !current.granted {
-            changes.push(Change::GrantAssume {
+        if !observed.grants.get(principal).is_some_and(|g| g.attached) {
+            changes.push(Change::AttachGrantPolicy {
                 principal: principal.clone(),
-                role_arn: role_arn_of(desired, observed),
                 scope: desired.grant_scope.clone(),
             });
         }
-        // The old one-per-object inline grant goes once the shared grant is in place.
-        if current.legacy {
-            legacy.push(Change::DeleteGrant {
-                principal: principal.clone(),
-                policy_name: desired.legacy_grant_policy_name.clone(),
-            });
-        }
     }
-
-    changes.extend(legacy);
+    // The old one-per-object inline grant goes once the new grant is in place.
+    changes.extend(desired.grants.iter().filter_map(legacy));
     // Policy removals last: new access is in place before old access goes.
     for arn in attached.difference(&desired.managed_policies) {
         changes.push(Change::DetachPolicy {
@@ -95,25 +96,6 @@ pub(crate) fn plan_role_changes(desired: &DesiredRole, observed: &Observed) -> V
         });
     }
     changes
-}
-
-/// The role's ARN as IAM knows it (an existing role's own, else the desired one).
-fn role_arn_of(desired: &DesiredRole, observed: &Observed) -> String {
-    observed
-        .role
-        .as_ref()
-        .map_or_else(|| desired.arn.clone(), |r| r.arn.clone())
-}
-
-/// The write that takes a grant of this role away from `principal`: its shared grant, and the
-/// inline grant policy of an earlier version if it still has one.
-fn revocation(desired: &DesiredRole, observed: &Observed, principal: &Principal) -> Change {
-    Change::RevokeAssume {
-        principal: principal.clone(),
-        role_arn: role_arn_of(desired, observed),
-        scope: desired.grant_scope.clone(),
-        legacy_policy: desired.legacy_grant_policy_name.clone(),
-    }
 }
 
 fn plan_role_settings(desired: &DesiredRole, current: &ObservedRole, changes: &mut Vec<Change>) {
@@ -220,7 +202,15 @@ pub(crate) fn within(
         .max_session_duration
         .min(current.max_session_duration);
     within.description = current.description.clone();
-    within.tags = current.tags.clone();
+    // The tags it has, but the grant tags only of the grants it keeps.
+    within.tags = current
+        .tags
+        .iter()
+        .filter(|(key, _)| {
+            GrantScope::principal_of_tag(key).is_none_or(|p| within.grants.contains(&p))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     within
 }
 
@@ -240,31 +230,26 @@ pub(crate) fn narrows(change: &Change) -> bool {
         Change::DetachPolicy { .. }
             | Change::DeleteInlinePolicy { .. }
             | Change::DeleteGrant { .. }
-            | Change::RevokeAssume { .. }
             | Change::PutPermissionsBoundary { .. }
             | Change::UpdateTrustPolicy { .. }
             | Change::UpdateRole { .. }
     )
 }
 
-/// The writes that remove a role and everything attached to it, and revoke `grants` of
-/// `role_arn` (in `scope`, and the inline `legacy_grant_policy_name`). Works from what was
-/// observed, so it needs no valid spec.
+/// The writes that remove a role and everything attached to it, and the inline grant policy an
+/// earlier version put on each of `legacy` (the grants themselves are the role's tags and trust,
+/// and go with it). Works from what was observed, so it needs no valid spec.
 pub(crate) fn plan_delete(
     role_name: &str,
-    role_arn: &str,
     role: Option<&ObservedRole>,
-    grants: &BTreeSet<Principal>,
-    scope: &GrantScope,
+    legacy: &BTreeSet<Principal>,
     legacy_grant_policy_name: &str,
 ) -> Vec<Change> {
-    let mut changes: Vec<Change> = grants
+    let mut changes: Vec<Change> = legacy
         .iter()
-        .map(|principal| Change::RevokeAssume {
+        .map(|principal| Change::DeleteGrant {
             principal: principal.clone(),
-            role_arn: role_arn.to_owned(),
-            scope: scope.clone(),
-            legacy_policy: legacy_grant_policy_name.to_owned(),
+            policy_name: legacy_grant_policy_name.to_owned(),
         })
         .collect();
     if let Some(role) = role {
@@ -295,7 +280,7 @@ pub(crate) fn plan_delete(
 mod tests {
     use super::*;
     use crate::{
-        aws::{AccountApi, fake::FakeAccount, grants, policy},
+        aws::{fake::FakeAccount, grants, policy},
         naming::{OperatorIdentity, Owner},
         pipeline::{
             apply::apply_changes,
@@ -353,8 +338,6 @@ mod tests {
     struct World {
         target: FakeAccount,
         source: FakeAccount,
-        /// What status records as granted after the last sync.
-        recorded: std::sync::Mutex<BTreeSet<Principal>>,
     }
 
     impl World {
@@ -369,22 +352,36 @@ mod tests {
             Self {
                 target: FakeAccount::new(TARGET),
                 source,
-                recorded: Default::default(),
             }
         }
 
-        /// The roles `principal` may assume through this cluster's grant policies.
-        async fn granted(&self, principal: &Principal) -> BTreeSet<String> {
-            grants::granted_roles(&self.source, principal, &operator().grant_scope())
+        /// Whether `principal` may assume the role, both halves: the role's trust policy allows
+        /// it and the role carries its grant tag (target account), and its grant policy is
+        /// attached (source account).
+        async fn granted(&self, principal: &Principal) -> bool {
+            let Some(role) = self.target.role("CrossAccountSignin") else {
+                return false;
+            };
+            let scope = operator().grant_scope();
+            let trusted = super::super::desired::granted_principals(
+                &ObservedRole {
+                    tags: BTreeMap::new(),
+                    ..role.clone()
+                },
+                SOURCE,
+            )
+            .contains(principal);
+            let tagged = role.tags.get(&GrantScope::tag_key(principal)) == Some(&scope.cluster);
+            let attached = grants::is_attached(&self.source, principal, &scope)
                 .await
                 .unwrap()
-                .unwrap_or_default()
+                .unwrap_or(false);
+            trusted && tagged && attached
         }
 
         async fn plan(&self, spec: &ValidatedSpec) -> Vec<Change> {
             let desired = desired_role(spec, &owner(), &operator(), TARGET).unwrap();
-            let recorded = self.recorded.lock().unwrap().clone();
-            let observed = observe(&self.target, &self.source, &desired, SOURCE, &recorded)
+            let observed = observe(&self.target, &self.source, &desired, SOURCE)
                 .await
                 .unwrap();
             plan_role_changes(&desired, &observed)
@@ -395,13 +392,21 @@ mod tests {
             let changes = self.plan(spec).await;
             let (applied, result) = apply_changes(&self.target, &self.source, &changes).await;
             result.unwrap();
-            // A grant is several IAM writes (policy, version, attachment); every other change is one.
+            // Attaching a grant policy is one or two IAM writes (creating it the first time);
+            // every other change is one.
             let target = self.target.take_writes();
             let source = self.source.take_writes();
-            let simple = applied.iter().filter(|c| !c.in_source_account()).count();
-            assert_eq!(target.len(), simple, "every target change reached AWS once");
-            assert!(source.len() >= applied.len() - simple);
-            *self.recorded.lock().unwrap() = spec.grants.clone();
+            let simple: Vec<&Change> = applied
+                .iter()
+                .filter(|c| !matches!(c, Change::AttachGrantPolicy { .. }))
+                .collect();
+            let in_target = simple.iter().filter(|c| !c.in_source_account()).count();
+            assert_eq!(
+                target.len(),
+                in_target,
+                "every target change reached AWS once"
+            );
+            assert!(source.len() >= applied.len() - in_target);
             applied
         }
     }
@@ -417,24 +422,23 @@ mod tests {
         let writes = world.sync(&spec).await;
         assert_eq!(
             operations(&writes),
-            ["CreateRole", "AttachRolePolicy", "GrantAssumeRole"]
+            ["CreateRole", "AttachRolePolicy", "AttachGrantPolicy"]
         );
 
         let role = world.target.role("CrossAccountSignin").unwrap();
-        assert_eq!(role.tags, owner().tags());
+        let mut tags = owner().tags();
+        tags.insert("crossaccount.io/grant/user/devTest".into(), "dev".into());
+        assert_eq!(role.tags, tags);
         let statements = role.trust_policy["Statement"].as_array().unwrap();
         assert_eq!(
             statements[0]["Condition"]["StringEquals"]["sts:ExternalId"],
             "crossaccount:dev:uid-signin"
         );
         assert_eq!(
-            granted_principals(&role.trust_policy, SOURCE),
+            granted_principals(&role, SOURCE),
             BTreeSet::from([Principal::User("devTest".into())])
         );
-        assert_eq!(
-            world.granted(&Principal::User("devTest".into())).await,
-            BTreeSet::from([role.arn.clone()])
-        );
+        assert!(world.granted(&Principal::User("devTest".into())).await);
 
         assert!(
             world.plan(&spec).await.is_empty(),
@@ -471,20 +475,15 @@ mod tests {
         assert_eq!(
             operations(&writes),
             [
-                "RevokeAssumeRole",
                 "UpdateAssumeRolePolicy",
                 "UpdateRole",
                 "TagRole",
-                "GrantAssumeRole"
+                "UntagRole",
+                "AttachGrantPolicy"
             ]
         );
-        assert!(
-            world
-                .granted(&Principal::User("devTest".into()))
-                .await
-                .is_empty()
-        );
-        assert_eq!(world.granted(&Principal::Role("ci".into())).await.len(), 1);
+        assert!(!world.granted(&Principal::User("devTest".into())).await);
+        assert!(world.granted(&Principal::Role("ci".into())).await);
         assert!(world.plan(&spec).await.is_empty());
     }
 
@@ -543,26 +542,19 @@ mod tests {
         );
         world.sync(&spec).await;
         let role = world.target.role("CrossAccountSignin").unwrap();
-        let grants = granted_principals(&role.trust_policy, SOURCE);
         let (applied, result) = delete_role(
             &world.target,
             &world.source,
             "CrossAccountSignin",
             Some(&role),
-            &grants,
-            &operator().grant_scope(),
+            &BTreeSet::new(),
             &owner(),
         )
         .await;
         result.unwrap();
         assert_eq!(
             operations(&applied),
-            [
-                "RevokeAssumeRole",
-                "DetachRolePolicy",
-                "DeleteRolePolicy",
-                "DeleteRole"
-            ]
+            ["DetachRolePolicy", "DeleteRolePolicy", "DeleteRole"]
         );
         assert!(world.target.role("CrossAccountSignin").is_none());
         // Again, with everything gone (and a grant named by the spec that no longer exists).
@@ -572,12 +564,68 @@ mod tests {
             "CrossAccountSignin",
             None,
             &spec.grants,
-            &operator().grant_scope(),
             &owner(),
         )
         .await;
         result.unwrap();
         assert!(applied.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_earlier_versions_inline_grant_goes_only_once_the_new_grant_is_in_place() {
+        let world = World::new();
+        let spec = seed_spec();
+        world.sync(&spec).await;
+        // The role as an earlier version left it: the grant in an inline policy on the user, no
+        // grant tag, no grant policy.
+        let user = Principal::User("devTest".into());
+        world.source.detach_all(&user);
+        world.target.edit_role("CrossAccountSignin", |r| {
+            r.tags.remove(&GrantScope::tag_key(&user));
+        });
+        let arn = world.target.role("CrossAccountSignin").unwrap().arn;
+        world.source.edit_principal_policies(|policies| {
+            policies.insert(
+                (user.clone(), owner().grant_policy_name()),
+                json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": arn}]}),
+            );
+        });
+        let writes = world.sync(&spec).await;
+        assert_eq!(
+            operations(&writes),
+            ["TagRole", "AttachGrantPolicy", "DeleteUserPolicy"],
+            "the inline grant is deleted last, after the new grant is complete"
+        );
+        assert!(world.granted(&user).await);
+        assert!(
+            world
+                .source
+                .principal_policy(&user, &owner().grant_policy_name())
+                .is_none()
+        );
+        assert!(world.plan(&spec).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_grant_whose_trust_record_was_lost_is_still_revoked() {
+        let world = World::new();
+        let spec = seed_spec();
+        world.sync(&spec).await;
+        // The trust policy rewritten by hand: its Grants statement is gone, the tag is not.
+        world.target.edit_role("CrossAccountSignin", |r| {
+            r.trust_policy = json!({"Version": "2012-10-17", "Statement": [r.trust_policy["Statement"][0].clone()]});
+        });
+        let mut without = seed_spec();
+        without.grants.clear();
+        world.sync(&without).await;
+        let role = world.target.role("CrossAccountSignin").unwrap();
+        assert!(
+            !role
+                .tags
+                .contains_key(&GrantScope::tag_key(&Principal::User("devTest".into()))),
+            "the grant tag is removed: {:?}",
+            role.tags
+        );
     }
 
     #[tokio::test]
@@ -620,15 +668,9 @@ mod tests {
             .managed_policies
             .insert("arn:aws:iam::aws:policy/IAMReadOnlyAccess".into());
         let desired = desired_role(&permitted, &owner(), &operator(), TARGET).unwrap();
-        let observed = observe(
-            &world.target,
-            &world.source,
-            &desired,
-            SOURCE,
-            &BTreeSet::new(),
-        )
-        .await
-        .unwrap();
+        let observed = observe(&world.target, &world.source, &desired, SOURCE)
+            .await
+            .unwrap();
         let current = observed.role.clone().unwrap();
         let within = within(&desired, &current, &observed, &permitted, &operator());
         let changes: Vec<Change> = plan_role_changes(&within, &observed)
@@ -826,34 +868,18 @@ mod tests {
         });
     }
 
-    /// Drift of the grants, behind the operator's back: devTest's grant policy detached, or its
-    /// document emptied.
-    async fn apply_grant_drift(world: &World, drift: &Drift) {
+    /// Drift of the grants, behind the operator's back: devTest's grant policy detached, or the
+    /// role's grant tag for it removed.
+    fn apply_grant_drift(world: &World, drift: &Drift) {
         let user = Principal::User("devTest".into());
-        let scope = operator().grant_scope();
-        let attached = world
-            .source
-            .attached_policies(&user, &scope.path())
-            .await
-            .unwrap()
-            .unwrap_or_default();
-        for policy in attached {
-            let edit = if drift.drop_grant {
-                Change::DetachPrincipalPolicy {
-                    principal: user.clone(),
-                    arn: policy.arn,
-                }
-            } else if drift.edit_grant {
-                Change::CreatePolicyVersion {
-                    arn: policy.arn,
-                    document: json!({"Version": "2012-10-17", "Statement": []}),
-                }
-            } else {
-                continue;
-            };
-            world.source.apply(&edit).await.unwrap();
+        if drift.drop_grant {
+            world.source.detach_all(&user);
         }
-        world.source.take_writes();
+        if drift.edit_grant && world.target.role("CrossAccountSignin").is_some() {
+            world.target.edit_role("CrossAccountSignin", |r| {
+                r.tags.remove(&GrantScope::tag_key(&user));
+            });
+        }
     }
 
     fn block_on<F: std::future::Future>(future: F) -> F::Output {
@@ -880,7 +906,7 @@ mod tests {
                     world.sync(earlier).await;
                 }
                 apply_drift(&world, &drift);
-                apply_grant_drift(&world, &drift).await;
+                apply_grant_drift(&world, &drift);
                 world.sync(&wanted).await;
                 let again = world.plan(&wanted).await;
                 prop_assert!(again.is_empty(), "still planned after one sync: {:?}", operations(&again));
@@ -895,12 +921,9 @@ mod tests {
                     role.inline_policies.keys().collect::<Vec<_>>(),
                     desired.inline_policies.keys().collect::<Vec<_>>()
                 );
-                for principal in &wanted.grants {
-                    prop_assert!(world.granted(principal).await.contains(&desired.arn));
-                }
-                // Nothing else is granted this role.
+                // Exactly the wanted principals may assume the role.
                 for principal in [Principal::User("devTest".into()), Principal::User("alice".into()), Principal::Role("ci".into()), Principal::Role("deployer".into())] {
-                    prop_assert_eq!(world.granted(&principal).await.contains(&desired.arn), wanted.grants.contains(&principal));
+                    prop_assert_eq!(world.granted(&principal).await, wanted.grants.contains(&principal), "{:?}", principal);
                 }
                 Ok(())
             })?;
@@ -933,7 +956,7 @@ mod tests {
                 grants: desired
                     .grants
                     .iter()
-                    .map(|p| (p.clone(), GrantState { granted: true, legacy: false }))
+                    .map(|p| (p.clone(), GrantState { attached: true, legacy: false }))
                     .collect(),
                 previously_granted: desired.grants.clone(),
             };

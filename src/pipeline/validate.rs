@@ -63,6 +63,11 @@ pub(crate) struct ValidatedSpec {
 /// IAM's limit on the total size of a role's inline policies (characters without whitespace).
 const INLINE_AGGREGATE_LIMIT: usize = 10240;
 const DEFAULT_ROLE_PATH: &str = "/";
+/// IAM's quota of tags per role
+/// (<https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html>).
+const ROLE_TAG_QUOTA: usize = 50;
+/// The operator's ownership tags on every role (cluster, namespace, name).
+const OWNERSHIP_TAGS: usize = 3;
 
 /// What looking up the AwsAccount `spec.accountRef` names found.
 #[derive(Clone, Debug)]
@@ -285,6 +290,11 @@ pub(crate) fn validate(
         let arn = principal
             .arn(&operator.partition, &operator.source_account_id)
             .to_string();
+        if principal.kind_and_name().1.contains(',') {
+            return Err(Refusal::invalid(format!(
+                "spec.grants[{i}]: {arn} cannot be granted: a grant is a tag on the role, and IAM tag keys cannot hold ','"
+            )));
+        }
         if is_operator(&arn, operator) {
             violations.push(format!(
                 "spec.grants[{i}]: {arn} is the operator's own principal, which can never be granted"
@@ -298,6 +308,15 @@ pub(crate) fn validate(
                 list_or_none(&grantable.patterns)
             ));
         }
+    }
+
+    // IAM allows 50 tags per role: the ownership tags, one per grant, and the spec's own.
+    let tag_count = spec.tags.len() + spec.grants.len() + OWNERSHIP_TAGS;
+    if tag_count > ROLE_TAG_QUOTA {
+        return Err(Refusal::invalid(format!(
+            "spec.tags and spec.grants: the role would carry {tag_count} tags ({} of spec.tags, one per grant, {OWNERSHIP_TAGS} ownership tags); IAM allows {ROLE_TAG_QUOTA} per role: drop tags or grants",
+            spec.tags.len()
+        )));
     }
 
     let mut adopt = cr

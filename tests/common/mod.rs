@@ -278,6 +278,13 @@ pub const IAM_WRITE_OPERATIONS: &[&str] = &[
     "DeleteRole",
     "PutUserPolicy",
     "DeleteUserPolicy",
+    // Grants: customer managed policies on source-account principals.
+    "CreatePolicy",
+    "CreatePolicyVersion",
+    "DeletePolicyVersion",
+    "DeletePolicy",
+    "AttachUserPolicy",
+    "DetachUserPolicy",
 ];
 
 /// The session name of the operator's own management-role sessions: their AssumeRole calls do
@@ -814,6 +821,84 @@ pub async fn user_policies(iam: &aws_sdk_iam::Client, user: &str) -> BTreeMap<St
         policies.insert(policy.clone(), policy_json(out.policy_document()));
     }
     policies
+}
+
+/// The role ARNs user `user` may assume through the operator's grant policies (customer managed
+/// policies under `/crossaccount/<cluster>/` attached to the user), per policy name; empty when
+/// the user has none or does not exist.
+pub async fn user_grants(
+    iam: &aws_sdk_iam::Client,
+    user: &str,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let attached = match iam
+        .list_attached_user_policies()
+        .user_name(user)
+        .path_prefix("/crossaccount/")
+        .send()
+        .await
+    {
+        Ok(out) => out.attached_policies().to_vec(),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_no_such_entity_exception()) =>
+        {
+            return BTreeMap::new();
+        }
+        Err(e) => panic!("ListAttachedUserPolicies {user}: {e:?}"),
+    };
+    let mut grants = BTreeMap::new();
+    for policy in attached {
+        let arn = policy.policy_arn().unwrap_or_default();
+        let version = iam
+            .get_policy()
+            .policy_arn(arn)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GetPolicy {arn}: {e:?}"))
+            .policy()
+            .and_then(|p| p.default_version_id())
+            .unwrap_or_default()
+            .to_owned();
+        let out = iam
+            .get_policy_version()
+            .policy_arn(arn)
+            .version_id(&version)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GetPolicyVersion {arn} {version}: {e:?}"));
+        let document = policy_json(
+            out.policy_version()
+                .and_then(|v| v.document())
+                .unwrap_or_default(),
+        );
+        let statements = match &document["Statement"] {
+            Value::Array(list) => list.clone(),
+            one => vec![one.clone()],
+        };
+        let roles: BTreeSet<String> = statements
+            .iter()
+            .filter(|s| s["Effect"] == "Allow")
+            .flat_map(|s| match &s["Resource"] {
+                Value::String(r) => vec![r.clone()],
+                Value::Array(list) => list
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        grants.insert(policy.policy_name().unwrap_or_default().to_owned(), roles);
+    }
+    grants
+}
+
+/// Every role ARN user `user` may assume through the operator's grant policies.
+pub async fn user_assumable_roles(iam: &aws_sdk_iam::Client, user: &str) -> BTreeSet<String> {
+    user_grants(iam, user)
+        .await
+        .into_values()
+        .flatten()
+        .collect()
 }
 
 /// Removes role `name` with its attached and inline policies; nothing happens when it does not
