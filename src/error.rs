@@ -67,6 +67,9 @@ impl ReconcileError {
     /// The condition and event reason of the failure.
     pub fn reason(&self) -> Reason {
         match self {
+            // IAM says "Invalid principal" for a principal it does not know yet (it was just
+            // created: propagation, terraform-provider-aws#8905) as for one that does not exist.
+            ReconcileError::Aws(e) if e.is_invalid_principal() => Reason::Propagating,
             ReconcileError::Aws(_) => Reason::AwsError,
             ReconcileError::Kube { .. } => Reason::KubernetesError,
             ReconcileError::UnreadableAccount { .. } => Reason::AccountNotReady,

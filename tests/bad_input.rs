@@ -490,12 +490,12 @@ fn catalog() -> Vec<Case> {
         ),
         rejected(
             "duplicate rollout targets",
-            Schema,
+            Cel,
             role(
                 json!({"credentials": {"rolloutRestartTargets": [{"kind": "Deployment", "name": "d"}, {"kind": "Deployment", "name": "d"}]}}),
             ),
-            "spec.credentials.rolloutRestartTargets[1]",
-            &["Duplicate"],
+            "spec.credentials.rolloutRestartTargets",
+            &["must not repeat a target"],
         ),
         rejected(
             "secret name that is not a DNS name",

@@ -1478,9 +1478,9 @@ async fn an_edited_or_deleted_secret_is_replaced() {
     .unwrap();
     assert_no_secret_material(&op, &client, &ns.name, &status_json, &issued).await;
 
-    // A key added by someone else is tolerated: server-side apply cannot remove a key another
-    // field manager owns, so the operator must neither loop on it nor mint new credentials; the
-    // credentials themselves stay as they are.
+    // A key added by someone else: the Secret is the operator's and its content is the
+    // credentials contract, so the key is removed, once, without minting, and the credentials
+    // stay as they are.
     let before_extra = op.assume_roles().await;
     let before_secret = get_secret(&client, &ns.name, "tamper-aws").await.unwrap();
     secrets
@@ -1491,15 +1491,20 @@ async fn an_edited_or_deleted_secret_is_replaced() {
         )
         .await
         .expect("add a key to the Secret");
+    let cleaned = wait_secret(
+        &client,
+        &ns.name,
+        "tamper-aws",
+        "the added key removed",
+        |s| match s.data.as_ref().is_some_and(|d| d.contains_key("extra")) {
+            true => Err("the added key is still there".into()),
+            false => intact(s),
+        },
+    )
+    .await;
     steady(before_extra).await;
-    let after = get_secret(&client, &ns.name, "tamper-aws").await.unwrap();
-    let mut contract_keys = after.data.clone().unwrap_or_default();
-    assert!(
-        contract_keys.remove("extra").is_some(),
-        "the added key is still there"
-    );
     assert_eq!(
-        contract_keys,
+        cleaned.data.clone().unwrap_or_default(),
         before_secret.data.clone().unwrap_or_default(),
         "the credentials keys are unchanged"
     );

@@ -1308,10 +1308,22 @@ fn operator_processes() -> Vec<(u32, String)> {
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
+        // Only this checkout's operator binary: another checkout's runs against its own
+        // environment.
+        let ours = fs::canonicalize(env!("CARGO_BIN_EXE_cross-account-operator")).ok();
+        let exe = fs::read_link(entry.path().join("exe")).ok().map(|exe| {
+            PathBuf::from(
+                exe.to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_owned(),
+            )
+        });
         if args
             .first()
             .and_then(|program| Path::new(program).file_name())
             .is_some_and(|name| name == "cross-account-operator")
+            && ours.is_some()
+            && exe == ours
         {
             found.push((pid, args.join(" ")));
         }

@@ -140,14 +140,11 @@ fn trust_problems(trust: &Value, external_id: &str, others: &[String]) -> Vec<St
     problems
 }
 
-/// The grant policies of the developer user that allow assuming `role_arn` (their names).
-async fn grants_of_developer(source: &aws_sdk_iam::Client, role_arn: &str) -> Vec<String> {
-    common::user_grants(source, DEVELOPER)
-        .await
-        .into_iter()
-        .filter(|(_, roles)| roles.contains(role_arn))
-        .map(|(name, _)| name)
-        .collect()
+/// Whether the developer user is granted role `role_name` by the shared test operator.
+async fn developer_granted(role_name: &str) -> bool {
+    let source = common::source_iam().await;
+    let target = common::target_iam().await;
+    common::user_granted(&source, &target, common::CLUSTER_NAME, DEVELOPER, role_name).await
 }
 
 /// Inline policies of the developer user naming `role_arn` (what earlier versions wrote).
@@ -266,19 +263,13 @@ async fn seed_role_is_created_with_trust_policy_grant_tags_and_status() {
     }
 
     let source = common::source_iam().await;
-    let grants = grants_of_developer(&source, &arn).await;
-    assert_eq!(
-        grants.len(),
-        1,
-        "{DEVELOPER} should have one policy for {arn}: {grants:?}"
-    );
-    // One managed policy per user and cluster, shared by every CrossAccountRole that grants the
-    // user (other tests' roles may be in it too).
-    let grant_name = &grants[0];
-    let expected_prefix = format!("crossaccount-{}-user-{DEVELOPER}-", common::CLUSTER_NAME);
     assert!(
-        grant_name.starts_with(&expected_prefix),
-        "grant policy name {grant_name}, expected {expected_prefix}<n>"
+        developer_granted(&role_name).await,
+        "{DEVELOPER} is granted {arn}: tagged {:?}, trusted, grant policies {:?}",
+        common::role_tags(&target, &role_name)
+            .await
+            .get(&common::grant_tag(DEVELOPER)),
+        common::user_grant_policies(&source, DEVELOPER).await
     );
     assert!(
         inline_grants_of_developer(&source, &arn).await.is_empty(),
@@ -305,7 +296,7 @@ async fn seed_role_is_created_with_trust_policy_grant_tags_and_status() {
     for (action, mentions) in [
         ("CreateRole", role_name.as_str()),
         ("AttachRolePolicy", S3_READ),
-        ("GrantAssumeRole", DEVELOPER),
+        ("AttachGrantPolicy", DEVELOPER),
     ] {
         assert!(
             notes
@@ -592,7 +583,6 @@ async fn deletion_policy_delete_removes_role_and_grant() {
     let client = common::kube_client().await;
     let ns = TestNamespace::new(&client, "delete").await;
     let role_name = common::unique("Delete");
-    let arn = role_arn(&role_name);
 
     common::create_role(
         &client,
@@ -612,10 +602,11 @@ async fn deletion_policy_delete_removes_role_and_grant() {
     .await;
     wait_ready(&client, &ns.name, "app").await;
     let target = common::target_iam().await;
-    let source = common::source_iam().await;
     assert!(common::get_iam_role(&target, &role_name).await.is_some());
-    let grants = grants_of_developer(&source, &arn).await;
-    assert_eq!(grants.len(), 1, "grant before deletion: {grants:?}");
+    assert!(
+        developer_granted(&role_name).await,
+        "granted before deletion"
+    );
 
     common::delete_role_and_wait(&client, &ns.name, "app", GONE).await;
     let err = target
@@ -626,8 +617,8 @@ async fn deletion_policy_delete_removes_role_and_grant() {
         .expect_err("the role is deleted");
     assert!(common::is_no_such_entity(&err), "GetRole: {err:?}");
     assert!(
-        grants_of_developer(&source, &arn).await.is_empty(),
-        "the grant is revoked"
+        !developer_granted(&role_name).await,
+        "the grant goes with the role"
     );
 }
 
@@ -1019,14 +1010,23 @@ async fn aws_outage_is_reported_and_recovered_from() {
         }
         Err(last)
     };
-    // Deleting a Retain role needs no AWS: it completes while AWS is down (after any reconcile
-    // of it that was waiting for AWS gave up).
-    let retained_gone =
-        common::delete_role_and_wait(&client, &ns.name, "retained", Duration::from_secs(90));
-    let (aws_error, ()) = tokio::join!(
-        tokio::time::timeout(Duration::from_secs(90), aws_error),
-        retained_gone
-    );
+    // Deleting a Retain role lets go of it in AWS (its trust statement and ownership tags), so
+    // while AWS is down the deletion waits, and says why.
+    common::roles_api(&client, &ns.name)
+        .delete("retained", &Default::default())
+        .await
+        .expect("delete the retained CrossAccountRole");
+    let aws_error = tokio::time::timeout(Duration::from_secs(90), aws_error).await;
+    common::wait_for_condition(
+        &client,
+        &ns.name,
+        "retained",
+        "Ready",
+        "False",
+        None,
+        Duration::from_secs(90),
+    )
+    .await;
     let condition = match aws_error {
         Ok(Ok(condition)) => condition,
         Ok(Err(last)) => common::fail_with_operator_log("no AwsError while AWS was frozen", &last),
@@ -1072,6 +1072,8 @@ async fn aws_outage_is_reported_and_recovered_from() {
         BTreeSet::from([S3_READ.to_owned(), EC2_READ.to_owned()]),
         "the change made during the outage is applied afterwards"
     );
+    // Once AWS is back, the retained role's deletion completes; the role stays.
+    common::wait_until_role_gone(&client, &ns.name, "retained", Duration::from_secs(90)).await;
     assert!(
         common::get_iam_role(&target, &retained_name)
             .await

@@ -127,9 +127,14 @@ impl Victim {
             .expect("read the victim Secret");
         VictimState {
             role: RoleSnapshot::take(&target, &self.role_name).await,
-            grant: common::user_assumable_roles(&source, DEVELOPER)
-                .await
-                .contains(&self.role_arn()),
+            grant: common::user_granted(
+                &source,
+                &target,
+                common::CLUSTER_NAME,
+                DEVELOPER,
+                &self.role_name,
+            )
+            .await,
             secret: secret.as_ref().map(SecretSnapshot::of),
             spec: serde_json::to_value(&cr.spec).unwrap(),
             generation: cr.metadata.generation,

@@ -73,6 +73,8 @@ OPERATOR_POLICY = {
                 "iam:DeleteUserPolicy",
                 "iam:GetRolePolicy",
                 "iam:DeleteRolePolicy",
+                # Not the operator's: the AWS proxy's own tests (tests/aws_proxy.rs) read it.
+                "iam:ListUserPolicies",
             ],
             "Resource": "*",
         },

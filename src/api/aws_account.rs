@@ -147,6 +147,26 @@ pub struct AwsAccountSpec {
     #[schemars(regex(pattern = r"^/([!-~]{1,510}/)?$"))]
     pub role_path: Option<String>,
 
+    /// Glob patterns of the session tag keys CrossAccountRoles may set
+    /// (`spec.credentials.sessionTags`). Empty means none.
+    #[serde(default)]
+    #[schemars(length(max = 50), inner(length(max = 128)))]
+    pub allowed_session_tag_keys: Vec<String>,
+
+    /// Glob patterns of role tag keys that others manage (organisation tag policies, cost
+    /// tools): the operator never adds, changes or removes them, and `spec.tags` may not set
+    /// them. Keys starting with `aws:` are always left alone.
+    #[serde(default)]
+    #[schemars(length(max = 50), inner(length(max = 128)))]
+    pub ignored_tag_keys: Vec<String>,
+
+    /// Glob patterns of inline policy names on roles that the operator never deletes or rewrites
+    /// (and `spec.policies.inline` may not use). `AWSRevokeOlderSessions`, which the AWS
+    /// console's "Revoke active sessions" writes, is always protected.
+    #[serde(default)]
+    #[schemars(length(max = 50), inner(length(max = 128)))]
+    pub protected_inline_policies: Vec<String>,
+
     /// Upper bound, in seconds, for the maximum session duration of roles and for minted
     /// sessions in this account (900-43200).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -209,7 +209,9 @@ pub struct CredentialsSpec {
     pub duration_seconds: i32,
 
     /// Share of the lifetime, in percent (1-90, default 67), after which credentials are refreshed
-    /// (with jitter, and never later than 10 minutes before expiry).
+    /// (with jitter), but never later than 20 minutes before expiry (12 for sessions shorter
+    /// than 21 minutes, which SDKs then refresh in their advisory window) nor sooner than a
+    /// minute after issue.
     #[serde(default = "default_refresh_percent")]
     #[schemars(range(min = 1, max = 90))]
     pub refresh_percent: i32,
@@ -223,6 +225,14 @@ pub struct CredentialsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     pub session_policy: Option<String>,
+
+    /// Session tags for attribute-based access control (`aws:PrincipalTag/<key>` in the target
+    /// account's policies), each key allowed by the AwsAccount's `allowedSessionTagKeys`. They
+    /// are not transitive. Every session also carries the transitive tags
+    /// `crossaccount.io/cluster`, `crossaccount.io/namespace` and `crossaccount.io/name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 40, "additionalProperties" = {"type": "string", "maxLength": 256}))]
+    pub session_tags: BTreeMap<String, String>,
 
     /// Where pods mount the Secret (as a directory, without subPath). The Secret's `config` key
     /// runs `cat <mountPath>/credentials.json` as its `credential_process`, so a pod with
@@ -241,6 +251,7 @@ pub struct CredentialsSpec {
     /// so (condition `RolloutsRestarted`).
     #[serde(default)]
     #[schemars(length(max = 20))]
+    #[x_kube(validation = Rule::new("self.all(t, self.exists_one(u, u == t))").message("rolloutRestartTargets must not repeat a target"))]
     pub rollout_restart_targets: Vec<RestartTarget>,
 }
 
@@ -304,6 +315,11 @@ pub struct CrossAccountRoleStatus {
     /// (the record from which grants dropped from the spec are revoked).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub granted_principals: Vec<String>,
+    /// Sessions of the role issued before this time are revoked (the AWS console's "Revoke
+    /// active sessions", or the `crossaccount.io/revoke-sessions` annotation); the Secret holds
+    /// credentials issued after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_revoked_before: Option<Time>,
     /// Where the credentials are and when they expire (no secret material).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsStatus>,

@@ -24,6 +24,9 @@ pub const ISSUED_AT_ANNOTATION: &str = "crossaccount.io/issued-at";
 pub const REQUEST_ANNOTATION: &str = "crossaccount.io/request";
 /// Annotation on a CrossAccountRole that allows it to take over an untagged role of the same name.
 pub const ADOPT_ANNOTATION: &str = "crossaccount.io/adopt";
+/// On a CrossAccountRole: revoke every session of its role issued before this time (RFC 3339),
+/// or before the annotation was set (`now`).
+pub const REVOKE_SESSIONS_ANNOTATION: &str = "crossaccount.io/revoke-sessions";
 /// Pod-template annotation bumped on rollout-restart targets when credentials change.
 pub const RESTARTED_AT_ANNOTATION: &str = "crossaccount.io/restartedAt";
 
@@ -89,6 +92,10 @@ pub enum Reason {
     RolloutTargetNotFound,
     /// A rollout restart failed (event only).
     RolloutRestartFailed,
+    /// Sessions of the role were revoked at the CR's request (event only).
+    SessionsRevoked,
+    /// A principal the spec grants does not exist in the source account.
+    PrincipalNotFound,
 }
 
 impl Reason {
@@ -112,6 +119,8 @@ impl Reason {
             Reason::RolloutRestarted => "RolloutRestarted",
             Reason::RolloutTargetNotFound => "RolloutTargetNotFound",
             Reason::RolloutRestartFailed => "RolloutRestartFailed",
+            Reason::SessionsRevoked => "SessionsRevoked",
+            Reason::PrincipalNotFound => "PrincipalNotFound",
         }
     }
 }

@@ -18,6 +18,9 @@ pub enum AwsErrorKind {
     Invalid,
     /// A quota was hit (e.g. too many attached policies).
     LimitExceeded,
+    /// The entity is in use and cannot be deleted (IAM `DeleteConflict`, e.g. a role still in an
+    /// instance profile).
+    Conflict,
     /// A server error, timeout or network failure: worth retrying.
     Transient,
     /// Anything else.
@@ -49,6 +52,7 @@ impl AwsErrorKind {
             AwsErrorKind::AlreadyExists => "AwsAlreadyExists",
             AwsErrorKind::Invalid => "AwsInvalidInput",
             AwsErrorKind::LimitExceeded => "AwsLimitExceeded",
+            AwsErrorKind::Conflict => "AwsDeleteConflict",
             AwsErrorKind::Transient => "AwsUnavailable",
             AwsErrorKind::Other => "AwsError",
         }
@@ -58,6 +62,16 @@ impl AwsErrorKind {
 impl AwsError {
     pub fn category(&self) -> &'static str {
         self.kind.category()
+    }
+
+    /// IAM refused a policy naming a principal it does not know (`MalformedPolicyDocument`:
+    /// "Invalid principal in policy").
+    pub fn is_invalid_principal(&self) -> bool {
+        self.kind == AwsErrorKind::Invalid
+            && self
+                .message
+                .to_ascii_lowercase()
+                .contains("invalid principal")
     }
 
     /// What failed, without the request ID: stable across attempts, so a condition that carries
@@ -102,6 +116,7 @@ impl AwsError {
                 | "PackedPolicyTooLarge",
             ) => AwsErrorKind::Invalid,
             Some("LimitExceeded") => AwsErrorKind::LimitExceeded,
+            Some("DeleteConflict") => AwsErrorKind::Conflict,
             Some(
                 "ServiceFailure"
                 | "InternalFailure"

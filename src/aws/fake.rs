@@ -101,6 +101,12 @@ struct State {
     attachments: BTreeMap<Principal, std::collections::BTreeSet<String>>,
     /// Inline policies of users and roles, as (principal, policy name) -> document text.
     principal_policies: BTreeMap<(Principal, String), String>,
+    /// Operations whose next write fails (throttled).
+    failing: std::collections::BTreeSet<&'static str>,
+    /// Paths of principals added with one.
+    principal_paths: BTreeMap<Principal, String>,
+    /// Instance profiles by role name.
+    instance_profiles: BTreeMap<String, Vec<String>>,
     writes: Vec<Change>,
     assumed: Vec<AssumeRoleRequest>,
 }
@@ -199,11 +205,40 @@ impl FakeAccount {
             .insert(Principal::User(name.to_owned()));
     }
 
+    /// A user of this account at `path` (`/team/`).
+    pub(crate) fn add_user_at(&self, name: &str, path: &str) {
+        let user = Principal::User(name.to_owned());
+        let mut state = self.lock();
+        state.principals.insert(user.clone());
+        state.principal_paths.insert(user, path.to_owned());
+    }
+
+    /// Deletes a user or role used as a principal, behind the operator's back.
+    pub(crate) fn remove_principal(&self, principal: &Principal) {
+        let mut state = self.lock();
+        state.principals.remove(principal);
+        state.attachments.remove(principal);
+    }
+
     /// A role of this account used as a principal (granted, trusted).
     pub(crate) fn add_role_principal(&self, name: &str) {
         self.lock()
             .principals
             .insert(Principal::Role(name.to_owned()));
+    }
+
+    /// Makes the next write of IAM operation `operation` fail (throttled).
+    pub(crate) fn fail_next(&self, operation: &'static str) {
+        self.lock().failing.insert(operation);
+    }
+
+    /// Puts role `role` into instance profile `profile`, as someone using it for EC2 would.
+    pub(crate) fn add_to_instance_profile(&self, role: &str, profile: &str) {
+        self.lock()
+            .instance_profiles
+            .entry(role.to_owned())
+            .or_default()
+            .push(profile.to_owned());
     }
 
     /// Detaches every managed policy from `principal`, behind the operator's back.
@@ -256,6 +291,14 @@ fn not_found(operation: &'static str, what: &str) -> AwsError {
 }
 
 impl State {
+    /// A principal's path (`/` unless it was added with one).
+    fn principal_path(&self, principal: &Principal) -> String {
+        self.principal_paths
+            .get(principal)
+            .cloned()
+            .unwrap_or_else(|| "/".to_owned())
+    }
+
     fn principal_exists(&self, principal: &Principal) -> bool {
         self.principals.contains(principal)
             || matches!(principal, Principal::Role(name) if self.roles.contains_key(name))
@@ -310,6 +353,21 @@ impl AccountApi for FakeAccount {
         Ok(self.role(name))
     }
 
+    async fn principal_arn(&self, principal: &Principal) -> Result<Option<String>, AwsError> {
+        let state = self.lock();
+        Ok(state.principal_exists(principal).then(|| {
+            let path = state.principal_path(principal);
+            match principal {
+                Principal::User(name) => {
+                    Arn::user(&self.partition, &self.account_id, &path, name).to_string()
+                }
+                Principal::Role(name) => {
+                    Arn::role(&self.partition, &self.account_id, &path, name).to_string()
+                }
+            }
+        }))
+    }
+
     async fn get_principal_policy(
         &self,
         principal: &Principal,
@@ -348,6 +406,15 @@ impl AccountApi for FakeAccount {
                 })
                 .collect(),
         ))
+    }
+
+    async fn instance_profiles(&self, role: &str) -> Result<Vec<String>, AwsError> {
+        Ok(self
+            .lock()
+            .instance_profiles
+            .get(role)
+            .cloned()
+            .unwrap_or_default())
     }
 
     async fn create_policy(
@@ -404,6 +471,17 @@ impl AccountApi for FakeAccount {
     async fn apply(&self, change: &Change) -> Result<(), AwsError> {
         let mut state = self.lock();
         let op = change.operation();
+        if state.failing.remove(op) {
+            return Err(AwsError {
+                service: "iam",
+                operation: op,
+                kind: AwsErrorKind::Throttled,
+                code: Some("Throttling".into()),
+                message: "Rate exceeded".into(),
+                request_id: None,
+                source: None,
+            });
+        }
         match change {
             Change::CreateRole {
                 role,
@@ -515,9 +593,22 @@ impl AccountApi for FakeAccount {
                 if !r.role.managed_policies.is_empty() || !r.inline_policies.is_empty() {
                     return Err(iam_error(
                         op,
-                        AwsErrorKind::Other,
+                        AwsErrorKind::Conflict,
                         "DeleteConflict",
                         "Cannot delete entity, must detach all policies first.".to_owned(),
+                    ));
+                }
+                if state
+                    .instance_profiles
+                    .get(role)
+                    .is_some_and(|p| !p.is_empty())
+                {
+                    return Err(iam_error(
+                        op,
+                        AwsErrorKind::Conflict,
+                        "DeleteConflict",
+                        "Cannot delete entity, must remove roles from instance profile first."
+                            .to_owned(),
                     ));
                 }
                 state.roles.remove(role);

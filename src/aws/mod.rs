@@ -23,6 +23,7 @@ pub use error::{AwsError, AwsErrorKind};
 pub(crate) use model::{
     AccountAccess, AssumeRoleRequest, AttachedPolicy, CHAINED_SESSION_LIMIT, Change, GrantScope,
     IAM_DEFAULT_MAX_SESSION, IssuedCredentials, MIN_SESSION, ObservedRole, Principal,
+    REVOKE_SESSIONS_POLICY,
 };
 pub use sdk::SdkAws;
 
@@ -43,6 +44,13 @@ pub(crate) trait AccountApi: Clone + Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = Result<Option<ObservedRole>, AwsError>> + Send;
 
+    /// The ARN of a user or role of this account, with its path, or `None` when it does not
+    /// exist.
+    fn principal_arn(
+        &self,
+        principal: &Principal,
+    ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
+
     /// An inline policy of a user or role, or `None` when it (or the principal) does not exist.
     fn get_principal_policy(
         &self,
@@ -61,6 +69,12 @@ pub(crate) trait AccountApi: Clone + Send + Sync + 'static {
         principal: &Principal,
         path_prefix: &str,
     ) -> impl Future<Output = Result<Option<Vec<AttachedPolicy>>, AwsError>> + Send;
+
+    /// The names of the instance profiles role `role` is in.
+    fn instance_profiles(
+        &self,
+        role: &str,
+    ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
 
     /// Creates a managed policy; returns its ARN.
     fn create_policy(

@@ -89,6 +89,11 @@ pub(crate) struct GrantScope {
     pub cluster: String,
 }
 
+/// The inline policy the AWS console's "Revoke active sessions" puts on a role: it denies
+/// everything to sessions issued before a time
+/// (<https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_use_revoke-sessions.html>).
+pub(crate) const REVOKE_SESSIONS_POLICY: &str = "AWSRevokeOlderSessions";
+
 /// The tag keys of grants: `crossaccount.io/grant/<user|role>/<name>`.
 pub(crate) const GRANT_TAG_PREFIX: &str = "crossaccount.io/grant/";
 
@@ -289,6 +294,9 @@ impl Change {
             }
             Change::AttachPolicy { role, arn } => format!("attached {arn} to role {role}"),
             Change::DetachPolicy { role, arn } => format!("detached {arn} from role {role}"),
+            Change::PutInlinePolicy { role, name, .. } if name == REVOKE_SESSIONS_POLICY => {
+                format!("revoked the earlier sessions of role {role} ({name})")
+            }
             Change::PutInlinePolicy { role, name, .. } => {
                 format!("put inline policy {name} on role {role}")
             }
@@ -365,6 +373,10 @@ pub(crate) struct AssumeRoleRequest {
     pub source_identity: String,
     pub duration_seconds: i32,
     pub session_policy: Option<String>,
+    /// Session tags (key, value), for attribute-based access control in the target account.
+    pub tags: Vec<(String, String)>,
+    /// The keys of `tags` that carry over to sessions the session assumes in turn.
+    pub transitive_tag_keys: Vec<String>,
 }
 
 /// A set of temporary credentials. Debug output never shows the secret parts.

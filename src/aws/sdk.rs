@@ -284,6 +284,23 @@ impl AccountApi for SdkAccount {
         }))
     }
 
+    async fn principal_arn(&self, principal: &Principal) -> Result<Option<String>, AwsError> {
+        Ok(match principal {
+            Principal::User(user) => {
+                let out = self
+                    .call("iam", "GetUser", self.iam.get_user().user_name(user).send())
+                    .await;
+                Self::absent_if_not_found(out)?.and_then(|o| o.user().map(|u| u.arn().to_owned()))
+            }
+            Principal::Role(role) => {
+                let out = self
+                    .call("iam", "GetRole", self.iam.get_role().role_name(role).send())
+                    .await;
+                Self::absent_if_not_found(out)?.and_then(|o| o.role().map(|r| r.arn().to_owned()))
+            }
+        })
+    }
+
     async fn get_principal_policy(
         &self,
         principal: &Principal,
@@ -385,6 +402,33 @@ impl AccountApi for SdkAccount {
             match (truncated, next) {
                 (true, Some(next)) => marker = Some(next),
                 _ => return Ok(Some(found)),
+            }
+        }
+    }
+
+    async fn instance_profiles(&self, role: &str) -> Result<Vec<String>, AwsError> {
+        let mut names = Vec::new();
+        let mut marker = None;
+        loop {
+            let page = self
+                .call(
+                    "iam",
+                    "ListInstanceProfilesForRole",
+                    self.iam
+                        .list_instance_profiles_for_role()
+                        .role_name(role)
+                        .set_marker(marker.take())
+                        .send(),
+                )
+                .await?;
+            names.extend(
+                page.instance_profiles()
+                    .iter()
+                    .map(|p| p.instance_profile_name().to_owned()),
+            );
+            match (page.is_truncated(), page.marker()) {
+                (true, Some(next)) => marker = Some(next.to_owned()),
+                _ => return Ok(names),
             }
         }
     }
@@ -583,7 +627,24 @@ impl SdkAccount {
             .external_id(&request.external_id)
             .source_identity(&request.source_identity)
             .duration_seconds(request.duration_seconds)
-            .set_policy(request.session_policy.clone());
+            .set_policy(request.session_policy.clone())
+            .set_tags((!request.tags.is_empty()).then(|| {
+                request
+                    .tags
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        aws_sdk_sts::types::Tag::builder()
+                            .key(k)
+                            .value(v)
+                            .build()
+                            .ok()
+                    })
+                    .collect()
+            }))
+            .set_transitive_tag_keys(
+                (!request.transitive_tag_keys.is_empty())
+                    .then(|| request.transitive_tag_keys.clone()),
+            );
         let out = self.call("sts", "AssumeRole", call.send()).await?;
         let c = out.credentials().ok_or_else(|| AwsError {
             service: "sts",

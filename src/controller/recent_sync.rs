@@ -91,6 +91,8 @@ mod tests {
             arn: "arn:aws:iam::111111111111:role/r".into(),
             created: None,
             max_session_duration: 3600,
+            sessions_revoked_before: None,
+            missing_grants: Vec::new(),
         }
     }
 

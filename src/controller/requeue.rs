@@ -97,6 +97,7 @@ mod tests {
             credentials,
             restarts: Vec::new(),
             applied: Vec::new(),
+            revoked: None,
         }
     }
 
@@ -106,6 +107,8 @@ mod tests {
             account_id: "1".into(),
             external_id: "x".into(),
             granted: Vec::new(),
+            sessions_revoked_before: None,
+            problems: Vec::new(),
         };
         outcome(role, credentials)
     }

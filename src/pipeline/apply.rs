@@ -3,16 +3,22 @@
 
 use crate::aws::{AccountApi, AwsError, Change, grants};
 
-/// Applies `changes` in order and stops at the first failure. Returns the changes that were made
-/// (for events) and the failure, if any. Attaching a grant policy counts as made when it wrote
-/// something.
+/// Applies `changes` in order. A failure does not stop the changes that do not depend on it: the
+/// ones after it are still made, except removals (new access is in place before old access goes,
+/// so nothing is taken away while something failed) and everything after a failed CreateRole.
+/// Returns the changes that were made (for events) and the first failure, if any. Attaching a
+/// grant policy counts as made when it wrote something.
 pub(crate) async fn apply_changes<A: AccountApi>(
     target: &A,
     source: &A,
     changes: &[Change],
 ) -> (Vec<Change>, Result<(), AwsError>) {
     let mut applied = Vec::new();
+    let mut failure: Option<AwsError> = None;
     for change in changes {
+        if failure.is_some() && change.is_removal() {
+            continue;
+        }
         let result = match change {
             Change::AttachGrantPolicy { principal, scope } => {
                 let (writes, result) = grants::attach(source, principal, scope).await;
@@ -31,8 +37,14 @@ pub(crate) async fn apply_changes<A: AccountApi>(
             Ok(true) => applied.push(change.clone()),
             Ok(false) => {}
             Err(e) if e.is_not_found() && change.is_removal() => {}
-            Err(e) => return (applied, Err(e)),
+            Err(e) => {
+                let fatal = matches!(change, Change::CreateRole { .. });
+                failure.get_or_insert(e);
+                if fatal {
+                    break;
+                }
+            }
         }
     }
-    (applied, Ok(()))
+    (applied, failure.map_or(Ok(()), Err))
 }

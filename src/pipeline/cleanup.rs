@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     api::{AwsAccount, CrossAccountRole, names::tags},
-    aws::{AccountApi, Arn, Aws, AwsError, Change, Principal},
+    aws::{AccountApi, Arn, Aws, AwsError, AwsErrorKind, Change, Principal},
     naming::{OperatorIdentity, Owner},
 };
 
@@ -81,7 +81,29 @@ pub(crate) async fn cleanup_role<A: Aws>(
         }
     }
     let changes = plan_delete(&role_name, owned, &legacy, &legacy_name);
-    apply_changes(&target, &source, &changes).await
+    let (applied, result) = apply_changes(&target, &source, &changes).await;
+    match result {
+        Err(e) if e.kind == AwsErrorKind::Conflict && e.operation == "DeleteRole" => {
+            (applied, Err(explain_conflict(&target, &role_name, e).await))
+        }
+        other => (applied, other),
+    }
+}
+
+/// A role that cannot be deleted because it is in instance profiles (which the operator never
+/// makes, so never removes it from): the error names them and what to do.
+async fn explain_conflict<A: AccountApi>(target: &A, role_name: &str, e: AwsError) -> AwsError {
+    match target.instance_profiles(role_name).await {
+        Ok(profiles) if !profiles.is_empty() => AwsError {
+            message: format!(
+                "role {role_name} is in instance profile(s) {}, which this operator did not make: remove it from them (aws iam remove-role-from-instance-profile) or set deletionPolicy: Retain",
+                profiles.join(", ")
+            )
+            .into(),
+            ..e
+        },
+        _ => e,
+    }
 }
 
 /// `Retain`: the role stays in AWS, but the operator lets go of it: its own trust statement goes
@@ -238,5 +260,41 @@ mod tests {
             panic!()
         };
         assert_eq!(trust_policy["Statement"][0]["Effect"], "Deny");
+    }
+
+    #[tokio::test]
+    async fn a_role_in_an_instance_profile_is_not_deleted_and_the_error_says_why() {
+        use crate::aws::fake::FakeAccount;
+        let target = FakeAccount::new("111111111111");
+        let source = FakeAccount::new("123456789012");
+        target
+            .apply(&Change::CreateRole {
+                role: "r".into(),
+                path: "/".into(),
+                trust_policy: json!({"Version": "2012-10-17", "Statement": []}),
+                description: None,
+                max_session_duration: None,
+                permissions_boundary: None,
+                tags: BTreeMap::new(),
+            })
+            .await
+            .unwrap();
+        target.add_to_instance_profile("r", "web-servers");
+        let changes = plan_delete("r", target.role("r").as_ref(), &BTreeSet::new(), "legacy");
+        let (_, result) = apply_changes(&target, &source, &changes).await;
+        let e = result.unwrap_err();
+        assert_eq!(e.kind, AwsErrorKind::Conflict);
+        let e = explain_conflict(&target, "r", e).await;
+        assert!(
+            e.message.contains("instance profile(s) web-servers"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("deletionPolicy: Retain"),
+            "{}",
+            e.message
+        );
+        assert!(target.role("r").is_some());
     }
 }

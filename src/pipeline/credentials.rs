@@ -160,17 +160,36 @@ pub(crate) fn reusable(
     })
 }
 
+/// Whether `held` was issued after `revoked_before` (sessions of the role issued before it are
+/// revoked, so credentials from then are useless: replaced at once). Credentials whose issue
+/// time was not recorded count as revoked.
+pub(crate) fn issued_after(held: &HeldCredentials, revoked_before: Option<Timestamp>) -> bool {
+    revoked_before.is_none_or(|before| held.issued_at.is_some_and(|at| at > before))
+}
+
 /// What identifies a request's outcome: the role, the session's length, policy, name and external
 /// ID. Hashed, so that the session policy is not copied into the Secret's metadata.
 pub(crate) fn request_fingerprint(request: &AssumeRoleRequest) -> String {
-    let text = serde_json::json!([
+    let mut parts = serde_json::json!([
         request.role_arn,
         request.duration_seconds,
         request.session_policy,
         request.session_name,
         request.external_id,
-    ])
-    .to_string();
+    ]);
+    // The tags beyond the object's own (which never change): only when there are any, so that
+    // credentials issued before session tags existed are kept until due.
+    let extra: Vec<&(String, String)> = request
+        .tags
+        .iter()
+        .filter(|(k, _)| !request.transitive_tag_keys.contains(k))
+        .collect();
+    if !extra.is_empty()
+        && let Some(list) = parts.as_array_mut()
+    {
+        list.push(serde_json::json!(extra));
+    }
+    let text = parts.to_string();
     crate::naming::short_hash(&text)
 }
 
@@ -193,6 +212,12 @@ pub(crate) fn assume_request(
             operator.chained,
         ),
         session_policy: spec.session_policy.clone(),
+        tags: owner
+            .tags()
+            .into_iter()
+            .chain(spec.session_tags.clone())
+            .collect(),
+        transitive_tag_keys: owner.tags().into_keys().collect(),
     }
 }
 
@@ -515,6 +540,8 @@ mod tests {
             source_identity: "a.r".into(),
             duration_seconds: 3600,
             session_policy: None,
+            tags: vec![("crossaccount.io/name".into(), "r".into())],
+            transitive_tag_keys: vec!["crossaccount.io/name".into()],
         };
         let issued = IssuedCredentials {
             access_key_id: "a".into(),
@@ -539,6 +566,13 @@ mod tests {
             },
             AssumeRoleRequest {
                 role_arn: "arn:aws:iam::111111111111:role/other".into(),
+                ..request.clone()
+            },
+            AssumeRoleRequest {
+                tags: vec![
+                    ("crossaccount.io/name".into(), "r".into()),
+                    ("team".into(), "a".into()),
+                ],
                 ..request.clone()
             },
         ] {
@@ -586,6 +620,31 @@ mod tests {
             budget
                 .enter("other", "flood/1", now + MIN_MINT_INTERVAL)
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn credentials_issued_before_a_revocation_are_not_kept() {
+        let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let held = |issued: Option<Timestamp>| HeldCredentials {
+            credentials: IssuedCredentials {
+                access_key_id: "ASIA".into(),
+                secret_access_key: "s".into(),
+                session_token: "t".into(),
+                expiration: at(3600),
+            },
+            role_arn: "arn:aws:iam::111111111111:role/r".into(),
+            region: None,
+            refresh_at: at(3000),
+            request: None,
+            issued_at: issued,
+        };
+        assert!(issued_after(&held(Some(at(10))), None));
+        assert!(issued_after(&held(Some(at(10))), Some(at(5))));
+        assert!(!issued_after(&held(Some(at(10))), Some(at(10))));
+        assert!(
+            !issued_after(&held(None), Some(at(5))),
+            "unknown issue time counts as revoked"
         );
     }
 }

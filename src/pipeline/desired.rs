@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use super::validate::{Refusal, ValidatedSpec};
+use super::validate::{Coexistence, REVOKE_SESSIONS_POLICY, Refusal, ValidatedSpec};
 use crate::{
     api::names::Reason,
     aws::{
@@ -40,8 +40,12 @@ pub(crate) struct DesiredRole {
     /// Where the grants live on the granted principals.
     pub grant_scope: GrantScope,
     /// The inline grant policy an earlier version put on granted principals (one per object):
-    /// removed once the grant is in the shared grant policies.
+    /// removed once the grant is in place.
     pub legacy_grant_policy_name: String,
+    /// What of the role others own.
+    pub coexistence: Coexistence,
+    /// Sessions issued before this time are to be revoked (the CR's annotation).
+    pub revoke_sessions_before: Option<jiff::Timestamp>,
 }
 
 /// The desired role for a validated spec in `target_account`, or the refusal when its generated
@@ -62,10 +66,7 @@ pub(crate) fn desired_role(
     let grant_arns: BTreeSet<String> = spec
         .grants
         .iter()
-        .map(|p| {
-            p.arn(&operator.partition, &operator.source_account_id)
-                .to_string()
-        })
+        .map(|p| spec.grant_arn(p, operator))
         .collect();
     let trust_policy = trust_policy(
         &operator.principal_arn,
@@ -74,7 +75,6 @@ pub(crate) fn desired_role(
         spec.trust_external_id.as_deref(),
         &grant_arns,
     );
-    check_trust_policy_size(&trust_policy)?;
     let grant_scope = operator.grant_scope();
     let mut tags = spec.tags.clone();
     tags.extend(owner.tags());
@@ -92,16 +92,23 @@ pub(crate) fn desired_role(
         grants: spec.grants.clone(),
         grant_scope,
         legacy_grant_policy_name: owner.grant_policy_name(),
+        coexistence: spec.coexistence.clone(),
+        revoke_sessions_before: spec.revoke_sessions.as_ref().map(|r| r.before),
         arn,
     })
 }
 
-/// The generated trust policy must fit IAM's trust policy quota (2048 characters without
-/// whitespace by default): otherwise CreateRole/UpdateAssumeRolePolicy fail with LimitExceeded on
-/// every retry. Twenty long principals and twenty grants pass the schema but not IAM.
-fn check_trust_policy_size(document: &Value) -> Result<(), Refusal> {
-    let size = policy::size_without_whitespace(&policy::to_text(document));
-    let limit = PolicyKind::Trust.size_limit();
+/// The generated trust policy must fit the target account's trust policy quota
+/// (`AssumeRolePolicySizeQuota`: 2,048 characters without whitespace unless the account had it
+/// raised, `None` when GetAccountSummary does not say): otherwise CreateRole and
+/// UpdateAssumeRolePolicy fail with LimitExceeded on every retry. Twenty long principals and twenty
+/// grants pass the schema but not IAM.
+pub(crate) fn check_trust_policy_size(
+    desired: &DesiredRole,
+    quota: Option<i64>,
+) -> Result<(), Refusal> {
+    let size = policy::size_without_whitespace(&policy::to_text(&desired.trust_policy));
+    let limit = quota.map_or(PolicyKind::Trust.size_limit(), |q| q.max(0) as usize);
     if size > limit {
         return Err(Refusal::new(
             Reason::InvalidSpec,
@@ -190,6 +197,48 @@ pub(crate) fn granted_principals(role: &ObservedRole, source_account: &str) -> B
             .filter_map(|k| GrantScope::principal_of_tag(k)),
     );
     granted
+}
+
+/// The inline policy the AWS console writes to revoke a role's sessions issued before `before`
+/// (<https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_use_revoke-sessions.html>).
+pub(crate) fn revoke_sessions_policy(before: jiff::Timestamp) -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Deny",
+            "Action": ["*"],
+            "Resource": ["*"],
+            "Condition": {"DateLessThan": {
+                "aws:TokenIssueTime": before.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            }},
+        }],
+    })
+}
+
+/// The time before which `role`'s sessions are revoked: the latest `aws:TokenIssueTime` of the
+/// Deny statements of its `AWSRevokeOlderSessions` inline policy, if it has one.
+pub(crate) fn sessions_revoked_before(role: &ObservedRole) -> Option<jiff::Timestamp> {
+    let document = role.inline_policies.get(REVOKE_SESSIONS_POLICY)?;
+    statements(document)
+        .into_iter()
+        .filter(|s| s["Effect"] == "Deny")
+        .flat_map(|s| {
+            s["Condition"]
+                .as_object()
+                .into_iter()
+                .flat_map(|c| c.iter())
+                .filter(|(op, _)| op.eq_ignore_ascii_case("DateLessThan"))
+                .filter_map(|(_, keys)| keys.as_object())
+                .flat_map(|keys| keys.iter())
+                .filter(|(key, _)| key.eq_ignore_ascii_case("aws:TokenIssueTime"))
+                .flat_map(|(_, value)| match value {
+                    Value::Array(list) => list.clone(),
+                    one => vec![one.clone()],
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|v| v.as_str()?.parse::<jiff::Timestamp>().ok())
+        .max()
 }
 
 /// The grant tags of `grants` in `scope`: what the role carries for them.
@@ -284,6 +333,7 @@ mod tests {
             permissions_boundary: None,
             trust_external_id: None,
             adopt: false,
+            ..ValidatedSpec::default()
         }
     }
 
@@ -323,7 +373,8 @@ mod tests {
         };
         let mut big = spec();
         big.trust_principals = (0..20).map(principal).collect();
-        let r = desired_role(&big, &owner(), &operator("aws"), "111111111111").unwrap_err();
+        let desired = desired_role(&big, &owner(), &operator("aws"), "111111111111").unwrap();
+        let r = check_trust_policy_size(&desired, None).unwrap_err();
         assert_eq!(r.reason, Reason::InvalidSpec);
         assert!(
             r.message
@@ -332,8 +383,29 @@ mod tests {
             "{}",
             r.message
         );
-        // A few principals fit.
+        // An account with a raised quota takes them.
+        assert!(check_trust_policy_size(&desired, Some(4096)).is_ok());
+        // A few principals fit the default.
         big.trust_principals = (0..3).map(principal).collect();
-        assert!(desired_role(&big, &owner(), &operator("aws"), "111111111111").is_ok());
+        let desired = desired_role(&big, &owner(), &operator("aws"), "111111111111").unwrap();
+        assert!(check_trust_policy_size(&desired, None).is_ok());
+    }
+
+    #[test]
+    fn the_consoles_revocation_is_read_back() {
+        // As the console writes it (the IAM user guide's example), and as it reads back.
+        let console = json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Deny", "Action": ["*"], "Resource": ["*"],
+            "Condition": {"DateLessThan": {"aws:TokenIssueTime": "2026-12-01T09:15:00Z"}},
+        }]});
+        let mut role = ObservedRole::default();
+        assert_eq!(sessions_revoked_before(&role), None);
+        role.inline_policies
+            .insert(REVOKE_SESSIONS_POLICY.into(), console);
+        let at: jiff::Timestamp = "2026-12-01T09:15:00Z".parse().unwrap();
+        assert_eq!(sessions_revoked_before(&role), Some(at));
+        role.inline_policies
+            .insert(REVOKE_SESSIONS_POLICY.into(), revoke_sessions_policy(at));
+        assert_eq!(sessions_revoked_before(&role), Some(at));
     }
 }

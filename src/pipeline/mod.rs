@@ -37,7 +37,7 @@ use self::{
 };
 use crate::{
     api::{AwsAccount, CredentialsSpec, CrossAccountRole, DEFAULT_MOUNT_PATH, names::Reason},
-    aws::{Aws, AwsError, Change},
+    aws::{AccountApi, Aws, AwsError, Change},
     error::ReconcileError,
     naming::{OperatorIdentity, Owner},
 };
@@ -94,6 +94,10 @@ pub(crate) struct SyncedRole {
     pub created: Option<Timestamp>,
     /// The role's maximum session duration as synced (caps the credentials' duration).
     pub max_session_duration: i32,
+    /// Sessions of the role issued before this time are revoked (`AWSRevokeOlderSessions`).
+    pub sessions_revoked_before: Option<Timestamp>,
+    /// Granted principals that do not exist in the source account (left out of the role).
+    pub missing_grants: Vec<crate::aws::Principal>,
 }
 
 /// What a run of the pipeline did, for the controller.
@@ -196,6 +200,7 @@ async fn run_steps<A: Aws>(
         credentials: None,
         restarts: Vec::new(),
         applied: Vec::new(),
+        revoked: None,
     };
     let checked = validate::named_account(cr, facts.account).and_then(|account| {
         validate::validate(cr, account, facts.namespace_labels, io.operator, owner)
@@ -236,6 +241,9 @@ async fn run_steps<A: Aws>(
                     ),
                 ),
                 Ok(None) => refusal,
+                // A role that is not this object's has nothing to restrict: the refusal stays
+                // the spec's own.
+                Err(Stop::Refused(other)) if other.reason == Reason::RoleNotOwned => refusal,
                 Err(Stop::Refused(other)) => other,
                 Err(Stop::Failed(e)) => {
                     run.errors.push(e);
@@ -274,6 +282,7 @@ async fn run_steps<A: Aws>(
                         reason: e.reason(),
                         message: e.summary(),
                     };
+                    let ending = past_propagation(cr, ending, facts.now);
                     run.errors.push(e);
                     Err(ending)
                 }
@@ -299,9 +308,26 @@ async fn run_steps<A: Aws>(
                         .to_string()
                 })
                 .collect(),
+            sessions_revoked_before: role.sessions_revoked_before,
+            problems: role
+                .missing_grants
+                .iter()
+                .map(|p| {
+                    format!(
+                        "spec.grants: {} does not exist in the source account (its grant waits until it does)",
+                        p.describe()
+                    )
+                })
+                .collect(),
         },
         Err(ending) => ending,
     };
+    // Who asked for a revocation the plan just wrote.
+    if run.applied.iter().any(|c| {
+        matches!(c, Change::PutInlinePolicy { name, .. } if name == crate::aws::REVOKE_SESSIONS_POLICY)
+    }) {
+        outcome.revoked = spec.revoke_sessions.clone();
+    }
     outcome.credentials = match (&cr.spec.credentials, for_credentials) {
         (None, _) => {
             if let Some(old) = previous_secret(cr)
@@ -353,6 +379,47 @@ async fn refused<A: Aws>(
     outcome
 }
 
+/// How long IAM may say "Invalid principal" about a principal before it is taken to not exist:
+/// propagation of a new principal takes seconds, rarely a minute.
+const PRINCIPAL_PROPAGATION: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
+
+/// A `Propagating` failure that has lasted longer than [`PRINCIPAL_PROPAGATION`] (the condition
+/// has said so since) is a principal that does not exist: `InvalidSpec`, still retried.
+fn past_propagation(cr: &CrossAccountRole, ending: RoleEnding, now: Timestamp) -> RoleEnding {
+    let RoleEnding::Failed {
+        reason: Reason::Propagating,
+        message,
+    } = ending
+    else {
+        return ending;
+    };
+    let since = cr
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == crate::api::names::condition::ROLE_SYNCED)
+        })
+        .filter(|c| {
+            c.reason == Reason::Propagating.as_str() || c.reason == Reason::InvalidSpec.as_str()
+        })
+        .map(|c| c.last_transition_time.0);
+    match since {
+        Some(since) if now.duration_since(since) > PRINCIPAL_PROPAGATION => RoleEnding::Failed {
+            reason: Reason::InvalidSpec,
+            message: format!(
+                "{message} (for over {} minutes: a principal of spec.trust.principals or spec.grants does not exist; fix the spec)",
+                PRINCIPAL_PROPAGATION.as_mins()
+            ),
+        },
+        _ => RoleEnding::Failed {
+            reason: Reason::Propagating,
+            message,
+        },
+    }
+}
+
 /// The role an earlier reconcile synced, as status records it. It is an old role (so an
 /// AccessDenied from STS is a real denial, not propagation).
 fn known_role(cr: &CrossAccountRole, spec: &ValidatedSpec) -> Option<SyncedRole> {
@@ -363,6 +430,12 @@ fn known_role(cr: &CrossAccountRole, spec: &ValidatedSpec) -> Option<SyncedRole>
         max_session_duration: spec
             .max_session_duration
             .unwrap_or(crate::aws::IAM_DEFAULT_MAX_SESSION),
+        sessions_revoked_before: cr
+            .status
+            .as_ref()
+            .and_then(|s| s.sessions_revoked_before.as_ref())
+            .map(|t| t.0),
+        missing_grants: Vec::new(),
     })
 }
 
@@ -388,10 +461,12 @@ async fn sync_iam<A: Aws>(
     applied: &mut Vec<Change>,
     now: Timestamp,
 ) -> Result<Option<SyncedRole>, Stop> {
-    let mut desired =
-        desired::desired_role(spec, claim.owner, io.operator, &account.spec.account_id)?;
     let target = io.aws.target(&observe::access_of(account)).await;
     let source = io.aws.source();
+    let (spec, missing_grants) = observe::resolve_grants(&source, spec).await?;
+    let spec = &spec;
+    let mut desired =
+        desired::desired_role(spec, claim.owner, io.operator, &account.spec.account_id)?;
     let observed =
         observe::observe(&target, &source, &desired, &io.operator.source_account_id).await?;
     if let Ownership::Foreign(message) = ownership::ownership(observed.role.as_ref(), claim) {
@@ -403,6 +478,13 @@ async fn sync_iam<A: Aws>(
         };
         desired = plan::within(&desired, current, &observed, spec, io.operator);
     }
+    // The account's trust policy quota (read once per account); a management role that may not
+    // read it gets IAM's default.
+    let trust_quota = target
+        .account_quota("AssumeRolePolicySizeQuota")
+        .await
+        .unwrap_or(None);
+    desired::check_trust_policy_size(&desired, trust_quota)?;
     // Only now, after a successful read of the target account, is there something to clean up.
     before_first_write().await?;
     let mut changes = plan::plan_role_changes(&desired, &observed);
@@ -416,10 +498,16 @@ async fn sync_iam<A: Aws>(
         Some(role) => role.created,
         None => Some(now),
     };
+    // The console's revocation, or the one the plan just wrote (only to an existing role).
+    let sessions_revoked_before = observed.role.as_ref().and_then(|role| {
+        desired::sessions_revoked_before(role).max(desired.revoke_sessions_before)
+    });
     Ok(Some(SyncedRole {
         arn: observed.role.map_or(desired.arn, |role| role.arn),
         created,
         max_session_duration: desired.max_session_duration,
+        sessions_revoked_before,
+        missing_grants,
     }))
 }
 
@@ -462,7 +550,9 @@ async fn sync_credentials<A: Aws>(
         wanted.mount_path.as_deref().unwrap_or(DEFAULT_MOUNT_PATH),
         existing.as_ref(),
     );
-    let (held, issued) = match credentials::reusable(held.clone(), &request, wanted, facts.now) {
+    let reusable = credentials::reusable(held.clone(), &request, wanted, facts.now)
+        .filter(|h| credentials::issued_after(h, role.sessions_revoked_before));
+    let (held, issued) = match reusable {
         Some(held) => {
             // The credentials stay; the rest of the Secret (its config, its token, keys someone
             // added or removed) is brought back without a mint.
@@ -608,6 +698,7 @@ pub fn planned_writes_for_new_role(
     }
     let desired = desired::desired_role(&checked.spec, &owner, operator, &account.spec.account_id)
         .map_err(refused)?;
+    desired::check_trust_policy_size(&desired, None).map_err(refused)?;
     Ok(
         plan::plan_role_changes(&desired, &observe::Observed::default())
             .iter()

@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::desired::{DesiredRole, granted_principals};
+use super::{
+    desired::{DesiredRole, granted_principals},
+    validate::ValidatedSpec,
+};
 use crate::{
     api::AwsAccount,
     aws::{AccountAccess, AccountApi, AwsError, ObservedRole, Principal, grants},
@@ -64,6 +67,29 @@ pub(crate) async fn observe<A: AccountApi>(
         grants,
         previously_granted,
     })
+}
+
+/// `spec` with its granted principals looked up in the source account: their real ARNs (a user
+/// or role with a path is trusted by that ARN, not by the one at `/`), and those that do not
+/// exist left out (returned, to be named in status; their grants are revoked like any other).
+pub(crate) async fn resolve_grants<A: AccountApi>(
+    source: &A,
+    spec: &ValidatedSpec,
+) -> Result<(ValidatedSpec, Vec<Principal>), AwsError> {
+    let mut resolved = spec.clone();
+    let mut missing = Vec::new();
+    for principal in &spec.grants {
+        match source.principal_arn(principal).await? {
+            Some(arn) => {
+                resolved.grant_arns.insert(principal.clone(), arn);
+            }
+            None => {
+                resolved.grants.remove(principal);
+                missing.push(principal.clone());
+            }
+        }
+    }
+    Ok((resolved, missing))
 }
 
 /// How the operator reaches the AwsAccount's target account.

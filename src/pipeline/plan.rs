@@ -3,7 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{desired::DesiredRole, observe::Observed};
+use super::{
+    desired::{DesiredRole, revoke_sessions_policy, sessions_revoked_before},
+    observe::Observed,
+    validate::REVOKE_SESSIONS_POLICY,
+};
 use crate::aws::{Change, GrantScope, IAM_DEFAULT_MAX_SESSION, ObservedRole, Principal, policy};
 
 /// The writes that bring AWS to `desired`. A grant is the role's grant tag and trust entry (the
@@ -69,6 +73,16 @@ pub(crate) fn plan_role_changes(desired: &DesiredRole, observed: &Observed) -> V
             });
         }
     }
+    // A revocation the CR asks for: the console's policy, never moved to an earlier time.
+    if let (Some(before), Some(current)) = (desired.revoke_sessions_before, &observed.role)
+        && sessions_revoked_before(current).is_none_or(|at| at < before)
+    {
+        changes.push(Change::PutInlinePolicy {
+            role: role.clone(),
+            name: REVOKE_SESSIONS_POLICY.to_owned(),
+            document: revoke_sessions_policy(before),
+        });
+    }
     for principal in &desired.grants {
         if !observed.grants.get(principal).is_some_and(|g| g.attached) {
             changes.push(Change::AttachGrantPolicy {
@@ -86,10 +100,9 @@ pub(crate) fn plan_role_changes(desired: &DesiredRole, observed: &Observed) -> V
             arn: arn.clone(),
         });
     }
-    for name in inline
-        .keys()
-        .filter(|n| !desired.inline_policies.contains_key(*n))
-    {
+    for name in inline.keys().filter(|n| {
+        !desired.inline_policies.contains_key(*n) && !desired.coexistence.inline_protected(n)
+    }) {
         changes.push(Change::DeleteInlinePolicy {
             role: role.clone(),
             name: name.clone(),
@@ -140,7 +153,7 @@ fn plan_role_settings(desired: &DesiredRole, current: &ObservedRole, changes: &m
     let to_untag: Vec<String> = current
         .tags
         .keys()
-        .filter(|k| !desired.tags.contains_key(*k))
+        .filter(|k| !desired.tags.contains_key(*k) && !desired.coexistence.tag_ignored(k))
         .cloned()
         .collect();
     if !to_untag.is_empty() {
@@ -186,10 +199,7 @@ pub(crate) fn within(
     let granted: BTreeSet<String> = within
         .grants
         .iter()
-        .map(|p| {
-            p.arn(&operator.partition, &operator.source_account_id)
-                .to_string()
-        })
+        .map(|p| spec.grant_arn(p, operator))
         .collect();
     within.trust_policy = super::desired::trust_policy(
         &operator.principal_arn,
@@ -225,15 +235,21 @@ fn operator_external_id(desired: &DesiredRole) -> String {
 /// Whether a change only takes access away (or restores the account's boundary): what a refused
 /// spec's role may still be changed by.
 pub(crate) fn narrows(change: &Change) -> bool {
-    matches!(
-        change,
-        Change::DetachPolicy { .. }
-            | Change::DeleteInlinePolicy { .. }
-            | Change::DeleteGrant { .. }
-            | Change::PutPermissionsBoundary { .. }
-            | Change::UpdateTrustPolicy { .. }
-            | Change::UpdateRole { .. }
-    )
+    match change {
+        // A revocation of sessions only takes away.
+        Change::PutInlinePolicy { name, .. } => name == REVOKE_SESSIONS_POLICY,
+        _ => matches!(
+            change,
+            Change::DetachPolicy { .. }
+                | Change::DeleteInlinePolicy { .. }
+                | Change::DeleteGrant { .. }
+                | Change::PutPermissionsBoundary { .. }
+                | Change::UpdateTrustPolicy { .. }
+                | Change::UpdateRole { .. }
+                // Grant tags of revoked grants (the ownership tags are never untagged).
+                | Change::UntagRole { .. }
+        ),
+    }
 }
 
 /// The writes that remove a role and everything attached to it, and the inline grant policy an
@@ -288,7 +304,7 @@ mod tests {
             desired::{desired_role, granted_principals},
             observe::{GrantState, observe},
             ownership::{Claim, Ownership, ownership},
-            validate::ValidatedSpec,
+            validate::{Coexistence, ValidatedSpec},
         },
     };
     use serde_json::Value;
@@ -332,6 +348,7 @@ mod tests {
             permissions_boundary: None,
             trust_external_id: None,
             adopt: false,
+            ..ValidatedSpec::default()
         }
     }
 
@@ -607,6 +624,171 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn granted_principals_are_trusted_by_their_real_arn_and_missing_ones_are_left_out() {
+        let world = World::new();
+        world.source.add_user_at("pathed", "/team/");
+        let mut spec = seed_spec();
+        spec.grants = BTreeSet::from([
+            Principal::User("pathed".into()),
+            Principal::User("ghost".into()),
+        ]);
+        let (resolved, missing) = crate::pipeline::observe::resolve_grants(&world.source, &spec)
+            .await
+            .unwrap();
+        assert_eq!(missing, [Principal::User("ghost".into())]);
+        let desired = desired_role(&resolved, &owner(), &operator(), TARGET).unwrap();
+        let trust = desired.trust_policy.to_string();
+        assert!(
+            trust.contains("arn:aws:iam::123456789012:user/team/pathed"),
+            "{trust}"
+        );
+        assert!(!trust.contains("ghost"), "{trust}");
+        assert_eq!(
+            desired.grants,
+            BTreeSet::from([Principal::User("pathed".into())])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_principals_grant_is_revoked_and_the_rest_still_applies() {
+        let world = World::new();
+        let spec = seed_spec();
+        world.sync(&spec).await;
+        let user = Principal::User("devTest".into());
+        world.source.remove_principal(&user);
+        // IAM shows a deleted principal's unique ID in the trust policy.
+        world.target.edit_role("CrossAccountSignin", |r| {
+            r.trust_policy["Statement"][1]["Principal"]["AWS"] = json!("AIDAEXAMPLEDELETED00");
+        });
+        let mut wanted = seed_spec();
+        wanted.tags.insert("team".into(), "a".into());
+        let (resolved, missing) = crate::pipeline::observe::resolve_grants(&world.source, &wanted)
+            .await
+            .unwrap();
+        assert_eq!(missing, std::slice::from_ref(&user));
+        let desired = desired_role(&resolved, &owner(), &operator(), TARGET).unwrap();
+        let observed = observe(&world.target, &world.source, &desired, SOURCE)
+            .await
+            .unwrap();
+        let changes = plan_role_changes(&desired, &observed);
+        let (_, result) = apply_changes(&world.target, &world.source, &changes).await;
+        result.unwrap();
+        let role = world.target.role("CrossAccountSignin").unwrap();
+        assert!(
+            !role.tags.contains_key(&GrantScope::tag_key(&user)),
+            "{:?}",
+            role.tags
+        );
+        assert_eq!(role.tags.get("team").map(String::as_str), Some("a"));
+        assert!(
+            !role.trust_policy.to_string().contains("AIDA"),
+            "{}",
+            role.trust_policy
+        );
+    }
+
+    #[tokio::test]
+    async fn what_others_own_on_the_role_is_left_alone() {
+        let world = World::new();
+        let mut spec = seed_spec();
+        spec.coexistence = Coexistence {
+            ignored_tag_keys: vec!["cost-*".into()],
+            protected_inline_policies: vec!["break-glass".into()],
+        };
+        world.sync(&spec).await;
+        world.target.edit_role("CrossAccountSignin", |r| {
+            r.tags.insert("cost-center".into(), "42".into());
+            r.tags
+                .insert("aws:cloudformation:stack-name".into(), "s".into());
+            r.tags.insert("other".into(), "x".into());
+            r.inline_policies
+                .insert("break-glass".into(), inline_document(0));
+            r.inline_policies.insert(
+                REVOKE_SESSIONS_POLICY.into(),
+                revoke_sessions_policy(jiff::Timestamp::UNIX_EPOCH),
+            );
+            r.inline_policies.insert("stray".into(), inline_document(1));
+        });
+        let changes = world.plan(&spec).await;
+        assert_eq!(
+            changes,
+            [
+                Change::UntagRole {
+                    role: "CrossAccountSignin".into(),
+                    keys: vec!["other".into()],
+                },
+                Change::DeleteInlinePolicy {
+                    role: "CrossAccountSignin".into(),
+                    name: "stray".into(),
+                },
+            ],
+            "only what is neither ignored nor protected goes"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revocation_is_written_once_and_never_moved_earlier() {
+        let world = World::new();
+        let mut spec = seed_spec();
+        world.sync(&spec).await;
+        let at = |s: i64| jiff::Timestamp::from_second(1_800_000_000 + s).unwrap();
+        spec.revoke_sessions = Some(crate::pipeline::validate::RevokeSessions {
+            before: at(100),
+            requested_by: Some("kubectl-annotate".into()),
+        });
+        let writes = world.sync(&spec).await;
+        assert_eq!(operations(&writes), ["PutRolePolicy"]);
+        let role = world.target.role("CrossAccountSignin").unwrap();
+        assert_eq!(
+            super::super::desired::sessions_revoked_before(&role),
+            Some(at(100))
+        );
+        assert!(world.plan(&spec).await.is_empty(), "written once");
+        // The console revokes later still: the annotation's earlier time does not undo it.
+        world.target.edit_role("CrossAccountSignin", |r| {
+            r.inline_policies.insert(
+                REVOKE_SESSIONS_POLICY.into(),
+                revoke_sessions_policy(at(500)),
+            );
+        });
+        assert!(world.plan(&spec).await.is_empty());
+        // A revocation only takes away: it is made for a refused spec too.
+        spec.revoke_sessions.as_mut().unwrap().before = at(900);
+        assert!(world.plan(&spec).await.iter().all(narrows));
+    }
+
+    #[tokio::test]
+    async fn a_failure_stops_no_independent_change_but_every_removal() {
+        let world = World::new();
+        let mut spec = seed_spec();
+        world.sync(&spec).await;
+        // The new policy fails to attach (throttled); the tag and the description come before
+        // it, the inline policy and the detach of the old policy after it.
+        spec.managed_policies = BTreeSet::from([EC2_READ.to_owned()]);
+        spec.tags.insert("team".into(), "a".into());
+        spec.inline_policies
+            .insert("read".into(), inline_document(0));
+        let changes = world.plan(&spec).await;
+        assert_eq!(
+            operations(&changes),
+            [
+                "TagRole",
+                "AttachRolePolicy",
+                "PutRolePolicy",
+                "DetachRolePolicy"
+            ]
+        );
+        world.target.fail_next("AttachRolePolicy");
+        let (applied, result) = apply_changes(&world.target, &world.source, &changes).await;
+        assert!(result.is_err());
+        assert_eq!(
+            operations(&applied),
+            ["TagRole", "PutRolePolicy"],
+            "what does not depend on the failure is made; the old policy is not taken away"
+        );
+    }
+
+    #[tokio::test]
     async fn a_grant_whose_trust_record_was_lost_is_still_revoked() {
         let world = World::new();
         let spec = seed_spec();
@@ -767,6 +949,7 @@ mod tests {
                         permissions_boundary: boundary.map(str::to_owned),
                         trust_external_id: None,
                         adopt: false,
+                        ..ValidatedSpec::default()
                     }
                 },
             )

@@ -11,7 +11,11 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
-use super::{credentials::CredentialsOutcome, rollout::RestartResult, validate::Refusal};
+use super::{
+    credentials::CredentialsOutcome,
+    rollout::RestartResult,
+    validate::{Refusal, RevokeSessions},
+};
 use crate::{
     api::{
         CredentialsStatus, CrossAccountRoleStatus,
@@ -127,6 +131,11 @@ pub(crate) enum RoleEnding {
         external_id: String,
         /// ARNs of the principals granted the role.
         granted: Vec<String>,
+        /// Sessions of the role issued before this time are revoked.
+        sessions_revoked_before: Option<Timestamp>,
+        /// What of the spec could not be done although the rest is in sync (a granted
+        /// principal that does not exist).
+        problems: Vec<String>,
     },
     /// Terminal until the CR or its AwsAccount changes.
     Refused(Refusal),
@@ -140,6 +149,16 @@ pub(crate) enum RoleEnding {
 impl RoleEnding {
     fn condition(&self) -> (bool, Reason, String) {
         match self {
+            RoleEnding::Synced {
+                role_arn, problems, ..
+            } if !problems.is_empty() => (
+                false,
+                Reason::PrincipalNotFound,
+                format!(
+                    "IAM role {role_arn} is in sync but for: {}",
+                    problems.join("; ")
+                ),
+            ),
             RoleEnding::Synced { role_arn, .. } => (
                 true,
                 Reason::Synced,
@@ -163,6 +182,8 @@ pub(crate) struct Outcome {
     pub credentials: Option<CredentialsOutcome>,
     pub restarts: Vec<(String, RestartResult)>,
     pub applied: Vec<Change>,
+    /// The revocation of sessions this run wrote at the CR's request.
+    pub revoked: Option<RevokeSessions>,
 }
 
 /// The status `old` becomes after `outcome`, and the events to publish: one per AWS change, the
@@ -177,15 +198,31 @@ pub(crate) fn derive_status(
 ) -> (CrossAccountRoleStatus, Vec<Note>) {
     let mut status = old.clone();
     let mut notes: Vec<Note> = outcome.applied.iter().map(Note::change).collect();
+    if let Some(revoked) = &outcome.revoked {
+        notes.push(Note {
+            severity: Severity::Normal,
+            reason: Reason::SessionsRevoked,
+            action: "RevokeSessions".to_owned(),
+            message: format!(
+                "sessions of the role issued before {} are revoked, as asked by {} (annotation {}); new credentials follow",
+                revoked.before.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                revoked.requested_by.as_deref().unwrap_or("an unknown field manager"),
+                crate::api::names::REVOKE_SESSIONS_ANNOTATION
+            ),
+        });
+    }
     let previous = |type_| condition(&old.conditions, type_).map(|c| c.reason.clone());
     if let RoleEnding::Synced {
         role_arn,
         account_id,
         external_id,
         granted,
+        sessions_revoked_before,
+        ..
     } = &outcome.role
     {
         status.granted_principals = granted.clone();
+        status.sessions_revoked_before = sessions_revoked_before.map(Time);
         status.role_arn = Some(role_arn.clone());
         status.account_id = Some(account_id.clone());
         status.external_id = Some(external_id.clone());
@@ -464,6 +501,7 @@ mod tests {
             credentials,
             restarts: Vec::new(),
             applied: Vec::new(),
+            revoked: None,
         }
     }
 
@@ -473,6 +511,8 @@ mod tests {
             account_id: "111111111111".into(),
             external_id: "crossaccount:dev:a:r".into(),
             granted: Vec::new(),
+            sessions_revoked_before: None,
+            problems: Vec::new(),
         };
         outcome(role, credentials)
     }

@@ -42,7 +42,7 @@ impl Refusal {
 }
 
 /// A spec that passed every check, with defaults filled in.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct ValidatedSpec {
     pub role_name: String,
     pub role_path: String,
@@ -52,12 +52,65 @@ pub(crate) struct ValidatedSpec {
     pub inline_policies: BTreeMap<String, Value>,
     pub trust_principals: BTreeSet<String>,
     pub grants: BTreeSet<Principal>,
+    /// The real ARNs of granted principals (with their paths), as the source account knows
+    /// them; a principal not in it is named by its ARN at `/`.
+    pub grant_arns: BTreeMap<Principal, String>,
     pub tags: BTreeMap<String, String>,
     pub permissions_boundary: Option<String>,
     /// The external ID the extra principals must present (`spec.trust.externalId`).
     pub trust_external_id: Option<String>,
     /// The CR may take over an untagged role of the same name.
     pub adopt: bool,
+    /// What of the role others own.
+    pub coexistence: Coexistence,
+    /// The sessions the CR asks to revoke (`crossaccount.io/revoke-sessions`).
+    pub revoke_sessions: Option<RevokeSessions>,
+}
+
+/// A request to revoke the role's sessions issued before `before`, and who asked (the field
+/// manager that set the annotation, from managedFields: Kubernetes records no user there).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RevokeSessions {
+    pub before: jiff::Timestamp,
+    pub requested_by: Option<String>,
+}
+
+/// What of a role others own, so that the operator leaves it alone: tags others manage (the
+/// AwsAccount's `ignoredTagKeys`; `aws:` keys always) and inline policies it never deletes or
+/// rewrites (`protectedInlinePolicies`; [`REVOKE_SESSIONS_POLICY`] always).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Coexistence {
+    pub ignored_tag_keys: Vec<String>,
+    pub protected_inline_policies: Vec<String>,
+}
+
+pub(crate) use crate::aws::REVOKE_SESSIONS_POLICY;
+
+impl ValidatedSpec {
+    /// The ARN to trust for granted principal `p`.
+    pub(crate) fn grant_arn(&self, p: &Principal, operator: &OperatorIdentity) -> String {
+        self.grant_arns.get(p).cloned().unwrap_or_else(|| {
+            p.arn(&operator.partition, &operator.source_account_id)
+                .to_string()
+        })
+    }
+}
+
+impl Coexistence {
+    /// Whether the operator leaves role tag `key` alone.
+    pub(crate) fn tag_ignored(&self, key: &str) -> bool {
+        key.to_ascii_lowercase().starts_with("aws:")
+            || self.ignored_tag_keys.iter().any(|p| glob_match(p, key))
+    }
+
+    /// Whether the operator leaves inline policy `name` of the role alone.
+    pub(crate) fn inline_protected(&self, name: &str) -> bool {
+        inline_protected(&self.protected_inline_policies, name)
+    }
+}
+
+fn inline_protected(patterns: &[String], name: &str) -> bool {
+    name == REVOKE_SESSIONS_POLICY || patterns.iter().any(|p| glob_match(p, name))
 }
 
 /// IAM's limit on the total size of a role's inline policies (characters without whitespace).
@@ -203,6 +256,42 @@ pub(crate) fn validate(
                 credentials.duration_seconds
             ));
         }
+        if let Some((key, value)) = credentials.session_tags.iter().find(|(_, v)| {
+            !v.chars()
+                .all(|c| c.is_alphanumeric() || " _.:/=+-@".contains(c))
+        }) {
+            return Err(Refusal::invalid(format!(
+                "spec.credentials.sessionTags[{key}]: the value {value:?} holds characters a session tag cannot (letters, digits, spaces and _.:/=+-@)"
+            )));
+        }
+        for key in credentials.session_tags.keys() {
+            let lower = key.to_ascii_lowercase();
+            if lower.starts_with(names::tags::RESERVED_PREFIX) || lower.starts_with("aws:") {
+                return Err(Refusal::invalid(format!(
+                    "spec.credentials.sessionTags: the key {key:?} is reserved (crossaccount.io/ and aws: prefixes)"
+                )));
+            }
+            if !key
+                .chars()
+                .all(|c| c.is_alphanumeric() || " _.:/=+-@".contains(c))
+                || key.is_empty()
+                || key.len() > 128
+            {
+                return Err(Refusal::invalid(format!(
+                    "spec.credentials.sessionTags: the key {key:?} is not a valid session tag key (1-128 letters, digits, spaces and _.:/=+-@)"
+                )));
+            }
+            if !guard
+                .allowed_session_tag_keys
+                .iter()
+                .any(|p| glob_match(p, key))
+            {
+                violations.push(format!(
+                    "spec.credentials.sessionTags[{key}]: AwsAccount {account_name} does not allow this session tag (allowedSessionTagKeys: {})",
+                    list_or_none(&guard.allowed_session_tag_keys)
+                ));
+            }
+        }
         if let Some(session_policy) = &credentials.session_policy {
             policy::validate_document(session_policy, PolicyKind::Session)
                 .map_err(|e| Refusal::invalid(format!("spec.credentials.sessionPolicy: {e}")))?;
@@ -237,6 +326,12 @@ pub(crate) fn validate(
                     inline.name
                 ))
             })?;
+        if inline_protected(&guard.protected_inline_policies, &inline.name) {
+            return Err(Refusal::invalid(format!(
+                "spec.policies.inline[{}]: the name is protected (AwsAccount {account_name}: {REVOKE_SESSIONS_POLICY} and protectedInlinePolicies are left to their owners); choose another name",
+                inline.name
+            )));
+        }
         inline_size += policy::size_without_whitespace(&policy::to_text(&document));
         if !names.insert(inline.name.clone()) {
             return Err(Refusal::invalid(format!(
@@ -261,7 +356,11 @@ pub(crate) fn validate(
 
     let mut trust_principals = BTreeSet::new();
     for (i, arn) in spec.trust.principals.iter().enumerate() {
-        if principal_allowed(
+        if is_operator(arn, operator) {
+            violations.push(format!(
+                "spec.trust.principals[{i}]: {arn} is the operator's own principal, which the role trusts already, with this object's external ID only; trusting it otherwise would let requests for other objects reach this role"
+            ));
+        } else if principal_allowed(
             &guard.allowed_trust_principals,
             guard.allow_wildcard_accounts,
             arn,
@@ -339,6 +438,15 @@ pub(crate) fn validate(
             "spec.tags: the key {key:?} is reserved (crossaccount.io/ and aws: prefixes, in any case)"
         )));
     }
+    if let Some(key) = spec
+        .tags
+        .keys()
+        .find(|k| guard.ignored_tag_keys.iter().any(|p| glob_match(p, k)))
+    {
+        return Err(Refusal::invalid(format!(
+            "spec.tags: the key {key:?} is managed by others (AwsAccount {account_name} ignoredTagKeys); remove it from the spec"
+        )));
+    }
 
     let mut permitted = ValidatedSpec {
         role_name,
@@ -353,9 +461,15 @@ pub(crate) fn validate(
         trust_principals,
         trust_external_id: spec.trust.external_id.clone(),
         grants,
+        grant_arns: BTreeMap::new(),
         tags: spec.tags.clone(),
         permissions_boundary: guard.permissions_boundary_arn.clone(),
         adopt,
+        coexistence: Coexistence {
+            ignored_tag_keys: guard.ignored_tag_keys.clone(),
+            protected_inline_policies: guard.protected_inline_policies.clone(),
+        },
+        revoke_sessions: revoke_sessions(cr)?,
     };
     if !namespace_allowed {
         // A namespace that may not use the account may have nothing of it.
@@ -369,6 +483,40 @@ pub(crate) fn validate(
         spec: permitted,
         violations,
     })
+}
+
+/// The `crossaccount.io/revoke-sessions` annotation: an RFC 3339 time, or `now`, which means when
+/// the annotation was set (the time of the managedFields entry that holds it, so that every
+/// reconcile reads the same time).
+fn revoke_sessions(cr: &CrossAccountRole) -> Result<Option<RevokeSessions>, Refusal> {
+    let Some(value) = cr.annotations().get(names::REVOKE_SESSIONS_ANNOTATION) else {
+        return Ok(None);
+    };
+    let key = format!("f:{}", names::REVOKE_SESSIONS_ANNOTATION);
+    let entry = cr.metadata.managed_fields.iter().flatten().find(|m| {
+        m.fields_v1
+            .as_ref()
+            .is_some_and(|f| f.0["f:metadata"]["f:annotations"].get(&key).is_some())
+    });
+    let requested_by = entry.and_then(|m| m.manager.clone());
+    let before = match value.trim() {
+        "now" => entry.and_then(|m| m.time.as_ref()).map(|t| t.0).ok_or_else(|| {
+            Refusal::invalid(format!(
+                "metadata.annotations[{}]: \"now\" needs the time the annotation was set, which managedFields does not record here; give an RFC 3339 time instead",
+                names::REVOKE_SESSIONS_ANNOTATION
+            ))
+        })?,
+        text => text.parse::<jiff::Timestamp>().map_err(|e| {
+            Refusal::invalid(format!(
+                "metadata.annotations[{}]: {text:?} is neither \"now\" nor an RFC 3339 time such as 2026-12-01T12:00:00Z ({e})",
+                names::REVOKE_SESSIONS_ANNOTATION
+            ))
+        })?,
+    };
+    Ok(Some(RevokeSessions {
+        before,
+        requested_by,
+    }))
 }
 
 /// The default role name: an object that already has its role keeps its name (status records
@@ -1043,5 +1191,99 @@ mod tests {
         for (a, b) in [("s3:*", "iam:*"), ("iam:get*", "iam:pass*"), ("ab", "a?c")] {
             assert!(!globs_overlap(a, b) && !globs_overlap(b, a), "{a} {b}");
         }
+    }
+
+    #[test]
+    fn a_revocation_annotation_is_a_time_or_now_and_says_who_asked() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
+        let spec = json!({"accountRef": "target", "policies": {"managed": ["arn:aws:iam::aws:policy/ReadOnlyAccess"]}});
+        let mut cr = role(spec.clone());
+        cr.annotations_mut().insert(
+            names::REVOKE_SESSIONS_ANNOTATION.into(),
+            "2026-12-01T10:00:00Z".into(),
+        );
+        let revoke = check(&cr, &permissive()).unwrap().revoke_sessions.unwrap();
+        assert_eq!(revoke.before, "2026-12-01T10:00:00Z".parse().unwrap());
+        // "now" is when the annotation was set, by whom managedFields says.
+        let set_at: jiff::Timestamp = "2026-12-01T11:30:00Z".parse().unwrap();
+        cr.annotations_mut()
+            .insert(names::REVOKE_SESSIONS_ANNOTATION.into(), "now".into());
+        cr.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl-annotate".into()),
+            time: Some(Time(set_at)),
+            fields_v1: Some(FieldsV1(json!({"f:metadata": {"f:annotations": {
+                format!("f:{}", names::REVOKE_SESSIONS_ANNOTATION): {}
+            }}}))),
+            ..ManagedFieldsEntry::default()
+        }]);
+        let revoke = check(&cr, &permissive()).unwrap().revoke_sessions.unwrap();
+        assert_eq!(revoke.before, set_at);
+        assert_eq!(revoke.requested_by.as_deref(), Some("kubectl-annotate"));
+        // Anything else is refused, naming the annotation.
+        cr.annotations_mut()
+            .insert(names::REVOKE_SESSIONS_ANNOTATION.into(), "yesterday".into());
+        let r = refusal(check(&cr, &permissive()));
+        assert_eq!(r.reason, Reason::InvalidSpec);
+        assert!(
+            r.message.contains(names::REVOKE_SESSIONS_ANNOTATION),
+            "{}",
+            r.message
+        );
+    }
+
+    #[test]
+    fn protected_inline_policies_and_ignored_tags_cannot_be_set_by_the_spec() {
+        let guarded = account(json!({
+            "accountId": "111111111111",
+            "allowedNamespaces": {"names": ["team-a"]},
+            "allowInlinePolicies": true,
+            "allowInlinePoliciesWithoutBoundary": true,
+            "ignoredTagKeys": ["cost-*"],
+        }));
+        let doc = r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}"#;
+        let cr = role(
+            json!({"accountRef": "target", "policies": {"inline": [{"name": "AWSRevokeOlderSessions", "document": doc}]}}),
+        );
+        let r = refusal(check(&cr, &guarded));
+        assert!(
+            r.message
+                .contains("spec.policies.inline[AWSRevokeOlderSessions]"),
+            "{}",
+            r.message
+        );
+        let cr = role(json!({"accountRef": "target", "tags": {"cost-center": "1"}}));
+        let r = refusal(check(&cr, &guarded));
+        assert!(r.message.contains("ignoredTagKeys"), "{}", r.message);
+    }
+
+    #[test]
+    fn the_operator_is_never_an_extra_trusted_principal() {
+        let cr = role(
+            json!({"accountRef": "target", "trust": {"principals": ["arn:aws:iam::123456789012:user/cross-account-operator"]}}),
+        );
+        let r = refusal(check(&cr, &permissive()));
+        assert_eq!(r.reason, Reason::NotPermitted);
+        assert!(
+            r.message.contains("spec.trust.principals[0]"),
+            "{}",
+            r.message
+        );
+    }
+
+    #[test]
+    fn grants_and_tags_fit_iams_fifty_tags_and_tag_key_characters() {
+        let tags: BTreeMap<String, String> =
+            (0..40).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        let grants: Vec<_> = (0..10).map(|i| json!({"user": format!("u{i}")})).collect();
+        let cr = role(json!({"accountRef": "target", "tags": tags, "grants": grants}));
+        let r = refusal(check(&cr, &permissive()));
+        assert!(
+            r.message.contains("IAM allows 50 per role"),
+            "{}",
+            r.message
+        );
+        let cr = role(json!({"accountRef": "target", "grants": [{"user": "a,b"}]}));
+        let r = refusal(check(&cr, &permissive()));
+        assert!(r.message.contains("cannot hold ','"), "{}", r.message);
     }
 }

@@ -823,82 +823,61 @@ pub async fn user_policies(iam: &aws_sdk_iam::Client, user: &str) -> BTreeMap<St
     policies
 }
 
-/// The role ARNs user `user` may assume through the operator's grant policies (customer managed
-/// policies under `/crossaccount/<cluster>/` attached to the user), per policy name; empty when
-/// the user has none or does not exist.
-pub async fn user_grants(
-    iam: &aws_sdk_iam::Client,
-    user: &str,
-) -> BTreeMap<String, BTreeSet<String>> {
-    let attached = match iam
+/// The operator's grant policies attached to user `user` (names under `/crossaccount/`); empty
+/// when the user has none or does not exist.
+pub async fn user_grant_policies(iam: &aws_sdk_iam::Client, user: &str) -> BTreeSet<String> {
+    match iam
         .list_attached_user_policies()
         .user_name(user)
         .path_prefix("/crossaccount/")
         .send()
         .await
     {
-        Ok(out) => out.attached_policies().to_vec(),
+        Ok(out) => out
+            .attached_policies()
+            .iter()
+            .filter_map(|p| p.policy_name().map(str::to_owned))
+            .collect(),
         Err(e)
             if e.as_service_error()
                 .is_some_and(|e| e.is_no_such_entity_exception()) =>
         {
-            return BTreeMap::new();
+            BTreeSet::new()
         }
         Err(e) => panic!("ListAttachedUserPolicies {user}: {e:?}"),
-    };
-    let mut grants = BTreeMap::new();
-    for policy in attached {
-        let arn = policy.policy_arn().unwrap_or_default();
-        let version = iam
-            .get_policy()
-            .policy_arn(arn)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GetPolicy {arn}: {e:?}"))
-            .policy()
-            .and_then(|p| p.default_version_id())
-            .unwrap_or_default()
-            .to_owned();
-        let out = iam
-            .get_policy_version()
-            .policy_arn(arn)
-            .version_id(&version)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GetPolicyVersion {arn} {version}: {e:?}"));
-        let document = policy_json(
-            out.policy_version()
-                .and_then(|v| v.document())
-                .unwrap_or_default(),
-        );
-        let statements = match &document["Statement"] {
-            Value::Array(list) => list.clone(),
-            one => vec![one.clone()],
-        };
-        let roles: BTreeSet<String> = statements
-            .iter()
-            .filter(|s| s["Effect"] == "Allow")
-            .flat_map(|s| match &s["Resource"] {
-                Value::String(r) => vec![r.clone()],
-                Value::Array(list) => list
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect(),
-                _ => Vec::new(),
-            })
-            .collect();
-        grants.insert(policy.policy_name().unwrap_or_default().to_owned(), roles);
     }
-    grants
 }
 
-/// Every role ARN user `user` may assume through the operator's grant policies.
-pub async fn user_assumable_roles(iam: &aws_sdk_iam::Client, user: &str) -> BTreeSet<String> {
-    user_grants(iam, user)
+/// The tag of role grants to user `user` (its value is the cluster name).
+pub fn grant_tag(user: &str) -> String {
+    format!("crossaccount.io/grant/user/{user}")
+}
+
+/// Whether the operator (of cluster `cluster`) granted user `user` role `role_name`, both halves:
+/// the role is tagged for the user and its trust policy allows the user (target account), and
+/// the user has the cluster's grant policy (source account).
+pub async fn user_granted(
+    source: &aws_sdk_iam::Client,
+    target: &aws_sdk_iam::Client,
+    cluster: &str,
+    user: &str,
+    role_name: &str,
+) -> bool {
+    let Some(role) = get_iam_role(target, role_name).await else {
+        return false;
+    };
+    let tagged = role_tags(target, role_name)
         .await
-        .into_values()
-        .flatten()
-        .collect()
+        .get(&grant_tag(user))
+        .map(String::as_str)
+        == Some(cluster);
+    let user_arn = format!("arn:aws:iam::{}:user/{user}", env("SOURCE_ACCOUNT_ID"));
+    let trust = policy_json(role.assume_role_policy_document().unwrap_or_default());
+    let trusted = trust.to_string().contains(&format!("\"{user_arn}\""));
+    let policy = user_grant_policies(source, user)
+        .await
+        .contains(&format!("crossaccount-{cluster}-user-{user}"));
+    tagged && trusted && policy
 }
 
 /// Removes role `name` with its attached and inline policies; nothing happens when it does not
