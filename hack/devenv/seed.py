@@ -25,6 +25,10 @@ TARGET_ACCOUNT_ID = "111111111111"
 REGION = "us-east-1"
 OPERATOR_USER = "cross-account-operator"
 DEVELOPER_USER = "devTest"
+# The test bed's own administrator of the source account (tests create users and keys with it to
+# act as principals that are granted roles); never the operator's identity.
+ADMIN_USER = "devenv-admin"
+ADMIN_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
 MANAGEMENT_ROLE = "cross-account-operator-management"
 MANAGEMENT_ROLE_ARN = f"arn:aws:iam::{TARGET_ACCOUNT_ID}:role/{MANAGEMENT_ROLE}"
 OPERATOR_ARN = f"arn:aws:iam::{SOURCE_ACCOUNT_ID}:user/{OPERATOR_USER}"
@@ -153,6 +157,11 @@ def seed(endpoint):
         iam.delete_access_key(UserName=OPERATOR_USER, AccessKeyId=key["AccessKeyId"])
     key = iam.create_access_key(UserName=OPERATOR_USER)["AccessKey"]
     ignore_exists(iam.create_user, UserName=DEVELOPER_USER)
+    ignore_exists(iam.create_user, UserName=ADMIN_USER)
+    iam.put_user_policy(UserName=ADMIN_USER, PolicyName="devenv-admin", PolicyDocument=json.dumps(ADMIN_POLICY))
+    for old in iam.list_access_keys(UserName=ADMIN_USER)["AccessKeyMetadata"]:
+        iam.delete_access_key(UserName=ADMIN_USER, AccessKeyId=old["AccessKeyId"])
+    admin_key = iam.create_access_key(UserName=ADMIN_USER)["AccessKey"]
 
     # TARGET account: the role the operator assumes, and a bucket with data to grant access to.
     target_iam = client(endpoint, "iam", TARGET_ACCOUNT_ID)
@@ -185,6 +194,8 @@ def seed(endpoint):
         "target_bucket": TARGET_BUCKET,
         "access_key_id": key["AccessKeyId"],
         "secret_access_key": key["SecretAccessKey"],
+        "admin_access_key_id": admin_key["AccessKeyId"],
+        "admin_secret_access_key": admin_key["SecretAccessKey"],
     }
 
 
@@ -257,6 +268,8 @@ def main():
             parser.error("check needs --seed")
         with open(args.seed) as f:
             values = json.load(f)
+        if "admin_access_key_id" not in values:
+            fail("seed.json is from an older seed (no test-bed admin keys): start a fresh environment")
         verify(endpoint, values)
         print(f"{endpoint} is seeded and enforcing IAM")
 

@@ -320,7 +320,9 @@ write_env_file() {
         MANAGEMENT_ROLE_ARN "$seed_management_role_arn" \
         TARGET_ACCOUNT_NAME target \
         TARGET_BUCKET "$seed_target_bucket" \
-        DEVELOPER_USER_ARN "$seed_developer_user_arn"
+        DEVELOPER_USER_ARN "$seed_developer_user_arn" \
+        SOURCE_ADMIN_ACCESS_KEY_ID "$seed_admin_access_key_id" \
+        SOURCE_ADMIN_SECRET_ACCESS_KEY "$seed_admin_secret_access_key"
     } >"$state_dir/env.tmp"
   )
   mv "$state_dir/env.tmp" "$state_dir/env"

@@ -160,11 +160,12 @@ pub(crate) fn reusable(
     })
 }
 
-/// Whether `held` was issued after `revoked_before` (sessions of the role issued before it are
-/// revoked, so credentials from then are useless: replaced at once). Credentials whose issue
-/// time was not recorded count as revoked.
+/// Whether `held` was issued at or after `revoked_before` (sessions of the role issued before it
+/// are revoked, so credentials from then are useless: replaced at once). The recorded issue time
+/// is at most the real one (whole seconds, cut), so at or after means valid. Credentials whose
+/// issue time was not recorded count as revoked.
 pub(crate) fn issued_after(held: &HeldCredentials, revoked_before: Option<Timestamp>) -> bool {
-    revoked_before.is_none_or(|before| held.issued_at.is_some_and(|at| at > before))
+    revoked_before.is_none_or(|before| held.issued_at.is_some_and(|at| at >= before))
 }
 
 /// What identifies a request's outcome: the role, the session's length, policy, name and external
@@ -641,7 +642,8 @@ mod tests {
         };
         assert!(issued_after(&held(Some(at(10))), None));
         assert!(issued_after(&held(Some(at(10))), Some(at(5))));
-        assert!(!issued_after(&held(Some(at(10))), Some(at(10))));
+        assert!(issued_after(&held(Some(at(10))), Some(at(10))));
+        assert!(!issued_after(&held(Some(at(9))), Some(at(10))));
         assert!(
             !issued_after(&held(None), Some(at(5))),
             "unknown issue time counts as revoked"

@@ -970,7 +970,7 @@ pub fn delete_roles_of(namespace: &str, timeout: Duration) {
     });
 }
 
-fn on_own_runtime<F>(work: F)
+pub fn on_own_runtime<F>(work: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
