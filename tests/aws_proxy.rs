@@ -129,13 +129,14 @@ async fn throttling_is_a_retried_throttling_error() {
             delayed: 0
         }
     );
-    // Other operations pass.
-    iam.list_user_policies()
+    // Other operations pass (one the operator's identity may call: the seed's policy allows
+    // ListAttachedUserPolicies, not ListUserPolicies).
+    iam.list_attached_user_policies()
         .user_name("devTest")
         .send()
         .await
-        .expect("ListUserPolicies is not throttled");
-    assert_eq!(proxy.count("iam", "ListUserPolicies").forwarded, 1);
+        .expect("ListAttachedUserPolicies is not throttled");
+    assert_eq!(proxy.count("iam", "ListAttachedUserPolicies").forwarded, 1);
 }
 
 #[tokio::test]
