@@ -1,19 +1,25 @@
 //! The AWS proxy of the tests (tests/common/aws_proxy.rs), checked against the local AWS emulator
 //! with the real SDK: each fault does what it says, the operator's error classification sees it
-//! as intended, the counts and the request log are right, and sessions past their expiration
-//! are answered as AWS answers them.
+//! as intended, the counts and the request log are right, sessions past their expiration are
+//! answered as AWS answers them, and IAM as AWS refuses what AWS refuses: for each rule the
+//! request just inside the quota passes, the one past it is refused with AWS's code, status and
+//! message (parsed by the SDK as that error), and moto's state is unchanged by the refusal.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use aws_config::{BehaviorVersion, retry::RetryConfig};
+use aws_sdk_iam::types::SummaryKeyType;
 use aws_sdk_iam::{
     error::{ProvideErrorMetadata, SdkError},
     operation::RequestId,
 };
 use common::{
-    aws_proxy::{AwsProxy, CallCount, Fault, FaultRule, Outcome},
+    aws_proxy::{AwsProxy, CallCount, Fault, FaultRule, IamQuotas, Outcome},
     env,
 };
 use cross_account_operator::aws::{AwsError, AwsErrorKind};
@@ -129,13 +135,14 @@ async fn throttling_is_a_retried_throttling_error() {
             delayed: 0
         }
     );
-    // Other operations pass.
-    iam.list_user_policies()
+    // Other operations pass (one the operator's identity may call: the seed's policy allows
+    // ListAttachedUserPolicies, not ListUserPolicies).
+    iam.list_attached_user_policies()
         .user_name("devTest")
         .send()
         .await
-        .expect("ListUserPolicies is not throttled");
-    assert_eq!(proxy.count("iam", "ListUserPolicies").forwarded, 1);
+        .expect("ListAttachedUserPolicies is not throttled");
+    assert_eq!(proxy.count("iam", "ListAttachedUserPolicies").forwarded, 1);
 }
 
 #[tokio::test]
@@ -653,4 +660,1448 @@ fn a_proxy_on_its_own_runtime_outlives_the_runtimes_of_its_users() {
         drop(runtime);
     }
     assert_eq!(proxy.count("sts", "GetCallerIdentity").succeeded, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// IAM as AWS
+// ---------------------------------------------------------------------------------------------
+
+/// What an SDK error carries, for assertions.
+#[derive(Debug)]
+struct Answer {
+    code: Option<String>,
+    message: Option<String>,
+    status: Option<u16>,
+    request_id: Option<String>,
+}
+
+/// The error of a call that must fail.
+fn refused<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
+    what: &str,
+    result: Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>,
+) -> (Answer, SdkError<E, aws_smithy_runtime_api::http::Response>) {
+    let err = match result {
+        Ok(out) => panic!("{what} passed, AWS refuses it: {out:?}"),
+        Err(err) => err,
+    };
+    let answer = Answer {
+        code: err.code().map(str::to_owned),
+        message: err.message().map(str::to_owned),
+        status: status_of(&err),
+        request_id: err.meta().request_id().map(str::to_owned),
+    };
+    (answer, err)
+}
+
+fn assert_answer(answer: &Answer, code: &str, status: u16, message: &str) {
+    assert_eq!(answer.code.as_deref(), Some(code), "{answer:?}");
+    assert_eq!(answer.status, Some(status), "{answer:?}");
+    assert_eq!(answer.message.as_deref(), Some(message), "{answer:?}");
+    assert!(answer.request_id.is_some(), "a request ID: {answer:?}");
+    let expected = if code == "LimitExceeded" {
+        AwsErrorKind::LimitExceeded
+    } else {
+        AwsErrorKind::Invalid
+    };
+    assert_eq!(
+        AwsError::classify(answer.code.as_deref(), answer.status),
+        expected,
+        "the operator's classification of {answer:?}"
+    );
+}
+
+/// `LimitExceeded`, HTTP 409, `message`; the SDK's modelled `LimitExceededException`.
+macro_rules! assert_limit_exceeded {
+    ($what:expr, $result:expr, $message:expr) => {{
+        let (answer, err) = refused($what, $result);
+        assert_answer(&answer, "LimitExceeded", 409, &$message);
+        assert!(
+            err.as_service_error()
+                .is_some_and(|e| e.is_limit_exceeded_exception()),
+            "{}: the SDK parses the body as LimitExceededException: {err:?}",
+            $what
+        );
+    }};
+}
+
+/// `ValidationError`, HTTP 400, `message`.
+fn assert_validation_error<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
+    what: &str,
+    result: Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>,
+    message: &str,
+) {
+    let (answer, _) = refused(what, result);
+    assert_answer(&answer, "ValidationError", 400, message);
+}
+
+/// The last request of the log: refused with `code`, never forwarded.
+fn assert_last_refused(proxy: &AwsProxy, operation: &str, code: &'static str) {
+    let log = proxy.requests();
+    let last = log.last().expect("a request");
+    assert_eq!(last.operation, operation, "{}", last.summary());
+    assert_eq!(last.outcome, Outcome::Refused(code), "{}", last.summary());
+    assert!(last.refused() && !last.reached_upstream() && !last.faulted());
+}
+
+/// An identity policy of exactly `size` characters as IAM counts them (white space left out),
+/// laid out with line feeds and tabs: its white space must not count. (Not spaces: moto checks
+/// signatures on its own re-encoding of the form body, which writes a space as `+` where the
+/// Rust SDK wrote `%20`, so a request with spaces in its body fails with
+/// `SignatureDoesNotMatch`, proxy or not.)
+fn identity_policy(size: usize) -> String {
+    let document = |pad: &str| {
+        serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": format!("arn:aws:s3:::bucket{pad}/*"),
+            }],
+        })
+    };
+    padded(size, document)
+}
+
+/// A trust policy of exactly `size` characters without white space, laid out as
+/// [`identity_policy`].
+fn trust_policy(size: usize) -> String {
+    let document = |pad: &str| {
+        serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"AWS": format!("arn:aws:iam::{}:root", env("SOURCE_ACCOUNT_ID"))},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"sts:ExternalId": format!("id{pad}")}},
+            }],
+        })
+    };
+    padded(size, document)
+}
+
+fn padded(size: usize, document: impl Fn(&str) -> serde_json::Value) -> String {
+    let compact = |pad: &str| serde_json::to_string(&document(pad)).unwrap();
+    let base = compact("").len();
+    assert!(size >= base, "a policy of {size} characters is too small");
+    let pad = "a".repeat(size - base);
+    assert_eq!(compact(&pad).len(), size);
+    // The values hold none of `{[,`: white space after them is outside every string.
+    let laid_out = compact(&pad)
+        .replace('{', "{\n\t")
+        .replace('[', "[\n\t\t")
+        .replace(',', ",\n\t");
+    assert!(laid_out.len() > size, "the document holds white space");
+    laid_out
+}
+
+/// IAM and STS clients of a management-role session in the target account, issued through
+/// `proxy` (so the proxy knows the session's account).
+async fn target_session(proxy: &AwsProxy) -> (aws_sdk_iam::Client, aws_sdk_sts::Client) {
+    let (_, sts) = clients(&proxy.endpoint(), 1).await;
+    let assumed = assume_management_role(&sts, 3600).await;
+    session_clients(&proxy.endpoint(), &assumed).await
+}
+
+/// Reads moto directly (not through any proxy), in the target account.
+async fn moto_target() -> aws_sdk_iam::Client {
+    common::target_iam().await
+}
+
+/// IAM entities a test made; removed when dropped (also when the test panics).
+#[derive(Default)]
+struct Made(Entities);
+
+impl std::ops::Deref for Made {
+    type Target = Entities;
+    fn deref(&self) -> &Entities {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Made {
+    fn deref_mut(&mut self) -> &mut Entities {
+        &mut self.0
+    }
+}
+
+#[derive(Default)]
+struct Entities {
+    roles: Vec<String>,
+    users: Vec<String>,
+    groups: Vec<String>,
+    /// Customer managed policies.
+    policies: Vec<String>,
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        let made = std::mem::take(&mut self.0);
+        // The test's runtime is blocked in this drop: a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(made.remove())
+        })
+        .join();
+    }
+}
+
+impl Entities {
+    async fn remove(&self) {
+        let target = moto_target().await;
+        for role in &self.roles {
+            common::delete_iam_role(&target, role).await;
+        }
+        for user in &self.users {
+            for arn in list_attached(&target, "user", user).await {
+                let _ = target
+                    .detach_user_policy()
+                    .user_name(user)
+                    .policy_arn(arn)
+                    .send()
+                    .await;
+            }
+            if let Ok(out) = target.list_user_policies().user_name(user).send().await {
+                for name in out.policy_names() {
+                    let _ = target
+                        .delete_user_policy()
+                        .user_name(user)
+                        .policy_name(name)
+                        .send()
+                        .await;
+                }
+            }
+            let _ = target.delete_user().user_name(user).send().await;
+        }
+        for group in &self.groups {
+            for arn in list_attached(&target, "group", group).await {
+                let _ = target
+                    .detach_group_policy()
+                    .group_name(group)
+                    .policy_arn(arn)
+                    .send()
+                    .await;
+            }
+            if let Ok(out) = target.list_group_policies().group_name(group).send().await {
+                for name in out.policy_names() {
+                    let _ = target
+                        .delete_group_policy()
+                        .group_name(group)
+                        .policy_name(name)
+                        .send()
+                        .await;
+                }
+            }
+            let _ = target.delete_group().group_name(group).send().await;
+        }
+        for arn in &self.policies {
+            delete_managed_policy(&target, arn).await;
+        }
+    }
+}
+
+async fn list_attached(iam: &aws_sdk_iam::Client, kind: &str, name: &str) -> Vec<String> {
+    let attached = match kind {
+        "user" => iam
+            .list_attached_user_policies()
+            .user_name(name)
+            .send()
+            .await
+            .map(|o| o.attached_policies.unwrap_or_default())
+            .unwrap_or_default(),
+        _ => iam
+            .list_attached_group_policies()
+            .group_name(name)
+            .send()
+            .await
+            .map(|o| o.attached_policies.unwrap_or_default())
+            .unwrap_or_default(),
+    };
+    attached.into_iter().filter_map(|p| p.policy_arn).collect()
+}
+
+async fn delete_managed_policy(iam: &aws_sdk_iam::Client, arn: &str) {
+    if let Ok(out) = iam.list_policy_versions().policy_arn(arn).send().await {
+        for version in out.versions() {
+            if !version.is_default_version()
+                && let Some(id) = version.version_id()
+            {
+                let _ = iam
+                    .delete_policy_version()
+                    .policy_arn(arn)
+                    .version_id(id)
+                    .send()
+                    .await;
+            }
+        }
+    }
+    let _ = iam.delete_policy().policy_arn(arn).send().await;
+}
+
+async fn create_role(iam: &aws_sdk_iam::Client, made: &mut Made, prefix: &str) -> String {
+    let name = common::unique(prefix);
+    iam.create_role()
+        .role_name(&name)
+        .assume_role_policy_document(trust_policy(200))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CreateRole {name}: {e:?}"));
+    made.roles.push(name.clone());
+    name
+}
+
+async fn role_policy_names(iam: &aws_sdk_iam::Client, role: &str) -> Vec<String> {
+    iam.list_role_policies()
+        .role_name(role)
+        .send()
+        .await
+        .expect("ListRolePolicies")
+        .policy_names()
+        .to_vec()
+}
+
+async fn role_policy_document(iam: &aws_sdk_iam::Client, role: &str, policy: &str) -> String {
+    let out = iam
+        .get_role_policy()
+        .role_name(role)
+        .policy_name(policy)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GetRolePolicy {role} {policy}: {e:?}"));
+    common::policy_json(out.policy_document()).to_string()
+}
+
+#[tokio::test]
+async fn inline_policies_of_a_role_may_total_10240_characters_without_white_space() {
+    let proxy = start_proxy().await;
+    let (iam, _) = target_session(&proxy).await;
+    let moto = moto_target().await;
+    let mut made = Made::default();
+    let role = create_role(&iam, &mut made, "quota-inline").await;
+
+    // 6,000 + 4,240 = 10,240: at the quota, with the documents' white space well past it.
+    let first = identity_policy(6000);
+    let second = identity_policy(4240);
+    assert!(first.len() + second.len() > 10240);
+    for (name, document) in [("first", &first), ("second", &second)] {
+        iam.put_role_policy()
+            .role_name(&role)
+            .policy_name(name)
+            .policy_document(document)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PutRolePolicy {name} at the quota: {e:?}"));
+    }
+
+    // One character more, replacing `second` (the policy of the same name does not count).
+    let before = role_policy_document(&moto, &role, "second").await;
+    assert_limit_exceeded!(
+        "PutRolePolicy replacing one, past the quota",
+        iam.put_role_policy()
+            .role_name(&role)
+            .policy_name("second")
+            .policy_document(identity_policy(4241))
+            .send()
+            .await,
+        format!("Maximum policy size of 10240 bytes exceeded for role {role}")
+    );
+    assert_last_refused(&proxy, "PutRolePolicy", "LimitExceeded");
+    // A third policy, however small.
+    assert_limit_exceeded!(
+        "PutRolePolicy of a third policy",
+        iam.put_role_policy()
+            .role_name(&role)
+            .policy_name("third")
+            .policy_document(identity_policy(150))
+            .send()
+            .await,
+        format!("Maximum policy size of 10240 bytes exceeded for role {role}")
+    );
+    // moto holds what it held.
+    assert_eq!(
+        role_policy_names(&moto, &role).await,
+        ["first", "second"],
+        "no policy was added"
+    );
+    assert_eq!(role_policy_document(&moto, &role, "second").await, before);
+
+    // Replacing with a smaller one, then adding one into the room made, passes.
+    iam.put_role_policy()
+        .role_name(&role)
+        .policy_name("second")
+        .policy_document(identity_policy(3240))
+        .send()
+        .await
+        .expect("PutRolePolicy with room to spare");
+    iam.put_role_policy()
+        .role_name(&role)
+        .policy_name("third")
+        .policy_document(identity_policy(1000))
+        .send()
+        .await
+        .expect("PutRolePolicy into the room made");
+    // After a delete the room is there again.
+    iam.delete_role_policy()
+        .role_name(&role)
+        .policy_name("first")
+        .send()
+        .await
+        .expect("DeleteRolePolicy");
+    iam.put_role_policy()
+        .role_name(&role)
+        .policy_name("fourth")
+        .policy_document(identity_policy(6000))
+        .send()
+        .await
+        .expect("PutRolePolicy after a delete");
+    assert!(proxy.requests().iter().all(|r| r.unjudged.is_none()));
+}
+
+#[tokio::test]
+async fn inline_policies_of_a_user_and_a_group_may_total_2048_and_5120_characters() {
+    let proxy = start_proxy().await;
+    let (iam, _) = target_session(&proxy).await;
+    let moto = moto_target().await;
+    let mut made = Made::default();
+    let user = common::unique("quota-user");
+    iam.create_user()
+        .user_name(&user)
+        .send()
+        .await
+        .expect("CreateUser");
+    made.users.push(user.clone());
+    let group = common::unique("quota-group");
+    iam.create_group()
+        .group_name(&group)
+        .send()
+        .await
+        .expect("CreateGroup");
+    made.groups.push(group.clone());
+
+    // A user: 1,500 + 548 = 2,048.
+    for (name, size) in [("a", 1500), ("b", 548)] {
+        iam.put_user_policy()
+            .user_name(&user)
+            .policy_name(name)
+            .policy_document(identity_policy(size))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PutUserPolicy {name}: {e:?}"));
+    }
+    assert_limit_exceeded!(
+        "PutUserPolicy past 2048",
+        iam.put_user_policy()
+            .user_name(&user)
+            .policy_name("b")
+            .policy_document(identity_policy(549))
+            .send()
+            .await,
+        format!("Maximum policy size of 2048 bytes exceeded for user {user}")
+    );
+    assert_last_refused(&proxy, "PutUserPolicy", "LimitExceeded");
+    let stored = moto
+        .get_user_policy()
+        .user_name(&user)
+        .policy_name("b")
+        .send()
+        .await
+        .expect("GetUserPolicy");
+    assert_eq!(
+        common::policy_json(stored.policy_document()),
+        common::policy_json(&identity_policy(548)),
+        "moto keeps the policy the refusal would have replaced"
+    );
+    // A single document past the user's quota.
+    assert_limit_exceeded!(
+        "PutUserPolicy of one document past 2048",
+        iam.put_user_policy()
+            .user_name(&user)
+            .policy_name("big")
+            .policy_document(identity_policy(2049))
+            .send()
+            .await,
+        format!("Maximum policy size of 2048 bytes exceeded for user {user}")
+    );
+
+    // A group: 4,900 + 220 = 5,120.
+    for (name, size) in [("a", 4900), ("b", 220)] {
+        iam.put_group_policy()
+            .group_name(&group)
+            .policy_name(name)
+            .policy_document(identity_policy(size))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PutGroupPolicy {name}: {e:?}"));
+    }
+    assert_limit_exceeded!(
+        "PutGroupPolicy past 5120",
+        iam.put_group_policy()
+            .group_name(&group)
+            .policy_name("c")
+            .policy_document(identity_policy(150))
+            .send()
+            .await,
+        format!("Maximum policy size of 5120 bytes exceeded for group {group}")
+    );
+    assert_last_refused(&proxy, "PutGroupPolicy", "LimitExceeded");
+    let names = moto
+        .list_group_policies()
+        .group_name(&group)
+        .send()
+        .await
+        .expect("ListGroupPolicies");
+    assert_eq!(names.policy_names(), ["a", "b"]);
+}
+
+#[tokio::test]
+async fn inline_policies_written_before_the_proxy_started_count() {
+    // Written to moto directly, as an earlier test binary or the seed would have.
+    let moto = moto_target().await;
+    let mut made = Made::default();
+    let role = create_role(&moto, &mut made, "quota-before").await;
+    moto.put_role_policy()
+        .role_name(&role)
+        .policy_name("earlier")
+        .policy_document(identity_policy(10000))
+        .send()
+        .await
+        .expect("PutRolePolicy directly to moto");
+
+    let proxy = start_proxy().await;
+    let (iam, _) = target_session(&proxy).await;
+    iam.put_role_policy()
+        .role_name(&role)
+        .policy_name("fits")
+        .policy_document(identity_policy(240))
+        .send()
+        .await
+        .expect("10,000 + 240 fits");
+    assert_limit_exceeded!(
+        "PutRolePolicy past what was there before the proxy",
+        iam.put_role_policy()
+            .role_name(&role)
+            .policy_name("more")
+            .policy_document(identity_policy(150))
+            .send()
+            .await,
+        format!("Maximum policy size of 10240 bytes exceeded for role {role}")
+    );
+    assert_eq!(role_policy_names(&moto, &role).await, ["earlier", "fits"]);
+}
+
+/// Eleven AWS managed policies moto loads (`MOTO_IAM_LOAD_MANAGED_POLICIES`).
+const MANAGED_POLICIES: [&str; 11] = [
+    "AmazonS3ReadOnlyAccess",
+    "ReadOnlyAccess",
+    "AmazonEC2ReadOnlyAccess",
+    "IAMReadOnlyAccess",
+    "AmazonSQSReadOnlyAccess",
+    "AmazonSNSReadOnlyAccess",
+    "AmazonDynamoDBReadOnlyAccess",
+    "CloudWatchReadOnlyAccess",
+    "AmazonRDSReadOnlyAccess",
+    "AWSLambda_ReadOnlyAccess",
+    "AmazonVPCReadOnlyAccess",
+];
+
+fn managed_arn(name: &str) -> String {
+    format!("arn:aws:iam::aws:policy/{name}")
+}
+
+#[tokio::test]
+async fn ten_managed_policies_may_be_attached_to_a_role_a_user_and_a_group() {
+    let proxy = start_proxy().await;
+    let (iam, _) = target_session(&proxy).await;
+    let moto = moto_target().await;
+    let mut made = Made::default();
+    let role = create_role(&iam, &mut made, "quota-attach").await;
+    let user = common::unique("quota-attach-user");
+    iam.create_user()
+        .user_name(&user)
+        .send()
+        .await
+        .expect("CreateUser");
+    made.users.push(user.clone());
+    let group = common::unique("quota-attach-group");
+    iam.create_group()
+        .group_name(&group)
+        .send()
+        .await
+        .expect("CreateGroup");
+    made.groups.push(group.clone());
+    let (ten, eleventh) = MANAGED_POLICIES.split_at(10);
+    let eleventh = managed_arn(eleventh[0]);
+
+    for name in ten {
+        let arn = managed_arn(name);
+        iam.attach_role_policy()
+            .role_name(&role)
+            .policy_arn(&arn)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("AttachRolePolicy {arn}: {e:?}"));
+        iam.attach_user_policy()
+            .user_name(&user)
+            .policy_arn(&arn)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("AttachUserPolicy {arn}: {e:?}"));
+        iam.attach_group_policy()
+            .group_name(&group)
+            .policy_arn(&arn)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("AttachGroupPolicy {arn}: {e:?}"));
+    }
+    // Attaching one that is attached already changes nothing: it passes.
+    iam.attach_role_policy()
+        .role_name(&role)
+        .policy_arn(managed_arn(ten[0]))
+        .send()
+        .await
+        .expect("AttachRolePolicy of an attached policy");
+
+    assert_limit_exceeded!(
+        "AttachRolePolicy of an eleventh",
+        iam.attach_role_policy()
+            .role_name(&role)
+            .policy_arn(&eleventh)
+            .send()
+            .await,
+        "Cannot exceed quota for PoliciesPerRole: 10"
+    );
+    assert_last_refused(&proxy, "AttachRolePolicy", "LimitExceeded");
+    assert_limit_exceeded!(
+        "AttachUserPolicy of an eleventh",
+        iam.attach_user_policy()
+            .user_name(&user)
+            .policy_arn(&eleventh)
+            .send()
+            .await,
+        "Cannot exceed quota for PoliciesPerUser: 10"
+    );
+    assert_limit_exceeded!(
+        "AttachGroupPolicy of an eleventh",
+        iam.attach_group_policy()
+            .group_name(&group)
+            .policy_arn(&eleventh)
+            .send()
+            .await,
+        "Cannot exceed quota for PoliciesPerGroup: 10"
+    );
+    assert_eq!(common::attached_policies(&moto, &role).await.len(), 10);
+    assert_eq!(list_attached(&moto, "user", &user).await.len(), 10);
+    assert_eq!(list_attached(&moto, "group", &group).await.len(), 10);
+
+    // A quota increase (roles and users: up to 20) lets the eleventh in.
+    let quotas = proxy.iam_quotas().expect("IAM as AWS");
+    proxy.set_iam_quotas(IamQuotas {
+        attached_policies_per_role: 20,
+        ..quotas
+    });
+    iam.attach_role_policy()
+        .role_name(&role)
+        .policy_arn(&eleventh)
+        .send()
+        .await
+        .expect("AttachRolePolicy of an eleventh with the quota at 20");
+    assert_eq!(common::attached_policies(&moto, &role).await.len(), 11);
+    let summary = iam
+        .get_account_summary()
+        .send()
+        .await
+        .expect("GetAccountSummary");
+    assert_eq!(
+        summary
+            .summary_map()
+            .and_then(|m| m.get(&SummaryKeyType::AttachedPoliciesPerRoleQuota))
+            .copied(),
+        Some(20)
+    );
+}
+
+#[tokio::test]
+async fn managed_policy_documents_may_have_6144_characters_and_five_versions() {
+    let proxy = start_proxy().await;
+    let (iam, _) = target_session(&proxy).await;
+    let moto = moto_target().await;
+    let mut made = Made::default();
+
+    let name = common::unique("quota-policy");
+    let created = iam
+        .create_policy()
+        .policy_name(&name)
+        .policy_document(identity_policy(6144))
+        .send()
+        .await
+        .expect("CreatePolicy at 6144");
+    let arn = created
+        .policy()
+        .and_then(|p| p.arn())
+        .expect("an ARN")
+        .to_owned();
+    made.policies.push(arn.clone());
+    let too_big = common::unique("quota-policy-big");
+    assert_limit_exceeded!(
+        "CreatePolicy past 6144",
+        iam.create_policy()
+            .policy_name(&too_big)
+            .policy_document(identity_policy(6145))
+            .send()
+            .await,
+        "Cannot exceed quota for PolicySize: 6144"
+    );
+    assert_last_refused(&proxy, "CreatePolicy", "LimitExceeded");
+    let big_arn = arn.replace(&name, &too_big);
+    let absent = moto.get_policy().policy_arn(&big_arn).send().await;
+    assert!(
+        absent.as_ref().is_err_and(common::is_no_such_entity),
+        "no policy was created: {absent:?}"
+    );
+    assert_limit_exceeded!(
+        "CreatePolicyVersion past 6144",
+        iam.create_policy_version()
+            .policy_arn(&arn)
+            .policy_document(identity_policy(6145))
+            .send()
+            .await,
+        "Cannot exceed quota for PolicySize: 6144"
+    );
+
+    // v1 and four more: five versions.
+    for size in [200, 300, 400, 500] {
+        iam.create_policy_version()
+            .policy_arn(&arn)
+            .policy_document(identity_policy(size))
+            .set_as_default(false)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CreatePolicyVersion within five: {e:?}"));
+    }
+    let versions = || async {
+        moto.list_policy_versions()
+            .policy_arn(&arn)
+            .send()
+            .await
+            .expect("ListPolicyVersions")
+            .versions()
+            .len()
+    };
+    assert_eq!(versions().await, 5);
+    assert_limit_exceeded!(
+        "CreatePolicyVersion of a sixth",
+        iam.create_policy_version()
+            .policy_arn(&arn)
+            .policy_document(identity_policy(600))
+            .send()
+            .await,
+        "A managed policy can have up to 5 versions. Before you create a new version, you must \
+         delete an existing version."
+    );
+    assert_last_refused(&proxy, "CreatePolicyVersion", "LimitExceeded");
+    assert_eq!(versions().await, 5);
+}
+
+#[tokio::test]
+async fn the_proxys_own_account_is_read_with_its_own_identity() {
+    // The operator's identity in the source account (the proxy's own): it may attach policies to
+    // its account's users and list what is attached (the seed's policy).
+    let proxy = start_proxy().await;
+    let (iam, _) = clients(&proxy.endpoint(), 1).await;
+    let source = common::source_iam().await;
+    let user = "devTest";
+    let attached_before: BTreeSet<String> = list_attached(&source, "user", user)
+        .await
+        .into_iter()
+        .collect();
+    assert!(attached_before.len() < 10, "{attached_before:?}");
+    let mut ours = DetachFromSourceUser {
+        user,
+        arns: Vec::new(),
+    };
+    let free: Vec<String> = MANAGED_POLICIES
+        .iter()
+        .map(|name| managed_arn(name))
+        .filter(|arn| !attached_before.contains(arn))
+        .collect();
+    let room = 10 - attached_before.len();
+    for arn in &free[..room] {
+        iam.attach_user_policy()
+            .user_name(user)
+            .policy_arn(arn)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("AttachUserPolicy {arn} within ten: {e:?}"));
+        ours.arns.push(arn.clone());
+    }
+    assert_limit_exceeded!(
+        "AttachUserPolicy of an eleventh in the proxy's own account",
+        iam.attach_user_policy()
+            .user_name(user)
+            .policy_arn(&free[room])
+            .send()
+            .await,
+        "Cannot exceed quota for PoliciesPerUser: 10"
+    );
+    assert_eq!(list_attached(&source, "user", user).await.len(), 10);
+    assert!(proxy.requests().iter().all(|r| r.unjudged.is_none()));
+}
+
+/// Detaches `arns` from `user` of the source account when dropped.
+struct DetachFromSourceUser {
+    user: &'static str,
+    arns: Vec<String>,
+}
+
+impl Drop for DetachFromSourceUser {
+    fn drop(&mut self) {
+        let (user, arns) = (self.user, std::mem::take(&mut self.arns));
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let source = common::source_iam().await;
+                    for arn in arns {
+                        let _ = source
+                            .detach_user_policy()
+                            .user_name(user)
+                            .policy_arn(arn)
+                            .send()
+                            .await;
+                    }
+                })
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn trust_policies_may_have_2048_characters() {
+    let proxy = start_proxy().await;
+    let (iam, _) = target_session(&proxy).await;
+    let moto = moto_target().await;
+    let mut made = Made::default();
+
+    let role = common::unique("quota-trust");
+    iam.create_role()
+        .role_name(&role)
+        .assume_role_policy_document(trust_policy(2048))
+        .send()
+        .await
+        .expect("CreateRole with a trust policy of 2048");
+    made.roles.push(role.clone());
+    let other = common::unique("quota-trust-big");
+    assert_limit_exceeded!(
+        "CreateRole with a trust policy past 2048",
+        iam.create_role()
+            .role_name(&other)
+            .assume_role_policy_document(trust_policy(2049))
+            .send()
+            .await,
+        "Cannot exceed quota for ACLSizePerRole: 2048"
+    );
+    assert_last_refused(&proxy, "CreateRole", "LimitExceeded");
+    assert!(common::get_iam_role(&moto, &other).await.is_none());
+
+    let stored = || async {
+        common::policy_json(
+            common::get_iam_role(&moto, &role)
+                .await
+                .and_then(|r| r.assume_role_policy_document)
+                .as_deref()
+                .expect("a trust policy"),
+        )
+    };
+    let before = stored().await;
+    assert_limit_exceeded!(
+        "UpdateAssumeRolePolicy past 2048",
+        iam.update_assume_role_policy()
+            .role_name(&role)
+            .policy_document(trust_policy(2049))
+            .send()
+            .await,
+        "Cannot exceed quota for ACLSizePerRole: 2048"
+    );
+    assert_eq!(stored().await, before, "the trust policy is unchanged");
+
+    // Raised to its maximum (4,096), the quota lets it in and says so.
+    let quotas = proxy.iam_quotas().expect("IAM as AWS");
+    proxy.set_iam_quotas(IamQuotas {
+        assume_role_policy_size: 4096,
+        ..quotas
+    });
+    iam.update_assume_role_policy()
+        .role_name(&role)
+        .policy_document(trust_policy(2049))
+        .send()
+        .await
+        .expect("UpdateAssumeRolePolicy with the quota at 4096");
+    assert_limit_exceeded!(
+        "UpdateAssumeRolePolicy past 4096",
+        iam.update_assume_role_policy()
+            .role_name(&role)
+            .policy_document(trust_policy(4097))
+            .send()
+            .await,
+        "Cannot exceed quota for ACLSizePerRole: 4096"
+    );
+}
+
+fn tags(prefix: &str, n: usize) -> Vec<aws_sdk_iam::types::Tag> {
+    (0..n)
+        .map(|i| {
+            aws_sdk_iam::types::Tag::builder()
+                .key(format!("{prefix}{i}"))
+                .value("v")
+                .build()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_role_may_have_50_tags_of_128_and_256_characters() {
+    let proxy = start_proxy().await;
+    let (iam, _) = target_session(&proxy).await;
+    let moto = moto_target().await;
+    let mut made = Made::default();
+
+    // 51 in one request: the list's length constraint.
+    let other = common::unique("quota-tags-51");
+    let (answer, _) = refused(
+        "CreateRole with 51 tags",
+        iam.create_role()
+            .role_name(&other)
+            .assume_role_policy_document(trust_policy(200))
+            .set_tags(Some(tags("k", 51)))
+            .send()
+            .await,
+    );
+    assert_eq!(
+        answer.code.as_deref(),
+        Some("ValidationError"),
+        "{answer:?}"
+    );
+    assert_eq!(answer.status, Some(400));
+    let message = answer.message.unwrap_or_default();
+    assert!(
+        message.starts_with("1 validation error detected: Value '[k0=v, ")
+            && message.ends_with(
+                "' at 'tags' failed to satisfy constraint: Member must have length less than \
+                 or equal to 50"
+            ),
+        "{message}"
+    );
+    assert_last_refused(&proxy, "CreateRole", "ValidationError");
+    assert!(common::get_iam_role(&moto, &other).await.is_none());
+
+    let role = common::unique("quota-tags");
+    iam.create_role()
+        .role_name(&role)
+        .assume_role_policy_document(trust_policy(200))
+        .set_tags(Some(tags("k", 45)))
+        .send()
+        .await
+        .expect("CreateRole with 45 tags");
+    made.roles.push(role.clone());
+    iam.tag_role()
+        .role_name(&role)
+        .set_tags(Some(tags("n", 5)))
+        .send()
+        .await
+        .expect("TagRole up to 50");
+    // Overwriting a tag the role has adds none.
+    iam.tag_role()
+        .role_name(&role)
+        .set_tags(Some(tags("k", 1)))
+        .send()
+        .await
+        .expect("TagRole overwriting one");
+    assert_limit_exceeded!(
+        "TagRole past 50",
+        iam.tag_role()
+            .role_name(&role)
+            .set_tags(Some(tags("x", 1)))
+            .send()
+            .await,
+        "Cannot exceed quota for TagsPerRole: 50"
+    );
+    assert_last_refused(&proxy, "TagRole", "LimitExceeded");
+    assert_eq!(common::role_tags(&moto, &role).await.len(), 50);
+
+    // Keys of 128 and values of 256 characters, one more each.
+    let tag = |key: String, value: String| {
+        aws_sdk_iam::types::Tag::builder()
+            .key(key)
+            .value(value)
+            .build()
+            .unwrap()
+    };
+    iam.untag_role()
+        .role_name(&role)
+        .tag_keys("k0")
+        .send()
+        .await
+        .expect("UntagRole");
+    let (key_128, value_256) = ("k".repeat(128), "v".repeat(256));
+    iam.tag_role()
+        .role_name(&role)
+        .tags(tag(key_128.clone(), value_256.clone()))
+        .send()
+        .await
+        .expect("TagRole of a 128-character key with a 256-character value");
+    let (key_129, value_257) = ("k".repeat(129), "v".repeat(257));
+    assert_validation_error(
+        "TagRole of a 129-character key",
+        iam.tag_role()
+            .role_name(&role)
+            .tags(tag(key_129.clone(), "v".to_owned()))
+            .send()
+            .await,
+        &format!(
+            "1 validation error detected: Value '{key_129}' at 'tags.1.member.key' failed to \
+             satisfy constraint: Member must have length less than or equal to 128"
+        ),
+    );
+    assert_validation_error(
+        "TagRole of a 257-character value",
+        iam.tag_role()
+            .role_name(&role)
+            .tags(tag("short".to_owned(), value_257.clone()))
+            .send()
+            .await,
+        &format!(
+            "1 validation error detected: Value '{value_257}' at 'tags.1.member.value' failed \
+             to satisfy constraint: Member must have length less than or equal to 256"
+        ),
+    );
+    let held = common::role_tags(&moto, &role).await;
+    assert_eq!(held.len(), 50);
+    assert_eq!(held.get(&key_128), Some(&value_256));
+}
+
+#[tokio::test]
+async fn role_names_paths_and_policy_names_have_their_lengths() {
+    let proxy = start_proxy().await;
+    let (iam, _) = target_session(&proxy).await;
+    let moto = moto_target().await;
+    let mut made = Made::default();
+
+    let name_64 = format!("{}-", common::unique("quota-name"));
+    let name_64 = format!("{name_64}{}", "n".repeat(64 - name_64.len()));
+    let path_512 = format!("/{}/", "p".repeat(510));
+    iam.create_role()
+        .role_name(&name_64)
+        .path(&path_512)
+        .assume_role_policy_document(trust_policy(200))
+        .send()
+        .await
+        .expect("CreateRole with a 64-character name and a 512-character path");
+    made.roles.push(name_64.clone());
+
+    let name_65 = format!("{name_64}n");
+    assert_validation_error(
+        "CreateRole with a 65-character name",
+        iam.create_role()
+            .role_name(&name_65)
+            .assume_role_policy_document(trust_policy(200))
+            .send()
+            .await,
+        &format!(
+            "1 validation error detected: Value '{name_65}' at 'roleName' failed to satisfy \
+             constraint: Member must have length less than or equal to 64"
+        ),
+    );
+    assert_last_refused(&proxy, "CreateRole", "ValidationError");
+    assert!(common::get_iam_role(&moto, &name_65).await.is_none());
+
+    let other = common::unique("quota-path");
+    let path_513 = format!("/{}/", "p".repeat(511));
+    assert_validation_error(
+        "CreateRole with a 513-character path",
+        iam.create_role()
+            .role_name(&other)
+            .path(&path_513)
+            .assume_role_policy_document(trust_policy(200))
+            .send()
+            .await,
+        &format!(
+            "1 validation error detected: Value '{path_513}' at 'path' failed to satisfy \
+             constraint: Member must have length less than or equal to 512"
+        ),
+    );
+    // Two constraints of one request: both named, in one answer.
+    let bad = format!("bad name {}", "n".repeat(60));
+    assert_validation_error(
+        "CreateRole with a 69-character name with spaces",
+        iam.create_role()
+            .role_name(&bad)
+            .assume_role_policy_document(trust_policy(200))
+            .send()
+            .await,
+        &format!(
+            "2 validation errors detected: Value '{bad}' at 'roleName' failed to satisfy \
+             constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]+; Value \
+             '{bad}' at 'roleName' failed to satisfy constraint: Member must have length less \
+             than or equal to 64"
+        ),
+    );
+    assert!(common::get_iam_role(&moto, &other).await.is_none());
+
+    // Policy names: 128.
+    let policy_128 = "p".repeat(128);
+    iam.put_role_policy()
+        .role_name(&name_64)
+        .policy_name(&policy_128)
+        .policy_document(identity_policy(200))
+        .send()
+        .await
+        .expect("PutRolePolicy with a 128-character name");
+    let policy_129 = "p".repeat(129);
+    assert_validation_error(
+        "PutRolePolicy with a 129-character name",
+        iam.put_role_policy()
+            .role_name(&name_64)
+            .policy_name(&policy_129)
+            .policy_document(identity_policy(200))
+            .send()
+            .await,
+        &format!(
+            "1 validation error detected: Value '{policy_129}' at 'policyName' failed to \
+             satisfy constraint: Member must have length less than or equal to 128"
+        ),
+    );
+    assert_eq!(role_policy_names(&moto, &name_64).await, [policy_128]);
+}
+
+#[tokio::test]
+async fn assume_role_checks_session_names_policies_tags_and_identifiers() {
+    let proxy = start_proxy().await;
+    let (_, sts) = clients(&proxy.endpoint(), 1).await;
+    let role_arn = env("MANAGEMENT_ROLE_ARN");
+    let assume = |session_name: &str| {
+        sts.assume_role()
+            .role_arn(&role_arn)
+            .role_session_name(session_name)
+    };
+    for name in ["ab".to_owned(), "s".repeat(64), "a+=,.@-_Z9".to_owned()] {
+        assume(&name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("AssumeRole as {name:?}: {e:?}"));
+    }
+    let sessions = proxy.sessions_seen();
+    assert_validation_error(
+        "AssumeRole with a 1-character session name",
+        assume("a").send().await,
+        "1 validation error detected: Value 'a' at 'roleSessionName' failed to satisfy \
+         constraint: Member must have length greater than or equal to 2",
+    );
+    assert_last_refused(&proxy, "AssumeRole", "ValidationError");
+    let long = "s".repeat(65);
+    assert_validation_error(
+        "AssumeRole with a 65-character session name",
+        assume(&long).send().await,
+        &format!(
+            "1 validation error detected: Value '{long}' at 'roleSessionName' failed to satisfy \
+             constraint: Member must have length less than or equal to 64"
+        ),
+    );
+    assert_validation_error(
+        "AssumeRole with a space in the session name",
+        assume("my session").send().await,
+        "1 validation error detected: Value 'my session' at 'roleSessionName' failed to \
+         satisfy constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*",
+    );
+
+    // Session policies: 2,048 characters (of the plaintext, white space included).
+    let session_policy = |size: usize| {
+        let compact =
+            serde_json::to_string(&common::policy_json(&identity_policy(size))).expect("JSON");
+        assert_eq!(compact.len(), size);
+        compact
+    };
+    assume("policy-2048")
+        .policy(session_policy(2048))
+        .send()
+        .await
+        .expect("AssumeRole with a 2048-character session policy");
+    let policy_2049 = session_policy(2049);
+    assert_validation_error(
+        "AssumeRole with a 2049-character session policy",
+        assume("policy-2049").policy(&policy_2049).send().await,
+        &format!(
+            "1 validation error detected: Value '{policy_2049}' at 'policy' failed to satisfy \
+             constraint: Member must have length less than or equal to 2048"
+        ),
+    );
+
+    // Session tags: 50, values 256.
+    let session_tag = |key: String, value: String| {
+        aws_sdk_sts::types::Tag::builder()
+            .key(key)
+            .value(value)
+            .build()
+            .unwrap()
+    };
+    let value_257 = "v".repeat(257);
+    assert_validation_error(
+        "AssumeRole with a 257-character session tag value",
+        assume("tags")
+            .tags(session_tag("team".into(), value_257.clone()))
+            .send()
+            .await,
+        &format!(
+            "1 validation error detected: Value '{value_257}' at 'tags.1.member.value' failed \
+             to satisfy constraint: Member must have length less than or equal to 256"
+        ),
+    );
+    let (answer, _) = refused(
+        "AssumeRole with 51 session tags",
+        assume("tags")
+            .set_tags(Some(
+                (0..51)
+                    .map(|i| session_tag(format!("k{i}"), "v".into()))
+                    .collect(),
+            ))
+            .send()
+            .await,
+    );
+    assert_eq!(
+        answer.code.as_deref(),
+        Some("ValidationError"),
+        "{answer:?}"
+    );
+    assert!(
+        answer.message.as_deref().is_some_and(|m| m.ends_with(
+            "at 'tags' failed to satisfy constraint: Member must \
+                                        have length less than or equal to 50"
+        )),
+        "{answer:?}"
+    );
+
+    // Duration, external ID and source identity: their ranges and lengths.
+    assert_validation_error(
+        "AssumeRole for 899 seconds",
+        assume("duration").duration_seconds(899).send().await,
+        "1 validation error detected: Value '899' at 'durationSeconds' failed to satisfy \
+         constraint: Member must have value greater than or equal to 900",
+    );
+    assert_validation_error(
+        "AssumeRole with a 1-character external ID",
+        assume("external").external_id("x").send().await,
+        "1 validation error detected: Value 'x' at 'externalId' failed to satisfy constraint: \
+         Member must have length greater than or equal to 2",
+    );
+    assert_validation_error(
+        "AssumeRole with a source identity with a space",
+        assume("source").source_identity("a b").send().await,
+        "1 validation error detected: Value 'a b' at 'sourceIdentity' failed to satisfy \
+         constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*",
+    );
+    assert_eq!(
+        proxy.sessions_seen(),
+        sessions + 1,
+        "only the 2048-character policy got a session"
+    );
+}
+
+#[tokio::test]
+async fn packed_policy_too_large_is_injected_as_sts_answers_it() {
+    let proxy = start_proxy().await;
+    proxy.set_rules(vec![
+        FaultRule::new(Fault::PackedPolicyTooLarge { percent: 112 })
+            .service("sts")
+            .operations(&["AssumeRole"]),
+    ]);
+    let (_, sts) = clients(&proxy.endpoint(), 1).await;
+    let err = sts
+        .assume_role()
+        .role_arn(env("MANAGEMENT_ROLE_ARN"))
+        .role_session_name("packed")
+        .send()
+        .await
+        .expect_err("AssumeRole is answered PackedPolicyTooLarge");
+    assert!(
+        err.as_service_error()
+            .is_some_and(|e| e.is_packed_policy_too_large_exception()),
+        "the SDK parses it as PackedPolicyTooLargeException: {err:?}"
+    );
+    let (answer, _) = refused::<(), _>("AssumeRole", Err(err));
+    assert_eq!(answer.code.as_deref(), Some("PackedPolicyTooLarge"));
+    assert_eq!(answer.status, Some(400));
+    assert_eq!(
+        answer.message.as_deref(),
+        Some("Packed policy consumes 112% of allotted space, please use smaller policy.")
+    );
+    assert_eq!(
+        AwsError::classify(answer.code.as_deref(), answer.status),
+        AwsErrorKind::Invalid
+    );
+    assert_eq!(proxy.count("sts", "AssumeRole").faulted, 1);
+}
+
+#[tokio::test]
+async fn get_account_summary_reports_the_quotas_enforced() {
+    let proxy = start_proxy().await;
+    let (iam, _) = target_session(&proxy).await;
+    let summary = |iam: aws_sdk_iam::Client| async move {
+        iam.get_account_summary()
+            .send()
+            .await
+            .expect("GetAccountSummary")
+            .summary_map
+            .unwrap_or_default()
+    };
+    let quotas = IamQuotas::default();
+    let expected = [
+        (SummaryKeyType::UserPolicySizeQuota, 2048),
+        (SummaryKeyType::RolePolicySizeQuota, 10240),
+        (SummaryKeyType::GroupPolicySizeQuota, 5120),
+        (SummaryKeyType::AttachedPoliciesPerUserQuota, 10),
+        (SummaryKeyType::AttachedPoliciesPerRoleQuota, 10),
+        (SummaryKeyType::AttachedPoliciesPerGroupQuota, 10),
+        (SummaryKeyType::PolicySizeQuota, 6144),
+        (SummaryKeyType::VersionsPerPolicyQuota, 5),
+        (SummaryKeyType::AssumeRolePolicySizeQuota, 2048),
+    ];
+    let map = summary(iam.clone()).await;
+    for (key, value) in &expected {
+        assert_eq!(map.get(key), Some(value), "{key:?} in {map:?}");
+    }
+    assert!(
+        map.get(&SummaryKeyType::Roles).is_some_and(|n| *n > 0),
+        "moto's counts are kept: {map:?}"
+    );
+    proxy.set_iam_quotas(IamQuotas {
+        attached_policies_per_user: 20,
+        attached_policies_per_role: 20,
+        assume_role_policy_size: 4096,
+        ..quotas
+    });
+    let map = summary(iam.clone()).await;
+    assert_eq!(
+        map.get(&SummaryKeyType::AttachedPoliciesPerUserQuota),
+        Some(&20)
+    );
+    assert_eq!(
+        map.get(&SummaryKeyType::AttachedPoliciesPerRoleQuota),
+        Some(&20)
+    );
+    assert_eq!(
+        map.get(&SummaryKeyType::AssumeRolePolicySizeQuota),
+        Some(&4096)
+    );
+    assert_eq!(map.get(&SummaryKeyType::PolicySizeQuota), Some(&6144));
+}
+
+#[tokio::test]
+async fn keys_the_proxy_cannot_place_are_judged_on_the_request_alone() {
+    // A session issued by moto directly: the proxy does not know its account.
+    let (_, direct_sts) = clients(&env("AWS_ENDPOINT_URL"), 1).await;
+    let assumed = assume_management_role(&direct_sts, 900).await;
+    let proxy = start_proxy().await;
+    let (iam, _) = session_clients(&proxy.endpoint(), &assumed).await;
+    let mut made = Made::default();
+    let role = create_role(&iam, &mut made, "quota-unknown").await;
+    iam.put_role_policy()
+        .role_name(&role)
+        .policy_name("p")
+        .policy_document(identity_policy(200))
+        .send()
+        .await
+        .expect("forwarded unjudged");
+    let last = proxy.requests().pop().expect("a request");
+    assert!(
+        last.is("iam", "PutRolePolicy") && last.succeeded(),
+        "{last:?}"
+    );
+    assert_eq!(
+        last.unjudged.as_deref(),
+        Some("the proxy does not know the account of the signing key")
+    );
+    assert!(
+        last.summary().contains("quota unjudged"),
+        "{}",
+        last.summary()
+    );
+    // What the request alone shows is refused all the same.
+    assert_limit_exceeded!(
+        "PutRolePolicy of one document past 10240",
+        iam.put_role_policy()
+            .role_name(&role)
+            .policy_name("big")
+            .policy_document(identity_policy(10241))
+            .send()
+            .await,
+        format!("Maximum policy size of 10240 bytes exceeded for role {role}")
+    );
+    assert_limit_exceeded!(
+        "UpdateAssumeRolePolicy past 2048",
+        iam.update_assume_role_policy()
+            .role_name(&role)
+            .policy_document(trust_policy(2049))
+            .send()
+            .await,
+        "Cannot exceed quota for ACLSizePerRole: 2048"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_cannot_both_take_the_room_of_one() {
+    let proxy = start_proxy().await;
+    let (iam, _) = target_session(&proxy).await;
+    let moto = moto_target().await;
+    let mut made = Made::default();
+    let role = create_role(&iam, &mut made, "quota-race").await;
+    // Each fits alone, both do not.
+    let writes: Vec<_> = ["left", "right"]
+        .into_iter()
+        .map(|name| {
+            let iam = iam.clone();
+            let role = role.clone();
+            tokio::spawn(async move {
+                iam.put_role_policy()
+                    .role_name(&role)
+                    .policy_name(name)
+                    .policy_document(identity_policy(6000))
+                    .send()
+                    .await
+                    .map_err(|e| e.code().map(str::to_owned))
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for write in writes {
+        outcomes.push(write.await.expect("task"));
+    }
+    let passed = outcomes.iter().filter(|o| o.is_ok()).count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(Some(code)) if code == "LimitExceeded"))
+        .count();
+    assert_eq!((passed, refused), (1, 1), "{outcomes:?}");
+    assert_eq!(role_policy_names(&moto, &role).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_lenient_proxy_forwards_what_aws_refuses() {
+    // The opt-out, and proof that moto alone is lenient: it takes a trust policy AWS refuses.
+    let proxy = AwsProxy::start_lenient(&env("AWS_ENDPOINT_URL")).await;
+    assert_eq!(proxy.iam_quotas(), None);
+    let (iam, _) = target_session(&proxy).await;
+    let mut made = Made::default();
+    let role = common::unique("lenient");
+    iam.create_role()
+        .role_name(&role)
+        .assume_role_policy_document(trust_policy(2049))
+        .send()
+        .await
+        .expect("moto takes a trust policy past 2048");
+    made.roles.push(role);
+    assert!(proxy.requests().iter().all(|r| !r.refused()));
 }

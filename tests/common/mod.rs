@@ -4,7 +4,9 @@
 //! The shared test operator of a test binary ([`Operator::shared`]) reaches AWS through an AWS
 //! proxy without faults ([`shared_proxy`], tests/common/aws_proxy.rs): what it did to AWS is
 //! counted there, every attempt whatever its outcome, not in the operator's own metrics (which
-//! report only what the operator believes it did).
+//! report only what the operator believes it did). Every operator the tests start reaches AWS
+//! through a proxy with IAM as AWS (the proxy's default): IAM's quotas and parameter
+//! constraints are enforced as AWS enforces them, which moto alone does not.
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod aws_proxy;
@@ -231,7 +233,8 @@ pub const CLUSTER_NAME: &str = "it";
 /// How [`Operator::start_with`] differs from the default test operator.
 #[derive(Default, Clone)]
 pub struct OperatorOptions {
-    /// `AWS_ENDPOINT_URL` of the operator (default: the environment's).
+    /// `AWS_ENDPOINT_URL` of the operator (default: a proxy of the operator's own in front of
+    /// the environment's, with IAM as AWS).
     pub aws_endpoint: Option<String>,
     /// `--resync-interval` (default [`RESYNC_INTERVAL`]).
     pub resync: Option<Duration>,
@@ -248,6 +251,8 @@ pub struct Operator {
     base_url: String,
     log_path: PathBuf,
     exit: Arc<(Mutex<Option<String>>, Condvar)>,
+    /// The operator's own AWS proxy, when no endpoint was given.
+    _proxy: Option<AwsProxy>,
 }
 
 static OPERATOR: OnceLock<Operator> = OnceLock::new();
@@ -435,7 +440,16 @@ impl Operator {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        if let Some(endpoint) = &options.aws_endpoint {
+        // Never straight to moto: AWS's rules hold for every operator (IAM as AWS).
+        let proxy = options
+            .aws_endpoint
+            .is_none()
+            .then(|| AwsProxy::start_on_own_runtime(&env("AWS_ENDPOINT_URL")));
+        let endpoint = options
+            .aws_endpoint
+            .clone()
+            .or_else(|| proxy.as_ref().map(AwsProxy::endpoint));
+        if let Some(endpoint) = &endpoint {
             command.env("AWS_ENDPOINT_URL", endpoint);
         }
         let (pid, exit) = spawn_tied_to_test(command).unwrap_or_else(|e| {
@@ -446,6 +460,7 @@ impl Operator {
             base_url: format!("http://127.0.0.1:{port}"),
             log_path,
             exit,
+            _proxy: proxy,
         }
     }
 
