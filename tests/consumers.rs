@@ -645,11 +645,11 @@ fn judge(spec: &ConsumerSpec, sets: &[IssuedSet], calls: &[Call], exited: Option
                     describe(&succeeded_late)
                 ));
             }
-            if after_expiry.iter().filter(|c| c.expired_token()).count() < CALLS_AFTER_EXPIRY {
+            let refused = after_expiry.iter().filter(|c| c.expired_token()).count();
+            if refused < CALLS_AFTER_EXPIRY {
                 problems.push(format!(
-                    "the control has {} ExpiredToken answers after {first_expiry}, expected at \
-                     least {CALLS_AFTER_EXPIRY}",
-                    expired.len()
+                    "the control has {refused} ExpiredToken answers after {first_expiry}, \
+                     expected at least {CALLS_AFTER_EXPIRY}"
                 ));
             }
         }
