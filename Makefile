@@ -3,8 +3,9 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 ENV_FILE := target/devenv/env
+CONSUMERS_ENV_FILE := target/consumers/env
 
-.PHONY: help build crds fmt lint unit integration test env-up env-down demo bench
+.PHONY: help build crds fmt lint unit integration test env-up env-down demo bench consumers-deps
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,9 +36,13 @@ env-up: ## Start the local Kubernetes + AWS environment and write target/devenv/
 env-down: ## Stop the local environment
 	hack/devenv/down.sh
 
-integration: ## Integration tests against a running environment (make env-up first)
+consumers-deps: ## The SDK consumers of tests/consumers.rs (Go v2, JavaScript v3), built once per version into the user cache
+	hack/consumers/install.sh
+
+integration: consumers-deps ## Integration tests against a running environment (make env-up first)
 	@test -f $(ENV_FILE) || { echo "no $(ENV_FILE): run 'make env-up' first" >&2; exit 1; }
-	set -a; . $(ENV_FILE); set +a; $(CARGO) test --no-fail-fast --test '*' -- --test-threads=4
+	$(CARGO) build --example sdk-consumer
+	set -a; . $(ENV_FILE); . $(CONSUMERS_ENV_FILE); set +a; $(CARGO) test --no-fail-fast --test '*' -- --test-threads=4
 
 BENCH_N ?= 200
 bench: ## Benchmark at BENCH_N objects (default 200) beside the floor and ACK; writes target/bench/
@@ -48,8 +53,8 @@ bench: ## Benchmark at BENCH_N objects (default 200) beside the floor and ACK; w
 	    $(CARGO) bench --bench convergence ) || status=$$?; \
 	  hack/devenv/down.sh; exit $$status
 
-test: fmt lint unit ## Everything: checks, unit tests, environment up, integration tests, environment down
-	$(CARGO) build --bins --tests
+test: fmt lint unit consumers-deps ## Everything: checks, unit tests, environment up, integration tests, environment down
+	$(CARGO) build --bins --tests --examples
 	hack/install-helm.sh >/dev/null
 	status=0; hack/devenv/up.sh && $(MAKE) --no-print-directory integration || status=$$?; \
 	  hack/devenv/down.sh; exit $$status

@@ -10,6 +10,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod aws_proxy;
+pub mod kubelet_mount;
 pub mod tenant;
 
 use std::{
