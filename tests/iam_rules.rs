@@ -106,7 +106,12 @@ impl SourceUser {
 /// Detaches, deletes the keys and inline policies of, and deletes user `name`.
 async fn delete_user(name: &str) {
     let iam = admin_iam().await;
-    if let Ok(out) = iam.list_attached_user_policies().user_name(name).send().await {
+    if let Ok(out) = iam
+        .list_attached_user_policies()
+        .user_name(name)
+        .send()
+        .await
+    {
         for policy in out.attached_policies() {
             let _ = iam
                 .detach_user_policy()
@@ -226,15 +231,17 @@ async fn a_hundred_roles_granted_to_one_user_each_work_and_no_other_does() {
     let grant_policies = common::user_grant_policies(&source, &user.name).await;
     assert_eq!(
         grant_policies,
-        BTreeSet::from([format!("crossaccount-{}-user-{}", common::CLUSTER_NAME, user.name)]),
+        BTreeSet::from([format!(
+            "crossaccount-{}-user-{}",
+            common::CLUSTER_NAME,
+            user.name
+        )]),
         "one grant policy for a hundred grants"
     );
     assert!(common::user_policies(&source, &user.name).await.is_empty());
 
     for i in 0..100 {
-        let _ = api
-            .delete(&format!("r{i:03}"), &Default::default())
-            .await;
+        let _ = api.delete(&format!("r{i:03}"), &Default::default()).await;
     }
     common::delete_role_and_wait(&client, &ns.name, "other", GONE).await;
     for i in 0..100 {
@@ -312,7 +319,10 @@ async fn a_deleted_principal_is_named_its_grant_revoked_and_the_rest_still_appli
         CONVERGE,
     )
     .await;
-    let message = common::role_condition(&cr, "RoleSynced").unwrap().message.clone();
+    let message = common::role_condition(&cr, "RoleSynced")
+        .unwrap()
+        .message
+        .clone();
     assert!(
         message.contains(&format!("user {}", user.name)),
         "the condition names the deleted user: {message}"
@@ -326,7 +336,14 @@ async fn a_deleted_principal_is_named_its_grant_revoked_and_the_rest_still_appli
         "the deleted user's grant tag is removed: {tags:?}"
     );
     assert!(
-        common::user_granted(&source, &target, common::CLUSTER_NAME, "devTest", &role_name).await,
+        common::user_granted(
+            &source,
+            &target,
+            common::CLUSTER_NAME,
+            "devTest",
+            &role_name
+        )
+        .await,
         "the other grant stays"
     );
     common::delete_role_and_wait(&client, &ns.name, "app", GONE).await;
@@ -416,7 +433,10 @@ async fn the_consoles_revocation_survives_resyncs_and_older_credentials_are_repl
     if let Err(last) = outcome {
         common::fail_with_operator_log("the revoked credentials were not replaced", &last);
     }
-    let cr = common::roles_api(&client, &ns.name).get("app").await.unwrap();
+    let cr = common::roles_api(&client, &ns.name)
+        .get("app")
+        .await
+        .unwrap();
     assert_eq!(
         cr.status
             .as_ref()
@@ -476,7 +496,10 @@ async fn revoking_by_annotation_writes_the_consoles_policy_and_reissues() {
             if policy.is_some() && key != first_key {
                 Ok(policy.unwrap())
             } else {
-                Err(format!("policy {policy:?}, key changed {}", key != first_key))
+                Err(format!(
+                    "policy {policy:?}, key changed {}",
+                    key != first_key
+                ))
             }
         }
     })
@@ -488,14 +511,21 @@ async fn revoking_by_annotation_writes_the_consoles_policy_and_reissues() {
         policy["Statement"][0]["Effect"], "Deny",
         "the console's policy: {policy}"
     );
-    let cr = common::roles_api(&client, &ns.name).get("app").await.unwrap();
+    let cr = common::roles_api(&client, &ns.name)
+        .get("app")
+        .await
+        .unwrap();
     let before = cr
         .status
         .as_ref()
         .and_then(|s| s.sessions_revoked_before.clone())
         .expect("status.sessionsRevokedBefore");
     let (_, issued) = held(&client, &ns.name, "app-aws").await;
-    assert!(issued >= before.0, "the new credentials ({issued}) are issued after {}", before.0);
+    assert!(
+        issued >= before.0,
+        "the new credentials ({issued}) are issued after {}",
+        before.0
+    );
     let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns.name)
         .list(&Default::default())
         .await
@@ -503,7 +533,9 @@ async fn revoking_by_annotation_writes_the_consoles_policy_and_reissues() {
     assert!(
         events.items.iter().any(|e| {
             e.reason.as_deref() == Some("SessionsRevoked")
-                && e.note.as_deref().is_some_and(|n| n.contains("incident-responder"))
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("incident-responder"))
         }),
         "an event says who asked"
     );
@@ -550,8 +582,20 @@ async fn tags_others_manage_are_left_alone_and_others_are_removed() {
     target
         .tag_role()
         .role_name(&role_name)
-        .tags(aws_sdk_iam::types::Tag::builder().key("cost-center").value("42").build().unwrap())
-        .tags(aws_sdk_iam::types::Tag::builder().key("stray").value("x").build().unwrap())
+        .tags(
+            aws_sdk_iam::types::Tag::builder()
+                .key("cost-center")
+                .value("42")
+                .build()
+                .unwrap(),
+        )
+        .tags(
+            aws_sdk_iam::types::Tag::builder()
+                .key("stray")
+                .value("x")
+                .build()
+                .unwrap(),
+        )
         .send()
         .await
         .expect("tag the role as other tools would");
@@ -633,7 +677,10 @@ async fn a_role_in_an_instance_profile_is_not_deleted_until_it_leaves_it() {
         }
     })
     .await;
-    let message = common::role_condition(&cr, "Ready").unwrap().message.clone();
+    let message = common::role_condition(&cr, "Ready")
+        .unwrap()
+        .message
+        .clone();
     assert!(message.contains("deletionPolicy: Retain"), "{message}");
     target
         .remove_role_from_instance_profile()
@@ -694,7 +741,9 @@ async fn sessions_carry_the_objects_tags_transitively_and_allowed_tenant_tags() 
     let mint = common::shared_proxy()
         .requests_since(&mark)
         .into_iter()
-        .find(|r| r.is("sts", "AssumeRole") && r.param("RoleArn") == Some(&common::role_arn(&role_name)))
+        .find(|r| {
+            r.is("sts", "AssumeRole") && r.param("RoleArn") == Some(&common::role_arn(&role_name))
+        })
         .expect("the mint reached AWS");
     let mut tags = std::collections::BTreeMap::new();
     for n in 1..=10 {
@@ -705,15 +754,26 @@ async fn sessions_carry_the_objects_tags_transitively_and_allowed_tenant_tags() 
             tags.insert(k.to_owned(), v.to_owned());
         }
     }
-    assert_eq!(tags.get("crossaccount.io/namespace"), Some(&ns.name), "{tags:?}");
-    assert_eq!(tags.get("crossaccount.io/name").map(String::as_str), Some("app"));
+    assert_eq!(
+        tags.get("crossaccount.io/namespace"),
+        Some(&ns.name),
+        "{tags:?}"
+    );
+    assert_eq!(
+        tags.get("crossaccount.io/name").map(String::as_str),
+        Some("app")
+    );
     assert_eq!(tags.get("team").map(String::as_str), Some("payments"));
     let transitive: BTreeSet<&str> = (1..=10)
         .filter_map(|n| mint.param(&format!("TransitiveTagKeys.member.{n}")))
         .collect();
     assert_eq!(
         transitive,
-        BTreeSet::from(["crossaccount.io/cluster", "crossaccount.io/name", "crossaccount.io/namespace"]),
+        BTreeSet::from([
+            "crossaccount.io/cluster",
+            "crossaccount.io/name",
+            "crossaccount.io/namespace"
+        ]),
         "the object's tags are transitive, the tenant's are not"
     );
     // A key the account does not allow is refused, naming it.

@@ -487,7 +487,9 @@ pub(crate) fn validate(
 
 /// The `crossaccount.io/revoke-sessions` annotation: an RFC 3339 time, or `now`, which means when
 /// the annotation was set (the time of the managedFields entry that holds it, so that every
-/// reconcile reads the same time).
+/// reconcile reads the same time). That time is cut to the second, and so is a session's
+/// `aws:TokenIssueTime`, so `now` revokes up to the end of that second: a session issued in the
+/// same second before the annotation is revoked too (one issued in it just after is, harmlessly).
 fn revoke_sessions(cr: &CrossAccountRole) -> Result<Option<RevokeSessions>, Refusal> {
     let Some(value) = cr.annotations().get(names::REVOKE_SESSIONS_ANNOTATION) else {
         return Ok(None);
@@ -500,7 +502,7 @@ fn revoke_sessions(cr: &CrossAccountRole) -> Result<Option<RevokeSessions>, Refu
     });
     let requested_by = entry.and_then(|m| m.manager.clone());
     let before = match value.trim() {
-        "now" => entry.and_then(|m| m.time.as_ref()).map(|t| t.0).ok_or_else(|| {
+        "now" => entry.and_then(|m| m.time.as_ref()).map(|t| t.0 + jiff::SignedDuration::from_secs(1)).ok_or_else(|| {
             Refusal::invalid(format!(
                 "metadata.annotations[{}]: \"now\" needs the time the annotation was set, which managedFields does not record here; give an RFC 3339 time instead",
                 names::REVOKE_SESSIONS_ANNOTATION
@@ -1217,7 +1219,8 @@ mod tests {
             ..ManagedFieldsEntry::default()
         }]);
         let revoke = check(&cr, &permissive()).unwrap().revoke_sessions.unwrap();
-        assert_eq!(revoke.before, set_at);
+        // managedFields keeps whole seconds: the whole second is revoked.
+        assert_eq!(revoke.before, "2026-12-01T11:30:01Z".parse().unwrap());
         assert_eq!(revoke.requested_by.as_deref(), Some("kubectl-annotate"));
         // Anything else is refused, naming the annotation.
         cr.annotations_mut()
