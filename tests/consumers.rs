@@ -81,15 +81,6 @@ fn say(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
 }
 
-/// An access key ID as it may be shown: its first four and last two characters.
-fn masked(key: &str) -> String {
-    let n = key.len();
-    if n < 8 {
-        return "****".into();
-    }
-    format!("{}…{}", &key[..4], &key[n - 2..])
-}
-
 // ---------------------------------------------------------------------------------------------
 // The consumers.
 // ---------------------------------------------------------------------------------------------
@@ -720,7 +711,10 @@ fn refresh_problems(name: &str, sets: &[IssuedSet]) -> (String, Vec<String>) {
             }
         }
     }
-    let keys: Vec<String> = sets.iter().map(|s| masked(&s.access_key_id)).collect();
+    let keys: Vec<String> = sets
+        .iter()
+        .map(|s| common::masked_key(&s.access_key_id))
+        .collect();
     (
         format!(
             "{} sets issued ({}), each refresh seen this long before the previous set expired: {}",

@@ -579,7 +579,8 @@ impl std::fmt::Debug for Creds {
         write!(
             f,
             "Creds({}, expires {})",
-            self.access_key_id, self.expiration
+            common::masked_key(&self.access_key_id),
+            self.expiration
         )
     }
 }

@@ -263,6 +263,15 @@ static SHARED_PROXY: OnceLock<AwsProxy> = OnceLock::new();
 /// environment's AWS: the ground truth of what that operator did to AWS. It runs on a runtime of
 /// its own (each `#[tokio::test]` has its own runtime, and this proxy must outlive the test that
 /// started it) and lives as long as the test binary.
+/// An access key ID as test output may show it: its first four and last two characters.
+pub fn masked_key(key: &str) -> String {
+    let n = key.len();
+    if n < 8 || !key.is_ascii() {
+        return "****".into();
+    }
+    format!("{}…{}", &key[..4], &key[n - 2..])
+}
+
 pub fn shared_proxy() -> &'static AwsProxy {
     SHARED_PROXY.get_or_init(|| AwsProxy::start_on_own_runtime(&env("AWS_ENDPOINT_URL")))
 }
@@ -419,6 +428,7 @@ impl Operator {
     pub fn start_with(log: std::fs::File, log_path: PathBuf, options: OperatorOptions) -> Operator {
         env("KUBECONFIG");
         env("AWS_ENDPOINT_URL");
+        hold_environment();
         let port = free_port();
         let log_err = log.try_clone().expect("clone the log file handle");
         let mut command = Command::new(OPERATOR_BIN);
@@ -584,6 +594,36 @@ const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_cross-account-operator");
 /// The state directory of the environment the tests talk to: the directory of `$KUBECONFIG`
 /// when that is a devenv (`make env-up` writes `target/devenv/kubeconfig`, next to `pids/` and
 /// `logs/`), else `target/devenv` of this repository.
+/// Every test operator reconciles every CrossAccountRole of the environment (one cluster name,
+/// all namespaces), so two test binaries running operators at once (from two checkouts sharing
+/// one environment) would act on each other's objects and each count the other's AWS calls. The
+/// first operator a binary starts takes an exclusive lock on the environment, held until the
+/// binary exits; another binary's operator waits for it.
+fn hold_environment() {
+    use std::os::fd::AsRawFd;
+    static HELD: OnceLock<std::fs::File> = OnceLock::new();
+    HELD.get_or_init(|| {
+        let path = devenv_dir().join("operators.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        // SAFETY: flock on a file descriptor this function owns; no memory is shared.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            eprintln!(
+                "waiting for another test binary's operators to finish ({})",
+                path.display()
+            );
+            // SAFETY: as above.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            assert_eq!(rc, 0, "lock {}", path.display());
+        }
+        file
+    });
+}
+
 pub fn devenv_dir() -> PathBuf {
     std::env::var_os("KUBECONFIG")
         .map(PathBuf::from)
