@@ -75,9 +75,12 @@ impl SourceUser {
         }
     }
 
-    /// Assumes `role_arn` with the user's own keys; the error code when refused.
+    /// Assumes `role_arn` with the user's own keys, through the shared AWS proxy (moto alone
+    /// evaluates neither the role's trust policy nor the conditions of the user's policies; the
+    /// proxy does, as AWS does); the error code when refused.
     async fn assume(&self, role_arn: &str) -> Result<(), String> {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(common::shared_proxy().endpoint())
             .credentials_provider(self.credentials.clone())
             .load()
             .await;
