@@ -19,7 +19,9 @@
 //!   inline policies past the aggregate size of their user, role or group, more managed
 //!   policies attached than a principal may have, managed policy and trust policy documents past
 //!   their size, a sixth version of a managed policy, more than 50 tags on a role
-//!   (`LimitExceeded`), and session policies and session tags past their size on AssumeRole. A
+//!   (`LimitExceeded`), session policies and session tags past their size on AssumeRole, and
+//!   an AssumeRole that the role's trust policy or the caller's policies (with their
+//!   conditions) do not allow (`AccessDenied`; see [`State::judge_assume_role`]). A
 //!   refused request never reaches moto; the answer carries AWS's error code, HTTP status and
 //!   message (each rule cites where they come from, see [`IamQuotas`] and the rules section
 //!   below). GetAccountSummary reports the quotas the proxy enforces. Quotas that count what
@@ -2842,16 +2844,19 @@ fn policy_date(text: &str) -> Option<Timestamp> {
         })
 }
 
+/// Whether a context value (second) matches a policy value (first).
+type ValueMatch = fn(&str, &str) -> bool;
+
 /// Whether context value `v` matches policy value `x` under the positive form of `op` (`None`
 /// for an operator the proxy does not model), and whether `op` is negated.
-fn operator_match(op: &str) -> Option<(fn(&str, &str) -> bool, bool)> {
+fn operator_match(op: &str) -> Option<(ValueMatch, bool)> {
     fn date(x: &str, v: &str, cmp: fn(std::cmp::Ordering) -> bool) -> bool {
         matches!((policy_date(v), policy_date(x)), (Some(v), Some(x)) if cmp(v.cmp(&x)))
     }
     fn number(x: &str, v: &str, cmp: fn(std::cmp::Ordering) -> bool) -> bool {
         matches!((v.parse::<f64>(), x.parse::<f64>()), (Ok(v), Ok(x)) if v.partial_cmp(&x).is_some_and(cmp))
     }
-    let found: (fn(&str, &str) -> bool, bool) = match op {
+    let found: (ValueMatch, bool) = match op {
         "StringEquals" => (|x, v| x == v, false),
         "StringNotEquals" => (|x, v| x == v, true),
         "StringEqualsIgnoreCase" => (|x, v| x.to_lowercase() == v.to_lowercase(), false),
