@@ -2105,3 +2105,648 @@ async fn a_lenient_proxy_forwards_what_aws_refuses() {
     made.roles.push(role);
     assert!(proxy.requests().iter().all(|r| !r.refused()));
 }
+
+// ---------------------------------------------------------------------------------------------
+// IAM as AWS: the authorization of sts:AssumeRole (trust policy, identity policy, conditions).
+// ---------------------------------------------------------------------------------------------
+
+/// IAM of the source account as the test bed's administrator, straight to moto.
+async fn source_admin_iam() -> aws_sdk_iam::Client {
+    let credentials = aws_credential_types::Credentials::new(
+        env("SOURCE_ADMIN_ACCESS_KEY_ID"),
+        env("SOURCE_ADMIN_SECRET_ACCESS_KEY"),
+        None,
+        None,
+        "devenv-admin",
+    );
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .credentials_provider(credentials)
+        .load()
+        .await;
+    aws_sdk_iam::Client::new(&config)
+}
+
+/// A user of the source account with keys of its own and one managed policy (made with the
+/// administrator); removed with them when dropped.
+struct AssumingUser {
+    name: String,
+    arn: String,
+    policy_arn: String,
+    credentials: aws_credential_types::Credentials,
+}
+
+impl AssumingUser {
+    async fn create(prefix: &str, policy: serde_json::Value) -> Self {
+        let iam = source_admin_iam().await;
+        let name = common::unique(prefix);
+        let user = iam
+            .create_user()
+            .user_name(&name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CreateUser {name}: {e:?}"));
+        let arn = user.user().expect("a user").arn().to_owned();
+        let policy_arn = iam
+            .create_policy()
+            .policy_name(&name)
+            .policy_document(policy.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CreatePolicy {name}: {e:?}"))
+            .policy()
+            .and_then(|p| p.arn())
+            .expect("a policy ARN")
+            .to_owned();
+        iam.attach_user_policy()
+            .user_name(&name)
+            .policy_arn(&policy_arn)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("AttachUserPolicy {name}: {e:?}"));
+        let key = iam
+            .create_access_key()
+            .user_name(&name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CreateAccessKey {name}: {e:?}"));
+        let key = key.access_key().expect("an access key");
+        let credentials = aws_credential_types::Credentials::new(
+            key.access_key_id(),
+            key.secret_access_key(),
+            None,
+            None,
+            "assuming-user",
+        );
+        AssumingUser {
+            name,
+            arn,
+            policy_arn,
+            credentials,
+        }
+    }
+
+    /// STS as this user, through `endpoint`, one attempt per call.
+    async fn sts(&self, endpoint: &str) -> aws_sdk_sts::Client {
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .credentials_provider(self.credentials.clone())
+            .retry_config(RetryConfig::standard().with_max_attempts(1))
+            .load()
+            .await;
+        aws_sdk_sts::Client::new(&config)
+    }
+}
+
+impl Drop for AssumingUser {
+    fn drop(&mut self) {
+        let (name, policy_arn) = (self.name.clone(), self.policy_arn.clone());
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let iam = source_admin_iam().await;
+                    let _ = iam
+                        .detach_user_policy()
+                        .user_name(&name)
+                        .policy_arn(&policy_arn)
+                        .send()
+                        .await;
+                    if let Ok(out) = iam.list_access_keys().user_name(&name).send().await {
+                        for key in out.access_key_metadata() {
+                            let _ = iam
+                                .delete_access_key()
+                                .user_name(&name)
+                                .access_key_id(key.access_key_id().unwrap_or_default())
+                                .send()
+                                .await;
+                        }
+                    }
+                    let _ = iam.delete_user().user_name(&name).send().await;
+                    delete_managed_policy(&iam, &policy_arn).await;
+                })
+        })
+        .join();
+    }
+}
+
+/// A role of the target account made straight in moto, with `trust` and `tags`; its ARN.
+async fn target_role(
+    made: &mut Made,
+    prefix: &str,
+    trust: serde_json::Value,
+    tags: &[(&str, &str)],
+) -> String {
+    let name = common::unique(prefix);
+    let tags = tags
+        .iter()
+        .map(|(k, v)| {
+            aws_sdk_iam::types::Tag::builder()
+                .key(*k)
+                .value(*v)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let arn = moto_target()
+        .await
+        .create_role()
+        .role_name(&name)
+        .assume_role_policy_document(trust.to_string())
+        .set_tags(Some(tags))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CreateRole {name}: {e:?}"))
+        .role()
+        .expect("a role")
+        .arn()
+        .to_owned();
+    made.roles.push(name);
+    arn
+}
+
+/// Roles of the source account made straight in moto with the administrator; deleted when
+/// dropped.
+#[derive(Default)]
+struct SourceRoles(Vec<String>);
+
+impl SourceRoles {
+    /// A role trusting per `trust`; its ARN.
+    async fn create(&mut self, prefix: &str, trust: serde_json::Value) -> String {
+        let name = common::unique(prefix);
+        let arn = source_admin_iam()
+            .await
+            .create_role()
+            .role_name(&name)
+            .assume_role_policy_document(trust.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CreateRole {name}: {e:?}"))
+            .role()
+            .expect("a role")
+            .arn()
+            .to_owned();
+        self.0.push(name);
+        arn
+    }
+}
+
+impl Drop for SourceRoles {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.0);
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let iam = source_admin_iam().await;
+                    for name in names {
+                        let _ = iam.delete_role().role_name(&name).send().await;
+                    }
+                })
+        })
+        .join();
+    }
+}
+
+/// A trust policy of one Allow statement: `principal` may do `actions`, under `condition`.
+fn trusting(
+    principal: &str,
+    actions: &[&str],
+    condition: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let mut statement = serde_json::json!({
+        "Effect": "Allow",
+        "Principal": {"AWS": principal},
+        "Action": actions,
+    });
+    if let Some(condition) = condition {
+        statement["Condition"] = condition;
+    }
+    serde_json::json!({"Version": "2012-10-17", "Statement": [statement]})
+}
+
+/// AWS's refusal of an AssumeRole: 403 `AccessDenied`, the SDK's service error, classified
+/// `AccessDenied` by the operator, and nothing reached moto (no session issued).
+fn assert_access_denied<T: std::fmt::Debug>(
+    what: &str,
+    proxy: &AwsProxy,
+    sessions: usize,
+    result: Result<
+        T,
+        SdkError<
+            aws_sdk_sts::operation::assume_role::AssumeRoleError,
+            aws_smithy_runtime_api::http::Response,
+        >,
+    >,
+    caller: &str,
+    action: &str,
+    role_arn: &str,
+) {
+    let (answer, err) = refused(what, result);
+    assert!(
+        err.as_service_error().is_some(),
+        "{what}: a service error: {err:?}"
+    );
+    assert_eq!(
+        answer.code.as_deref(),
+        Some("AccessDenied"),
+        "{what}: {answer:?}"
+    );
+    assert_eq!(answer.status, Some(403), "{what}: {answer:?}");
+    assert_eq!(
+        answer.message.as_deref(),
+        Some(
+            format!(
+                "User: {caller} is not authorized to perform: {action} on resource: {role_arn}"
+            )
+            .as_str()
+        ),
+        "{what}"
+    );
+    assert!(answer.request_id.is_some(), "{what}: a request ID");
+    assert_eq!(
+        AwsError::classify(answer.code.as_deref(), answer.status),
+        AwsErrorKind::AccessDenied
+    );
+    assert_last_refused(proxy, "AssumeRole", "AccessDenied");
+    assert_eq!(
+        proxy.sessions_seen(),
+        sessions,
+        "{what}: no session was issued"
+    );
+}
+
+fn session_tag(key: &str, value: &str) -> aws_sdk_sts::types::Tag {
+    aws_sdk_sts::types::Tag::builder()
+        .key(key)
+        .value(value)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn assume_role_needs_the_trust_policy_and_the_callers_policy_with_their_conditions() {
+    let proxy = start_proxy().await;
+    let target = env("TARGET_ACCOUNT_ID");
+    let grant = common::unique("grant");
+    // The operator's kind of grant: sts:AssumeRole (and tagging, source identity) on any role
+    // of the target account tagged for this user.
+    let user = AssumingUser::create(
+        "assumer",
+        serde_json::json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow",
+            "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
+            "Resource": format!("arn:aws:iam::{target}:role/*"),
+            "Condition": {"StringEquals": {"iam:ResourceTag/proxy-test/grant": &grant}},
+        }]}),
+    )
+    .await;
+    let mut made = Made::default();
+    let tagged: &[(&str, &str)] = &[("Proxy-Test/Grant", &grant)];
+    let granted = target_role(
+        &mut made,
+        "assume-granted",
+        trusting(&user.arn, &["sts:AssumeRole"], None),
+        tagged,
+    )
+    .await;
+    let untagged = target_role(
+        &mut made,
+        "assume-untagged",
+        trusting(&user.arn, &["sts:AssumeRole"], None),
+        &[],
+    )
+    .await;
+    let other_user = format!("arn:aws:iam::{}:user/devTest", env("SOURCE_ACCOUNT_ID"));
+    let untrusting = target_role(
+        &mut made,
+        "assume-untrusting",
+        trusting(&other_user, &["sts:AssumeRole"], None),
+        tagged,
+    )
+    .await;
+    let mut denying_trust = trusting(&user.arn, &["sts:AssumeRole"], None);
+    denying_trust["Statement"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "sts:*"}));
+    let denying = target_role(&mut made, "assume-denying", denying_trust, tagged).await;
+    let external_id = common::unique("ext");
+    let external = target_role(
+        &mut made,
+        "assume-external",
+        trusting(
+            &format!("arn:aws:iam::{}:root", env("SOURCE_ACCOUNT_ID")),
+            &["sts:AssumeRole"],
+            Some(serde_json::json!({"StringEquals": {"sts:ExternalId": &external_id}})),
+        ),
+        tagged,
+    )
+    .await;
+    let full = target_role(
+        &mut made,
+        "assume-full",
+        trusting(
+            &user.arn,
+            &["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
+            None,
+        ),
+        tagged,
+    )
+    .await;
+    let sts = user.sts(&proxy.endpoint()).await;
+    let assume = |arn: &str| sts.assume_role().role_arn(arn).role_session_name("assumer");
+
+    // Inside: trusted, tagged for the user.
+    assume(&granted).send().await.expect("the granted role");
+    assume(&external)
+        .external_id(&external_id)
+        .send()
+        .await
+        .expect("the right external ID");
+    assume(&full)
+        .tags(session_tag("team", "a"))
+        .transitive_tag_keys("team")
+        .source_identity("someone")
+        .send()
+        .await
+        .expect("tags and a source identity where the trust policy allows them");
+    assert_eq!(proxy.sessions_seen(), 3);
+    assert!(
+        proxy.requests().iter().all(|r| r.unjudged.is_none()),
+        "all judged: {:?}",
+        proxy.requests()
+    );
+
+    // Outside: each refused as AWS refuses it, before moto (which would issue each of them).
+    let sessions = proxy.sessions_seen();
+    let cases = [
+        (
+            "a role without the grant's tag",
+            untagged.clone(),
+            assume(&untagged),
+            "sts:AssumeRole",
+        ),
+        (
+            "a role whose trust does not name the user",
+            untrusting.clone(),
+            assume(&untrusting),
+            "sts:AssumeRole",
+        ),
+        (
+            "a role whose trust denies",
+            denying.clone(),
+            assume(&denying),
+            "sts:AssumeRole",
+        ),
+        (
+            "no external ID",
+            external.clone(),
+            assume(&external),
+            "sts:AssumeRole",
+        ),
+        (
+            "a wrong external ID",
+            external.clone(),
+            assume(&external).external_id("wrong-id"),
+            "sts:AssumeRole",
+        ),
+        (
+            "session tags without sts:TagSession in the trust",
+            granted.clone(),
+            assume(&granted).tags(session_tag("team", "a")),
+            "sts:TagSession",
+        ),
+        (
+            "a source identity without sts:SetSourceIdentity in the trust",
+            granted.clone(),
+            assume(&granted).source_identity("someone"),
+            "sts:SetSourceIdentity",
+        ),
+        (
+            "a role that does not exist",
+            format!("{granted}-gone"),
+            assume(&format!("{granted}-gone")),
+            "sts:AssumeRole",
+        ),
+    ];
+    for (what, arn, request, action) in cases {
+        assert_access_denied(
+            what,
+            &proxy,
+            sessions,
+            request.send().await,
+            &user.arn,
+            action,
+            &arn,
+        );
+    }
+    // moto alone issues what the proxy refused.
+    let direct = user.sts(&env("AWS_ENDPOINT_URL")).await;
+    direct
+        .assume_role()
+        .role_arn(&untagged)
+        .role_session_name("moto-is-lenient")
+        .send()
+        .await
+        .expect("moto ignores the condition");
+}
+
+#[tokio::test]
+async fn a_session_issued_through_the_proxy_is_judged_as_its_role() {
+    let proxy = start_proxy().await;
+    let target = env("TARGET_ACCOUNT_ID");
+    let user = AssumingUser::create(
+        "chainer",
+        serde_json::json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": format!("arn:aws:iam::{target}:role/*"),
+        }]}),
+    )
+    .await;
+    let mut made = Made::default();
+    let first = target_role(
+        &mut made,
+        "chain-first",
+        trusting(&user.arn, &["sts:AssumeRole"], None),
+        &[],
+    )
+    .await;
+    let first_name = first.rsplit('/').next().unwrap().to_owned();
+    // The first role may assume roles of its account (moto requires an identity policy).
+    moto_target()
+        .await
+        .put_role_policy()
+        .role_name(&first_name)
+        .policy_name("assume")
+        .policy_document(
+            serde_json::json!({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*",
+                "Condition": {"StringLike": {"aws:PrincipalArn": format!("arn:aws:iam::{target}:role/chain-*")}},
+            }]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("PutRolePolicy");
+    // The next roles are in the source account: across accounts moto checks no trust policy
+    // at all (within one, it matches the Principal to the session's ARN only, stricter than
+    // AWS, which lets a role's ARN stand for its sessions).
+    let mut source_roles = SourceRoles::default();
+    let second = source_roles
+        .create("chain-second", trusting(&first, &["sts:AssumeRole"], None))
+        .await;
+    let elsewhere = source_roles
+        .create(
+            "chain-elsewhere",
+            trusting(&user.arn, &["sts:AssumeRole"], None),
+        )
+        .await;
+    let session = user
+        .sts(&proxy.endpoint())
+        .await
+        .assume_role()
+        .role_arn(&first)
+        .role_session_name("first")
+        .send()
+        .await
+        .expect("the first role")
+        .credentials()
+        .cloned()
+        .expect("credentials");
+    let (_, session_sts) = session_clients(&proxy.endpoint(), &session).await;
+    session_sts
+        .assume_role()
+        .role_arn(&second)
+        .role_session_name("second")
+        .send()
+        .await
+        .expect("a role whose trust names the first role");
+    let last = proxy.requests().pop().unwrap();
+    assert!(
+        last.succeeded() && last.unjudged.is_none(),
+        "{}",
+        last.summary()
+    );
+    let sessions = proxy.sessions_seen();
+    assert_access_denied(
+        "a role whose trust names someone else",
+        &proxy,
+        sessions,
+        session_sts
+            .assume_role()
+            .role_arn(&elsewhere)
+            .role_session_name("elsewhere")
+            .send()
+            .await,
+        &format!("arn:aws:sts::{target}:assumed-role/{first_name}/first"),
+        "sts:AssumeRole",
+        &elsewhere,
+    );
+}
+
+#[tokio::test]
+async fn an_assume_role_the_proxy_cannot_judge_is_forwarded_and_says_why() {
+    let proxy = start_proxy().await;
+    let target = env("TARGET_ACCOUNT_ID");
+    let user = AssumingUser::create(
+        "unjudged",
+        serde_json::json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": format!("arn:aws:iam::{target}:role/*"),
+        }]}),
+    )
+    .await;
+    let mut made = Made::default();
+    let first = target_role(
+        &mut made,
+        "unjudged-first",
+        trusting(&user.arn, &["sts:AssumeRole"], None),
+        &[],
+    )
+    .await;
+    moto_target()
+        .await
+        .put_role_policy()
+        .role_name(first.rsplit('/').next().unwrap())
+        .policy_name("assume")
+        .policy_document(
+            serde_json::json!({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*",
+            }]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("PutRolePolicy");
+    let mut source_roles = SourceRoles::default();
+    let second = source_roles
+        .create(
+            "unjudged-second",
+            trusting(&first, &["sts:AssumeRole"], None),
+        )
+        .await;
+    // A session issued by moto directly: the proxy cannot tell who it is.
+    let session = user
+        .sts(&env("AWS_ENDPOINT_URL"))
+        .await
+        .assume_role()
+        .role_arn(&first)
+        .role_session_name("direct")
+        .send()
+        .await
+        .expect("the first role, from moto")
+        .credentials()
+        .cloned()
+        .expect("credentials");
+    let (_, session_sts) = session_clients(&proxy.endpoint(), &session).await;
+    session_sts
+        .assume_role()
+        .role_arn(&second)
+        .role_session_name("second")
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            let log: Vec<String> = proxy.requests().iter().map(|r| r.summary()).collect();
+            panic!("forwarded unjudged: {e:?}\n{log:#?}")
+        });
+    let last = proxy.requests().pop().unwrap();
+    assert!(last.succeeded(), "{}", last.summary());
+    assert!(
+        last.unjudged
+            .as_deref()
+            .is_some_and(|r| r.contains("cannot identify the caller")),
+        "{}",
+        last.summary()
+    );
+    // A condition key the proxy does not model: forwarded, and the log says which.
+    let odd = target_role(
+        &mut made,
+        "unjudged-odd",
+        trusting(
+            &user.arn,
+            &["sts:AssumeRole"],
+            Some(serde_json::json!({"Bool": {"aws:MultiFactorAuthPresent": "false"}})),
+        ),
+        &[],
+    )
+    .await;
+    user.sts(&proxy.endpoint())
+        .await
+        .assume_role()
+        .role_arn(&odd)
+        .role_session_name("odd")
+        .send()
+        .await
+        .expect("forwarded unjudged");
+    let last = proxy.requests().pop().unwrap();
+    assert!(last.succeeded(), "{}", last.summary());
+    assert!(
+        last.unjudged
+            .as_deref()
+            .is_some_and(|r| r.contains("aws:MultiFactorAuthPresent is not modelled")),
+        "{}",
+        last.summary()
+    );
+}

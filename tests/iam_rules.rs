@@ -75,9 +75,12 @@ impl SourceUser {
         }
     }
 
-    /// Assumes `role_arn` with the user's own keys; the error code when refused.
+    /// Assumes `role_arn` with the user's own keys, through the shared AWS proxy (moto alone
+    /// evaluates neither the role's trust policy nor the conditions of the user's policies; the
+    /// proxy does, as AWS does); the error code when refused.
     async fn assume(&self, role_arn: &str) -> Result<(), String> {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(common::shared_proxy().endpoint())
             .credentials_provider(self.credentials.clone())
             .load()
             .await;
@@ -197,9 +200,7 @@ async fn a_hundred_roles_granted_to_one_user_each_work_and_no_other_does() {
             let not_ready: Vec<String> = list
                 .items
                 .iter()
-                .filter(|cr| {
-                    !common::role_condition(cr, "Ready").is_some_and(|c| c.status == "True")
-                })
+                .filter(|cr| common::role_condition(cr, "Ready").is_none_or(|c| c.status != "True"))
                 .map(common::describe_role)
                 .collect();
             match not_ready.first() {
@@ -215,6 +216,7 @@ async fn a_hundred_roles_granted_to_one_user_each_work_and_no_other_does() {
     }
 
     // The user, with its own keys, assumes each granted role, and not the other one.
+    let mark = common::shared_proxy().mark();
     let mut refused = Vec::new();
     for role_name in &names {
         if let Err(code) = user.assume(&common::role_arn(role_name)).await {
@@ -225,6 +227,24 @@ async fn a_hundred_roles_granted_to_one_user_each_work_and_no_other_does() {
     assert!(
         user.assume(&common::role_arn(&other)).await.is_err(),
         "the user assumed a role nobody granted it"
+    );
+    // Each judged on the roles' trust and the grant policy's condition, none let through
+    // unjudged; the other one refused by the proxy as AWS refuses it.
+    let assumes: Vec<_> = common::shared_proxy()
+        .requests_since(&mark)
+        .into_iter()
+        .filter(|r| r.is("sts", "AssumeRole") && r.param("RoleSessionName") == Some("grantee"))
+        .collect();
+    assert_eq!(assumes.len(), 101);
+    let unjudged: Vec<String> = assumes
+        .iter()
+        .filter(|r| r.unjudged.is_some())
+        .map(|r| r.summary())
+        .collect();
+    assert!(unjudged.is_empty(), "{unjudged:?}");
+    assert_eq!(
+        assumes.last().map(|r| r.outcome),
+        Some(common::aws_proxy::Outcome::Refused("AccessDenied"))
     );
     // Within the quotas: one managed policy attached, no inline policy at all.
     let source = admin_iam().await;
@@ -447,7 +467,7 @@ async fn the_consoles_revocation_survives_resyncs_and_older_credentials_are_repl
     );
     // The policy survives resyncs: wait for three more rounds of reads of the role.
     let mark = common::shared_proxy().mark();
-    common::wait_for_role_reads(&mark, &[role_name.clone()], 3, CONVERGE).await;
+    common::wait_for_role_reads(&mark, std::slice::from_ref(&role_name), 3, CONVERGE).await;
     assert_eq!(
         revocation_of(&role_name).await,
         Some(console),
@@ -493,13 +513,12 @@ async fn revoking_by_annotation_writes_the_consoles_policy_and_reissues() {
         async move {
             let policy = revocation_of(&role_name).await;
             let (key, _) = held(&client, &ns, "app-aws").await;
-            if policy.is_some() && key != first_key {
-                Ok(policy.unwrap())
-            } else {
-                Err(format!(
+            match policy {
+                Some(policy) if key != first_key => Ok(policy),
+                policy => Err(format!(
                     "policy {policy:?}, key changed {}",
                     key != first_key
-                ))
+                )),
             }
         }
     })
@@ -744,7 +763,21 @@ async fn sessions_carry_the_objects_tags_transitively_and_allowed_tenant_tags() 
         .find(|r| {
             r.is("sts", "AssumeRole") && r.param("RoleArn") == Some(&common::role_arn(&role_name))
         })
-        .expect("the mint reached AWS");
+        .unwrap_or_else(|| {
+            let log: Vec<String> = common::shared_proxy()
+                .requests_since(&mark)
+                .iter()
+                .map(|r| r.summary())
+                .collect();
+            panic!("the mint reached AWS: {log:#?}")
+        });
+    // Judged as AWS judges it (trust with the external ID, sts:TagSession and
+    // sts:SetSourceIdentity, the operator's policy) and allowed.
+    assert!(
+        mint.succeeded() && mint.unjudged.is_none(),
+        "{}",
+        mint.summary()
+    );
     let mut tags = std::collections::BTreeMap::new();
     for n in 1..=10 {
         if let (Some(k), Some(v)) = (

@@ -19,7 +19,9 @@
 //!   inline policies past the aggregate size of their user, role or group, more managed
 //!   policies attached than a principal may have, managed policy and trust policy documents past
 //!   their size, a sixth version of a managed policy, more than 50 tags on a role
-//!   (`LimitExceeded`), and session policies and session tags past their size on AssumeRole. A
+//!   (`LimitExceeded`), session policies and session tags past their size on AssumeRole, and
+//!   an AssumeRole that the role's trust policy or the caller's policies (with their
+//!   conditions) do not allow (`AccessDenied`; see [`State::judge_assume_role`]). A
 //!   refused request never reaches moto; the answer carries AWS's error code, HTTP status and
 //!   message (each rule cites where they come from, see [`IamQuotas`] and the rules section
 //!   below). GetAccountSummary reports the quotas the proxy enforces. Quotas that count what
@@ -381,6 +383,9 @@ struct State {
     sessions: Mutex<HashMap<String, Timestamp>>,
     /// The account each of those sessions acts in: access key ID -> account ID.
     session_accounts: Mutex<HashMap<String, String>>,
+    /// Who each of those sessions is, for the authorization of AssumeRole: access key ID ->
+    /// its principal.
+    session_principals: Mutex<HashMap<String, SessionPrincipal>>,
     /// The IAM-as-AWS rules, unless the proxy is lenient.
     iam_as_aws: Option<IamAsAwsState>,
     /// How far the proxy's clock is ahead of the real one, in milliseconds.
@@ -452,6 +457,7 @@ impl AwsProxy {
             log: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
             session_accounts: Mutex::new(HashMap::new()),
+            session_principals: Mutex::new(HashMap::new()),
             iam_as_aws: match emulation {
                 Emulation::Lenient => None,
                 Emulation::IamAsAws(config) => Some(IamAsAwsState::new(upstream, config)),
@@ -777,7 +783,14 @@ impl State {
                     }
                     let caller = access_key_id.clone();
                     let answer = state
-                        .forward(parts, body, &service, &operation, caller.as_deref())
+                        .forward(
+                            parts,
+                            body,
+                            &service,
+                            &operation,
+                            caller.as_deref(),
+                            &params,
+                        )
                         .await;
                     match &answer {
                         Ok(response) => state.count_answer(
@@ -988,6 +1001,7 @@ impl State {
         service: &str,
         operation: &str,
         caller: Option<&str>,
+        params: &BTreeMap<String, String>,
     ) -> Result<Response<Full<Bytes>>, Dropped> {
         let path = parts
             .uri
@@ -1008,7 +1022,7 @@ impl State {
         let headers = answer.headers().clone();
         let mut body = answer.bytes().await.map_err(|_| Dropped)?;
         if service == "sts" && status.is_success() {
-            self.learn_session(&body, caller);
+            self.learn_session(&body, caller, params);
         }
         if service == "iam"
             && operation == "GetAccountSummary"
@@ -1031,8 +1045,10 @@ impl State {
 
     /// Remembers the session of an STS answer that issues credentials (AssumeRole and its
     /// kind): its access key ID, expiration and account (that of its `AssumedRoleUser` or
-    /// `FederatedUser`, else the caller's). Nothing else of the answer is kept.
-    fn learn_session(&self, body: &[u8], caller: Option<&str>) {
+    /// `FederatedUser`, else the caller's), and for AssumeRole who it is (its `AssumedRoleUser`
+    /// ARN, the role ARN of the request and its session tags), for AssumeRole requests it signs
+    /// later ([`State::judge_assume_role`]). Nothing else of the answer is kept.
+    fn learn_session(&self, body: &[u8], caller: Option<&str>, params: &BTreeMap<String, String>) {
         let Ok(text) = std::str::from_utf8(body) else {
             return;
         };
@@ -1056,7 +1072,23 @@ impl State {
                 .map(str::to_owned)
                 .or_else(|| caller.and_then(|c| lock(&self.session_accounts).get(c).cloned()));
             if let Some(account) = account {
-                lock(&self.session_accounts).insert(key.clone(), account);
+                lock(&self.session_accounts).insert(key.clone(), account.clone());
+                let session_arn = xml_element(text, "AssumedRoleUser")
+                    .and_then(|user| xml_element(user, "Arn"))
+                    .map(|arn| arn.trim().to_owned());
+                if params.get("Action").map(String::as_str) == Some("AssumeRole")
+                    && let (Some(session_arn), Some(role_arn)) =
+                        (session_arn, params.get("RoleArn"))
+                {
+                    lock(&self.session_principals).insert(
+                        key.clone(),
+                        SessionPrincipal {
+                            account,
+                            session_arn,
+                            role_arn: role_arn.clone(),
+                        },
+                    );
+                }
             }
             lock(&self.sessions).insert(key, expiration);
         }
@@ -1349,6 +1381,9 @@ struct IamAsAwsState {
     reader: StateReader,
     /// One lock per principal (account and name) whose quota a write is judged on.
     principal_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The users long-term access keys belong to, as looked up for AssumeRole: access key ID ->
+    /// (account, user name). An access key ID is never reused, so this does not go stale.
+    key_owners: Mutex<HashMap<String, (String, String)>>,
 }
 
 impl IamAsAwsState {
@@ -1361,6 +1396,7 @@ impl IamAsAwsState {
                 clients: tokio::sync::OnceCell::new(),
             },
             principal_locks: Mutex::new(HashMap::new()),
+            key_owners: Mutex::new(HashMap::new()),
         }
     }
 
@@ -1960,6 +1996,9 @@ impl State {
         if let Some(refusal) = document_quota_refusal(request, &quotas) {
             return (Verdict::Refuse(refusal), None);
         }
+        if request.service == "sts" && request.operation == "AssumeRole" {
+            return (self.judge_assume_role(iam, request).await, None);
+        }
         let Some(write) = counted_write(request) else {
             return (Verdict::Pass, None);
         };
@@ -2116,7 +2155,14 @@ struct ReaderClients {
     /// The access key ID of the proxy's own identity (compared, never printed).
     own_key: String,
     own_account: String,
+    /// The ARN of the proxy's own identity (GetCallerIdentity).
+    own_arn: String,
     by_account: HashMap<String, aws_sdk_iam::Client>,
+    /// The test bed's administrator of the source account (`SOURCE_ADMIN_ACCESS_KEY_ID`,
+    /// `SOURCE_ADMIN_SECRET_ACCESS_KEY`), when the environment names one: its account and a
+    /// client. The authorization of AssumeRole reads callers' keys and policies with it, which
+    /// the proxy's own identity (the operator's user) may not read.
+    admin: Option<(String, aws_sdk_iam::Client)>,
 }
 
 impl StateReader {
@@ -2161,6 +2207,8 @@ impl StateReader {
             .account()
             .ok_or("GetCallerIdentity of the proxy's reader named no account")?
             .to_owned();
+        let own_arn = identity.arn().unwrap_or_default().to_owned();
+        let admin = Self::connect_admin(&base).await;
         let mut by_account =
             HashMap::from([(own_account.clone(), aws_sdk_iam::Client::new(&base))]);
         for role in &self.roles {
@@ -2186,8 +2234,74 @@ impl StateReader {
         Ok(ReaderClients {
             own_key: credentials.access_key_id().to_owned(),
             own_account,
+            own_arn,
             by_account,
+            admin,
         })
+    }
+
+    /// The client of the source account's administrator, if the environment names its keys and
+    /// they work (GetCallerIdentity, to learn its account).
+    async fn connect_admin(base: &aws_config::SdkConfig) -> Option<(String, aws_sdk_iam::Client)> {
+        let id = std::env::var("SOURCE_ADMIN_ACCESS_KEY_ID").ok()?;
+        let secret = std::env::var("SOURCE_ADMIN_SECRET_ACCESS_KEY").ok()?;
+        if id.is_empty() || secret.is_empty() {
+            return None;
+        }
+        let credentials = aws_credential_types::Credentials::new(
+            id,
+            secret,
+            None,
+            None,
+            "aws-proxy-source-admin",
+        );
+        let config = base
+            .to_builder()
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(credentials),
+            )
+            .build();
+        let identity = aws_sdk_sts::Client::new(&config)
+            .get_caller_identity()
+            .send()
+            .await
+            .ok()?;
+        let account = identity.account()?.to_owned();
+        Some((account, aws_sdk_iam::Client::new(&config)))
+    }
+
+    /// The client that reads `account` for the authorization of AssumeRole: the administrator's
+    /// in its account, else the reader of [`StateReader::client`].
+    async fn authorization_client(&self, account: &str) -> Result<aws_sdk_iam::Client, String> {
+        let clients = self.clients().await?;
+        if let Some((admin_account, admin)) = &clients.admin
+            && admin_account == account
+        {
+            return Ok(admin.clone());
+        }
+        self.client(account).await
+    }
+
+    /// Every account the proxy can read, with the client it reads it with (the
+    /// administrator's account first).
+    async fn readable_accounts(&self) -> Vec<(String, aws_sdk_iam::Client)> {
+        let Ok(clients) = self.clients().await else {
+            return Vec::new();
+        };
+        let mut accounts: Vec<(String, aws_sdk_iam::Client)> =
+            clients.admin.iter().cloned().collect();
+        for (account, client) in &clients.by_account {
+            if !accounts.iter().any(|(a, _)| a == account) {
+                accounts.push((account.clone(), client.clone()));
+            }
+        }
+        accounts
+    }
+
+    /// The proxy's own account and ARN, when `key` is its own access key.
+    async fn own_identity_if_key(&self, key: &str) -> Option<(String, String)> {
+        let clients = self.clients().await.ok()?;
+        (clients.own_key == key).then(|| (clients.own_account.clone(), clients.own_arn.clone()))
     }
 
     async fn client(&self, account: &str) -> Result<aws_sdk_iam::Client, String> {
@@ -2456,4 +2570,892 @@ fn with_summary_quotas(xml: &str, quotas: &[(&'static str, usize)]) -> String {
         .map(|(k, v)| format!("<entry><key>{k}</key><value>{v}</value></entry>"))
         .collect();
     format!("{}{map}{}", &xml[..start], &xml[close..])
+}
+
+// =============================================================================================
+// The authorization of sts:AssumeRole, as AWS evaluates it.
+//
+// moto's STS does not read the role's trust policy at all, and moto's IAM authorization matches
+// only the Action and Resource of the caller's identity policies, ignoring every Condition: on
+// moto, whoever may call sts:AssumeRole on `role/*` assumes any role. AWS evaluates both sides.
+// Sources:
+// - [cross-account] IAM User Guide, "Cross-account policy evaluation logic"
+//   (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_evaluation-logic-cross-account.html):
+//   a request from one account to a role of another is allowed only when the caller's identity
+//   policies allow it AND the role's trust policy (a resource-based policy) allows it.
+// - [evaluation] "Policy evaluation logic"
+//   (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_evaluation-logic.html):
+//   an explicit Deny in any policy wins; otherwise an Allow is needed; within one account a
+//   resource-based policy that names the principal (a user's ARN, a role's or a session's)
+//   allows by itself, while one that names the account (`arn:aws:iam::ACCT:root`, the bare
+//   account ID, `*`) delegates to the account, whose identity policies must allow too
+//   ("Resource-based policies" and reference_policies_elements_principal.html, "AWS account
+//   principals").
+// - [trust] "Grant a user permissions to switch roles" and "Roles terms and concepts"
+//   (https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_use_permissions-to-switch.html):
+//   the trust policy must allow the principal sts:AssumeRole, the principal's permissions
+//   policy must allow sts:AssumeRole on the role's ARN; a role ARN in a trust policy's
+//   Principal stands for every session of that role (reference_policies_elements_principal.html,
+//   "IAM role principals" and "Role session principals").
+// - [tags] "Pass session tags in AWS STS", "Permissions required to add session tags"
+//   (https://docs.aws.amazon.com/IAM/latest/UserGuide/id_session-tags.html): passing session
+//   tags (Tags, TransitiveTagKeys) needs the permissions-only action sts:TagSession, in the
+//   role's trust policy and in the caller's policies.
+// - [source-identity] "Monitor and control actions taken with assumed roles"
+//   (https://docs.aws.amazon.com/IAM/latest/UserGuide/id_credentials_temp_control-access_monitor.html):
+//   setting SourceIdentity needs sts:SetSourceIdentity, in the trust policy and the caller's
+//   policies.
+// - [conditions] "IAM JSON policy elements: Condition operators"
+//   (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html)
+//   and "Condition with multiple context keys or values"
+//   (reference_policies_condition-logic-multiple-context-keys-or-values.html): operators AND
+//   each other, keys within an operator AND, values of one key OR (a negated operator: none may
+//   match); a key missing from the request context matches no positive operator and every
+//   negated one; `...IfExists` matches a missing key; `Null` tests presence; `ForAnyValue:` /
+//   `ForAllValues:` for multivalued keys (`ForAllValues:` matches a missing key). Condition key
+//   names are not case sensitive, values are (except `...IgnoreCase`); tag keys are not
+//   (IAM's tags are unique whatever their case: reference_iam-quotas.html, "tagging").
+// - [denied] AWS's answer: HTTP 403, query-protocol error `AccessDenied` of type Sender, "User:
+//   <caller ARN> is not authorized to perform: sts:AssumeRole on resource: <role ARN>", the
+//   caller's ARN being an assumed-role session's for a session (captured STS answers:
+//   Netflix/security_monkey#77 shows the whole XML document; amzn/selling-partner-api-models#891
+//   and #1186 and aws/karpenter-provider-aws#4680 the message for users and sessions). AWS
+//   answers so also for a role that does not exist (it does not tell the two apart); moto issues
+//   a session for any ARN.
+//
+// Not modelled: permissions boundaries of the caller, SCPs and RCPs, session policies of the
+// calling session, `NotPrincipal`, principals stored as unique IDs (a trust policy naming a
+// user that was deleted and recreated does not trust the new one on AWS), transitive tags and
+// source identities carried through role chains, and condition keys beyond those
+// [`AssumeRoleContext::values`] knows: a statement that needs one leaves the request unjudged
+// (forwarded, `LoggedRequest::unjudged` says why), never silently passed or refused.
+// =============================================================================================
+
+/// A session STS issued through the proxy, as the caller of a later request.
+#[derive(Clone, Debug)]
+struct SessionPrincipal {
+    account: String,
+    /// Its `AssumedRoleUser` ARN: `arn:aws:sts::ACCT:assumed-role/NAME/SESSION`.
+    session_arn: String,
+    /// The role's ARN as the AssumeRole request named it (with its path).
+    role_arn: String,
+}
+
+/// Who signed a request, as AWS's authorization sees them.
+#[derive(Clone, Debug)]
+struct Caller {
+    /// The ARN AWS names in a refusal: the user's, or the assumed-role session's.
+    arn: String,
+    account: String,
+    /// `aws:PrincipalArn`: the user's ARN, or the role's for a session.
+    principal_arn: String,
+    /// The ARNs that name this caller in a Principal element: the user's; for a session the
+    /// role's and the session's.
+    named_as: Vec<String>,
+    /// Whose identity policies apply: the user's, or the session's role's.
+    policies_of: (PrincipalKind, String),
+    /// `aws:PrincipalTag/*`: a user's tags; `None` for a session (not modelled).
+    tags: Option<BTreeMap<String, String>>,
+}
+
+/// A three-valued answer: a condition the proxy cannot evaluate is neither true nor false.
+#[derive(Clone, Debug, PartialEq)]
+enum Eval {
+    Yes,
+    No,
+    Unknown(String),
+}
+
+impl Eval {
+    fn of(yes: bool) -> Eval {
+        if yes { Eval::Yes } else { Eval::No }
+    }
+
+    /// Both (false wins over unknown).
+    fn and(self, other: Eval) -> Eval {
+        match (self, other) {
+            (Eval::No, _) | (_, Eval::No) => Eval::No,
+            (Eval::Unknown(r), _) | (_, Eval::Unknown(r)) => Eval::Unknown(r),
+            _ => Eval::Yes,
+        }
+    }
+}
+
+/// How a Principal element named the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NamedBy {
+    /// Its own ARN (a user's, a role's for its sessions, a session's).
+    Arn,
+    /// Its account (`arn:aws:iam::ACCT:root`, `ACCT`) or everyone (`*`).
+    Account,
+}
+
+/// What one policy (or a set of them) says about one action.
+#[derive(Clone, Debug, PartialEq)]
+struct PolicyAnswer {
+    denied: Eval,
+    allowed: Eval,
+    /// For a trust policy that allows: whether an allowing statement named the caller by ARN.
+    named_by: Option<NamedBy>,
+}
+
+/// What the conditions of an AssumeRole request are evaluated against.
+struct AssumeRoleContext<'a> {
+    params: &'a BTreeMap<String, String>,
+    caller: &'a Caller,
+    role_tags: &'a BTreeMap<String, String>,
+    now: Timestamp,
+}
+
+impl AssumeRoleContext<'_> {
+    /// The session tags of the request (`Tags.member.N.Key` / `.Value`).
+    fn session_tags(&self) -> Vec<(String, String)> {
+        tags_of(self.params).into_values().collect()
+    }
+
+    fn transitive_tag_keys(&self) -> Vec<String> {
+        let mut keys: Vec<(usize, String)> = self
+            .params
+            .iter()
+            .filter_map(|(name, value)| {
+                let n = name.strip_prefix("TransitiveTagKeys.member.")?;
+                Some((n.parse().ok()?, value.clone()))
+            })
+            .collect();
+        keys.sort();
+        keys.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// The values of condition key `key` in the request context: `Ok(None)` when the request
+    /// does not carry it, `Err` for a key the proxy does not model. The flag says whether the
+    /// key is multivalued.
+    fn values(&self, key: &str) -> Result<(Option<Vec<String>>, bool), String> {
+        let lower = key.to_ascii_lowercase();
+        let param = |name: &str| Ok((self.params.get(name).map(|v| vec![v.clone()]), false));
+        let tag = |tags: &BTreeMap<String, String>, wanted: &str| {
+            tags.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(wanted))
+                .map(|(_, v)| vec![v.clone()])
+        };
+        let list = |values: Vec<String>| Ok(((!values.is_empty()).then_some(values), true));
+        if let Some(wanted) = lower
+            .strip_prefix("iam:resourcetag/")
+            .or_else(|| lower.strip_prefix("aws:resourcetag/"))
+        {
+            return Ok((tag(self.role_tags, wanted), false));
+        }
+        if let Some(wanted) = lower.strip_prefix("aws:requesttag/") {
+            let tags: BTreeMap<String, String> = self.session_tags().into_iter().collect();
+            return Ok((tag(&tags, wanted), false));
+        }
+        if let Some(wanted) = lower.strip_prefix("aws:principaltag/") {
+            return match &self.caller.tags {
+                Some(tags) => Ok((tag(tags, wanted), false)),
+                None => Err(format!(
+                    "condition key {key}: the tags of a session are not modelled"
+                )),
+            };
+        }
+        match lower.as_str() {
+            "sts:externalid" => param("ExternalId"),
+            "sts:rolesessionname" => param("RoleSessionName"),
+            "sts:sourceidentity" => param("SourceIdentity"),
+            "aws:principalarn" => Ok((Some(vec![self.caller.principal_arn.clone()]), false)),
+            "aws:principalaccount" => Ok((Some(vec![self.caller.account.clone()]), false)),
+            "aws:tagkeys" => list(self.session_tags().into_iter().map(|(k, _)| k).collect()),
+            "sts:transitivetagkeys" => list(self.transitive_tag_keys()),
+            "aws:currenttime" => Ok((Some(vec![self.now.to_string()]), false)),
+            "aws:epochtime" => Ok((Some(vec![self.now.as_second().to_string()]), false)),
+            _ => Err(format!("condition key {key} is not modelled")),
+        }
+    }
+}
+
+/// `*` any run of characters, `?` one character, as IAM matches actions, resources and
+/// `StringLike` values.
+fn glob_match(pattern: &str, text: &str, ignore_case: bool) -> bool {
+    let fold = |s: &str| -> Vec<char> {
+        if ignore_case {
+            s.to_lowercase().chars().collect()
+        } else {
+            s.chars().collect()
+        }
+    };
+    let (p, t) = (fold(pattern), fold(text));
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// `ArnLike` (and `ArnEquals`, which IAM evaluates alike): each of the six colon-separated
+/// parts matched on its own, wildcards within a part.
+fn arn_like(pattern: &str, arn: &str) -> bool {
+    let p: Vec<&str> = pattern.splitn(6, ':').collect();
+    let a: Vec<&str> = arn.splitn(6, ':').collect();
+    p.len() == 6 && a.len() == 6 && p.iter().zip(&a).all(|(p, a)| glob_match(p, a, false))
+}
+
+/// A JSON value or list of values as strings (IAM reads numbers and booleans in policies as
+/// their text).
+fn string_values(value: &serde_json::Value) -> Vec<String> {
+    let one = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    match value {
+        serde_json::Value::Array(list) => list.iter().filter_map(one).collect(),
+        other => one(other).into_iter().collect(),
+    }
+}
+
+/// A timestamp as IAM's date operators read it: ISO 8601 or epoch seconds.
+fn policy_date(text: &str) -> Option<Timestamp> {
+    text.parse::<Timestamp>()
+        .ok()
+        .or_else(|| {
+            text.parse::<i64>()
+                .ok()
+                .and_then(|s| Timestamp::from_second(s).ok())
+        })
+        .or_else(|| {
+            // A date without a time: midnight UTC.
+            text.parse::<jiff::civil::Date>()
+                .ok()
+                .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+                .map(|z| z.timestamp())
+        })
+}
+
+/// Whether a context value (second) matches a policy value (first).
+type ValueMatch = fn(&str, &str) -> bool;
+
+/// Whether context value `v` matches policy value `x` under the positive form of `op` (`None`
+/// for an operator the proxy does not model), and whether `op` is negated.
+fn operator_match(op: &str) -> Option<(ValueMatch, bool)> {
+    fn date(x: &str, v: &str, cmp: fn(std::cmp::Ordering) -> bool) -> bool {
+        matches!((policy_date(v), policy_date(x)), (Some(v), Some(x)) if cmp(v.cmp(&x)))
+    }
+    fn number(x: &str, v: &str, cmp: fn(std::cmp::Ordering) -> bool) -> bool {
+        matches!((v.parse::<f64>(), x.parse::<f64>()), (Ok(v), Ok(x)) if v.partial_cmp(&x).is_some_and(cmp))
+    }
+    let found: (ValueMatch, bool) = match op {
+        "StringEquals" => (|x, v| x == v, false),
+        "StringNotEquals" => (|x, v| x == v, true),
+        "StringEqualsIgnoreCase" => (|x, v| x.to_lowercase() == v.to_lowercase(), false),
+        "StringNotEqualsIgnoreCase" => (|x, v| x.to_lowercase() == v.to_lowercase(), true),
+        "StringLike" => (|x, v| glob_match(x, v, false), false),
+        "StringNotLike" => (|x, v| glob_match(x, v, false), true),
+        "ArnEquals" | "ArnLike" => (arn_like, false),
+        "ArnNotEquals" | "ArnNotLike" => (arn_like, true),
+        "Bool" => (|x, v| x.eq_ignore_ascii_case(v), false),
+        "DateEquals" => (|x, v| date(x, v, |o| o.is_eq()), false),
+        "DateNotEquals" => (|x, v| date(x, v, |o| o.is_eq()), true),
+        "DateLessThan" => (|x, v| date(x, v, |o| o.is_lt()), false),
+        "DateLessThanEquals" => (|x, v| date(x, v, |o| o.is_le()), false),
+        "DateGreaterThan" => (|x, v| date(x, v, |o| o.is_gt()), false),
+        "DateGreaterThanEquals" => (|x, v| date(x, v, |o| o.is_ge()), false),
+        "NumericEquals" => (|x, v| number(x, v, |o| o.is_eq()), false),
+        "NumericNotEquals" => (|x, v| number(x, v, |o| o.is_eq()), true),
+        "NumericLessThan" => (|x, v| number(x, v, |o| o.is_lt()), false),
+        "NumericLessThanEquals" => (|x, v| number(x, v, |o| o.is_le()), false),
+        "NumericGreaterThan" => (|x, v| number(x, v, |o| o.is_gt()), false),
+        "NumericGreaterThanEquals" => (|x, v| number(x, v, |o| o.is_ge()), false),
+        _ => return None,
+    };
+    Some(found)
+}
+
+/// Whether a statement's `Condition` block holds for `context` [conditions].
+fn conditions_hold(condition: Option<&serde_json::Value>, context: &AssumeRoleContext<'_>) -> Eval {
+    let Some(condition) = condition else {
+        return Eval::Yes;
+    };
+    let Some(operators) = condition.as_object() else {
+        return Eval::Unknown("a Condition that is not an object".to_owned());
+    };
+    let mut result = Eval::Yes;
+    for (operator, block) in operators {
+        let (set, op) = if let Some(rest) = operator.strip_prefix("ForAnyValue:") {
+            (Some(false), rest)
+        } else if let Some(rest) = operator.strip_prefix("ForAllValues:") {
+            (Some(true), rest)
+        } else {
+            (None, operator.as_str())
+        };
+        let (op, if_exists) = match op.strip_suffix("IfExists") {
+            Some(base) => (base, true),
+            None => (op, false),
+        };
+        let Some(keys) = block.as_object() else {
+            return Eval::Unknown(format!("condition operator {operator} without keys"));
+        };
+        for (key, expected) in keys {
+            let expected = string_values(expected);
+            if expected.iter().any(|x| x.contains("${")) {
+                return result.and(Eval::Unknown(format!(
+                    "policy variables in condition {operator} {key} are not modelled"
+                )));
+            }
+            let (actual, multivalued) = match context.values(key) {
+                Ok(found) => found,
+                Err(reason) => return result.and(Eval::Unknown(reason)),
+            };
+            let holds = if op == "Null" {
+                let absent = actual.is_none();
+                Eval::of(expected.iter().any(|x| {
+                    (x.eq_ignore_ascii_case("true") && absent)
+                        || (x.eq_ignore_ascii_case("false") && !absent)
+                }))
+            } else {
+                let Some((matches, negated)) = operator_match(op) else {
+                    return result.and(Eval::Unknown(format!(
+                        "condition operator {operator} is not modelled"
+                    )));
+                };
+                match actual {
+                    None => Eval::of(if_exists || set == Some(true) || (set.is_none() && negated)),
+                    Some(_) if multivalued && set.is_none() => Eval::Unknown(format!(
+                        "condition {operator} on the multivalued key {key} without ForAnyValue or \
+                         ForAllValues is not modelled"
+                    )),
+                    Some(values) => {
+                        let one = |v: &String| {
+                            let any = expected.iter().any(|x| matches(x, v));
+                            if negated { !any } else { any }
+                        };
+                        Eval::of(if set == Some(true) {
+                            values.iter().all(one)
+                        } else {
+                            values.iter().any(one)
+                        })
+                    }
+                }
+            };
+            result = result.and(holds);
+        }
+    }
+    result
+}
+
+/// Whether an `Action`/`NotAction` (or `Resource`/`NotResource`) pair of a statement covers
+/// `value`; `None` when the statement has neither.
+fn element_covers(
+    statement: &serde_json::Value,
+    element: &str,
+    value: &str,
+    matches: impl Fn(&str, &str) -> bool,
+) -> Option<bool> {
+    if let Some(listed) = statement.get(element) {
+        return Some(string_values(listed).iter().any(|p| matches(p, value)));
+    }
+    let not = statement.get(format!("Not{element}"))?;
+    Some(!string_values(not).iter().any(|p| matches(p, value)))
+}
+
+/// How a trust statement's Principal names `caller`, if it does [trust] [evaluation].
+fn principal_names(
+    statement: &serde_json::Value,
+    caller: &Caller,
+) -> Result<Option<NamedBy>, String> {
+    if statement.get("NotPrincipal").is_some() {
+        return Err("NotPrincipal in the trust policy is not modelled".to_owned());
+    }
+    let names: Vec<String> = match statement.get("Principal") {
+        Some(serde_json::Value::String(s)) if s == "*" => vec!["*".to_owned()],
+        Some(serde_json::Value::Object(map)) => {
+            map.get("AWS").map(string_values).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    let mut best = None;
+    for name in names {
+        if caller.named_as.contains(&name) {
+            return Ok(Some(NamedBy::Arn));
+        }
+        let root = format!("arn:aws:iam::{}:root", caller.account);
+        if name == "*" || name == caller.account || name == root {
+            best = Some(NamedBy::Account);
+        }
+    }
+    Ok(best)
+}
+
+/// What `documents` say about `action` on the role `role_arn`: trust policies (`trust`, the
+/// Principal must name the caller) or identity policies (the Resource must cover the role).
+fn evaluate_policies(
+    documents: &[serde_json::Value],
+    action: &str,
+    role_arn: &str,
+    trust: bool,
+    context: &AssumeRoleContext<'_>,
+) -> PolicyAnswer {
+    let mut answer = PolicyAnswer {
+        denied: Eval::No,
+        allowed: Eval::No,
+        named_by: None,
+    };
+    let statements = documents.iter().flat_map(|d| match &d["Statement"] {
+        serde_json::Value::Array(list) => list.iter().collect::<Vec<_>>(),
+        single @ serde_json::Value::Object(_) => vec![single],
+        _ => Vec::new(),
+    });
+    for statement in statements {
+        let deny = match statement["Effect"].as_str() {
+            Some("Deny") => true,
+            Some("Allow") => false,
+            _ => continue,
+        };
+        if element_covers(statement, "Action", action, |p, a| glob_match(p, a, true)) != Some(true)
+        {
+            continue;
+        }
+        let mut named_by = None;
+        let applies = if trust {
+            match principal_names(statement, context.caller) {
+                Err(reason) => Eval::Unknown(reason),
+                Ok(None) => continue,
+                Ok(Some(by)) => {
+                    named_by = Some(by);
+                    Eval::Yes
+                }
+            }
+        } else {
+            if element_covers(statement, "Resource", role_arn, |p, r| {
+                glob_match(p, r, false)
+            }) != Some(true)
+            {
+                continue;
+            }
+            Eval::Yes
+        };
+        let applies = applies.and(conditions_hold(statement.get("Condition"), context));
+        if !deny && applies == Eval::Yes && answer.named_by != Some(NamedBy::Arn) {
+            answer.named_by = named_by;
+        }
+        let slot = if deny {
+            &mut answer.denied
+        } else {
+            &mut answer.allowed
+        };
+        // Yes wins over Unknown, Unknown over No.
+        if *slot != Eval::Yes && applies != Eval::No {
+            *slot = applies;
+        }
+    }
+    answer
+}
+
+/// The role an AssumeRole request names: (account, role name).
+fn role_of_arn(arn: &str) -> Option<(&str, &str)> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [_, _, "iam", _, account, resource] = parts[..] else {
+        return None;
+    };
+    let name = resource.strip_prefix("role/")?.rsplit('/').next()?;
+    (!account.is_empty() && !name.is_empty()).then_some((account, name))
+}
+
+/// AWS's refusal of an AssumeRole the caller may not make [denied].
+fn access_denied(caller: &str, action: &str, role_arn: &str) -> Refusal {
+    Refusal {
+        status: StatusCode::FORBIDDEN,
+        code: "AccessDenied",
+        message: format!(
+            "User: {caller} is not authorized to perform: {action} on resource: {role_arn}"
+        ),
+    }
+}
+
+/// A role as the authorization of AssumeRole reads it.
+struct RoleForTrust {
+    arn: String,
+    trust_policy: serde_json::Value,
+    tags: BTreeMap<String, String>,
+}
+
+impl State {
+    /// The verdict on an AssumeRole request: refused as AWS refuses it when the role's trust
+    /// policy or the caller's identity policies do not allow it (see the section's sources),
+    /// passed when both do, unjudged when the proxy cannot tell.
+    async fn judge_assume_role(&self, iam: &IamAsAwsState, request: &Judged<'_>) -> Verdict {
+        let Some(role_arn) = request.param("RoleArn") else {
+            return Verdict::Pass;
+        };
+        let Some((role_account, role_name)) = role_of_arn(role_arn) else {
+            return Verdict::Pass;
+        };
+        let caller = match self.caller_of(iam, request).await {
+            Ok(caller) => caller,
+            Err(reason) => return Verdict::Unjudged(format!("AssumeRole: {reason}")),
+        };
+        let role = match iam.reader.authorization_client(role_account).await {
+            Err(reason) => return Verdict::Unjudged(format!("AssumeRole: {reason}")),
+            Ok(client) => match read_role_for_trust(&client, role_name).await {
+                Err(reason) => return Verdict::Unjudged(format!("AssumeRole: {reason}")),
+                Ok(role) => role,
+            },
+        };
+        // A role that does not exist (or whose ARN has another path) is refused as one that
+        // does not trust the caller [denied].
+        let Some(role) = role.filter(|r| r.arn == role_arn) else {
+            return Verdict::Refuse(access_denied(&caller.arn, "sts:AssumeRole", role_arn));
+        };
+        let context = AssumeRoleContext {
+            params: request.params,
+            caller: &caller,
+            role_tags: &role.tags,
+            now: self.now(),
+        };
+        let mut actions = vec!["sts:AssumeRole"];
+        if request
+            .params
+            .keys()
+            .any(|k| k.starts_with("Tags.member.") || k.starts_with("TransitiveTagKeys.member."))
+        {
+            actions.push("sts:TagSession");
+        }
+        if request.param("SourceIdentity").is_some() {
+            actions.push("sts:SetSourceIdentity");
+        }
+        let trust = std::slice::from_ref(&role.trust_policy);
+        let mut unknown: Option<String> = None;
+        let mut note = |eval: &Eval, whose: &str, action: &str| {
+            if let Eval::Unknown(reason) = eval
+                && unknown.is_none()
+            {
+                unknown = Some(format!("AssumeRole ({action}, {whose}): {reason}"));
+            }
+        };
+        // The trust policy first: most refusals need no read of the caller's policies.
+        let mut trust_answers = Vec::new();
+        for action in &actions {
+            let answer = evaluate_policies(trust, action, role_arn, true, &context);
+            if answer.denied == Eval::Yes || answer.allowed == Eval::No {
+                return Verdict::Refuse(access_denied(&caller.arn, action, role_arn));
+            }
+            note(&answer.denied, "trust policy", action);
+            note(&answer.allowed, "trust policy", action);
+            trust_answers.push(answer);
+        }
+        let identity = match iam.reader.authorization_client(&caller.account).await {
+            Err(reason) => Err(reason),
+            Ok(client) => identity_policy_documents(&client, &caller.policies_of).await,
+        };
+        let identity = match identity {
+            Ok(documents) => documents,
+            Err(reason) => return Verdict::Unjudged(format!("AssumeRole: {reason}")),
+        };
+        for (action, trusted) in actions.iter().zip(&trust_answers) {
+            let answer = evaluate_policies(&identity, action, role_arn, false, &context);
+            // Within the role's account a trust policy that names the caller's ARN allows by
+            // itself; one that names the account (or everyone), or any trust across accounts,
+            // needs the caller's policies to allow too [cross-account] [evaluation].
+            let needs_identity =
+                caller.account != role_account || trusted.named_by != Some(NamedBy::Arn);
+            if answer.denied == Eval::Yes || (needs_identity && answer.allowed == Eval::No) {
+                return Verdict::Refuse(access_denied(&caller.arn, action, role_arn));
+            }
+            note(&answer.denied, "identity policies", action);
+            if needs_identity {
+                note(&answer.allowed, "identity policies", action);
+            }
+        }
+        match unknown {
+            Some(reason) => Verdict::Unjudged(reason),
+            None => Verdict::Pass,
+        }
+    }
+
+    /// The caller of `request`, from its access key: the proxy's own identity, a session
+    /// issued through the proxy, or a user of an account the proxy reads (whose key moto's
+    /// GetAccessKeyLastUsed names and ListAccessKeys confirms). `Err` says why not.
+    async fn caller_of(&self, iam: &IamAsAwsState, request: &Judged<'_>) -> Result<Caller, String> {
+        let key = request
+            .access_key_id
+            .ok_or("the request is not signed with an access key")?;
+        if let Some(session) = lock(&self.session_principals).get(key).cloned() {
+            let (_, role_name) =
+                role_of_arn(&session.role_arn).ok_or("the session's role ARN is not a role's")?;
+            return Ok(Caller {
+                arn: session.session_arn.clone(),
+                account: session.account,
+                principal_arn: session.role_arn.clone(),
+                named_as: vec![session.role_arn.clone(), session.session_arn],
+                policies_of: (PrincipalKind::Role, role_name.to_owned()),
+                tags: None,
+            });
+        }
+        let owner = lock(&iam.key_owners).get(key).cloned();
+        let (account, user) = match owner {
+            Some(owner) => owner,
+            None => {
+                let found = match iam.reader.own_identity_if_key(key).await {
+                    Some((account, arn)) if arn.contains(":user/") => {
+                        let name = arn.rsplit('/').next().unwrap_or_default().to_owned();
+                        Some((account, name))
+                    }
+                    _ => self.look_up_key_owner(iam, key).await?,
+                };
+                let found = found.ok_or(
+                    "the proxy cannot identify the caller of the signing key (not its own, not \
+                     a session it saw issued, no user of an account it reads)",
+                )?;
+                lock(&iam.key_owners).insert(key.to_owned(), found.clone());
+                found
+            }
+        };
+        let client = iam.reader.authorization_client(&account).await?;
+        let answer =
+            absent_if_no_such_entity("GetUser", client.get_user().user_name(&user).send().await)?
+                .and_then(|o| o.user)
+                .ok_or_else(|| format!("the user of the signing key ({user}) no longer exists"))?;
+        Ok(Caller {
+            arn: answer.arn.clone(),
+            account,
+            principal_arn: answer.arn.clone(),
+            named_as: vec![answer.arn.clone()],
+            policies_of: (PrincipalKind::User, user),
+            tags: Some(
+                answer
+                    .tags()
+                    .iter()
+                    .map(|t| (t.key().to_owned(), t.value().to_owned()))
+                    .collect(),
+            ),
+        })
+    }
+
+    /// The account and user name a long-term access key belongs to, looked up in each account
+    /// the proxy reads.
+    async fn look_up_key_owner(
+        &self,
+        iam: &IamAsAwsState,
+        key: &str,
+    ) -> Result<Option<(String, String)>, String> {
+        for (account, client) in iam.reader.readable_accounts().await {
+            let Ok(used) = client
+                .get_access_key_last_used()
+                .access_key_id(key)
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let Some(user) = used.user_name().map(str::to_owned) else {
+                continue;
+            };
+            // moto looks the key up in every account: confirm it is this account's user's.
+            let Ok(keys) = client.list_access_keys().user_name(&user).send().await else {
+                continue;
+            };
+            if keys
+                .access_key_metadata()
+                .iter()
+                .any(|k| k.access_key_id() == Some(key))
+            {
+                return Ok(Some((account, user)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The role `name`'s ARN, trust policy and tags; `None` when it does not exist.
+async fn read_role_for_trust(
+    iam: &aws_sdk_iam::Client,
+    name: &str,
+) -> Result<Option<RoleForTrust>, String> {
+    let answer = absent_if_no_such_entity("GetRole", iam.get_role().role_name(name).send().await)?;
+    let Some(role) = answer.and_then(|o| o.role) else {
+        return Ok(None);
+    };
+    let trust_policy = role
+        .assume_role_policy_document()
+        .map(|d| serde_json::from_str(&decoded_document(d)))
+        .transpose()
+        .map_err(|e| format!("the trust policy of role {name} is not JSON ({e})"))?
+        .unwrap_or(serde_json::Value::Null);
+    Ok(Some(RoleForTrust {
+        arn: role.arn().to_owned(),
+        trust_policy,
+        tags: role
+            .tags()
+            .iter()
+            .map(|t| (t.key().to_owned(), t.value().to_owned()))
+            .collect(),
+    }))
+}
+
+fn policy_json(document: &str, whose: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(&decoded_document(document))
+        .map_err(|e| format!("a policy of {whose} is not JSON ({e})"))
+}
+
+/// The default version's document of managed policy `arn`; `None` when it does not exist.
+async fn managed_policy_document(
+    iam: &aws_sdk_iam::Client,
+    arn: &str,
+) -> Result<Option<serde_json::Value>, String> {
+    let Some(policy) =
+        absent_if_no_such_entity("GetPolicy", iam.get_policy().policy_arn(arn).send().await)?
+            .and_then(|o| o.policy)
+    else {
+        return Ok(None);
+    };
+    let Some(version) = policy.default_version_id() else {
+        return Ok(None);
+    };
+    let answer = absent_if_no_such_entity(
+        "GetPolicyVersion",
+        iam.get_policy_version()
+            .policy_arn(arn)
+            .version_id(version)
+            .send()
+            .await,
+    )?;
+    answer
+        .and_then(|o| o.policy_version)
+        .and_then(|v| v.document)
+        .map(|d| policy_json(&d, arn))
+        .transpose()
+}
+
+/// The identity policies of a user (inline, attached, and those of its groups) or of a role
+/// (inline and attached), read now.
+async fn identity_policy_documents(
+    iam: &aws_sdk_iam::Client,
+    (kind, name): &(PrincipalKind, String),
+) -> Result<Vec<serde_json::Value>, String> {
+    let mut documents = Vec::new();
+    let mut managed = BTreeSet::new();
+    let mut inline: Vec<(PrincipalKind, String, String)> = Vec::new();
+    let mut principals = vec![(*kind, name.clone())];
+    if *kind == PrincipalKind::User {
+        let groups = iam
+            .list_groups_for_user()
+            .user_name(name)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| {
+                format!(
+                    "ListGroupsForUser by the proxy's reader failed ({})",
+                    error_code(&e)
+                )
+            })?;
+        principals.extend(
+            groups
+                .into_iter()
+                .map(|g| (PrincipalKind::Group, g.group_name().to_owned())),
+        );
+    }
+    for (kind, name) in &principals {
+        if let Some(sizes) = inline_policy_sizes_names(iam, *kind, name).await? {
+            inline.extend(sizes.into_iter().map(|p| (*kind, name.clone(), p)));
+        }
+        if let Some(arns) = attached_policy_arns(iam, *kind, name).await? {
+            managed.extend(arns);
+        }
+    }
+    for (kind, name, policy) in inline {
+        let document = match kind {
+            PrincipalKind::User => absent_if_no_such_entity(
+                "GetUserPolicy",
+                iam.get_user_policy()
+                    .user_name(&name)
+                    .policy_name(&policy)
+                    .send()
+                    .await,
+            )?
+            .map(|o| o.policy_document),
+            PrincipalKind::Role => absent_if_no_such_entity(
+                "GetRolePolicy",
+                iam.get_role_policy()
+                    .role_name(&name)
+                    .policy_name(&policy)
+                    .send()
+                    .await,
+            )?
+            .map(|o| o.policy_document),
+            PrincipalKind::Group => absent_if_no_such_entity(
+                "GetGroupPolicy",
+                iam.get_group_policy()
+                    .group_name(&name)
+                    .policy_name(&policy)
+                    .send()
+                    .await,
+            )?
+            .map(|o| o.policy_document),
+        };
+        if let Some(document) = document {
+            documents.push(policy_json(&document, &name)?);
+        }
+    }
+    for arn in managed {
+        if let Some(document) = managed_policy_document(iam, &arn).await? {
+            documents.push(document);
+        }
+    }
+    Ok(documents)
+}
+
+/// The names of a principal's inline policies; `None` when it does not exist.
+async fn inline_policy_sizes_names(
+    iam: &aws_sdk_iam::Client,
+    kind: PrincipalKind,
+    name: &str,
+) -> Result<Option<Vec<String>>, String> {
+    let page = match kind {
+        PrincipalKind::Role => absent_if_no_such_entity(
+            "ListRolePolicies",
+            iam.list_role_policies()
+                .role_name(name)
+                .into_paginator()
+                .items()
+                .send()
+                .try_collect()
+                .await,
+        )?,
+        PrincipalKind::User => absent_if_no_such_entity(
+            "ListUserPolicies",
+            iam.list_user_policies()
+                .user_name(name)
+                .into_paginator()
+                .items()
+                .send()
+                .try_collect()
+                .await,
+        )?,
+        PrincipalKind::Group => absent_if_no_such_entity(
+            "ListGroupPolicies",
+            iam.list_group_policies()
+                .group_name(name)
+                .into_paginator()
+                .items()
+                .send()
+                .try_collect()
+                .await,
+        )?,
+    };
+    Ok(page)
 }
