@@ -15,6 +15,9 @@ use jiff::Timestamp;
 use super::desired::operator_external_ids;
 use crate::{aws::ObservedRole, naming::Owner};
 
+/// The precision of a Kubernetes object's `creationTimestamp`.
+const CREATION_TIMESTAMP_GRAIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(1);
+
 /// Whether the operator may manage an existing role for this owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Ownership {
@@ -76,10 +79,13 @@ pub(crate) fn ownership(role: Option<&ObservedRole>, claim: &Claim<'_>) -> Owner
                 "role {arn} is managed for another CrossAccountRole (its trust policy requires another object's external ID)"
             ));
         }
-        // The operator's statement is gone: ours only if we can have created it.
+        // The operator's statement is gone: ours only if we can have created it. The object's
+        // creationTimestamp is cut to whole seconds (IAM's CreateDate is not), so only a role
+        // created a full second after that timestamp is certainly younger than the object: a
+        // role made just before it, in the same second, is not.
         let created_after = matches!(
             (role.created, claim.object_created),
-            (Some(role), Some(object)) if role >= object
+            (Some(role), Some(object)) if role >= object + CREATION_TIMESTAMP_GRAIN
         );
         return if created_after {
             Ownership::Owned
@@ -193,6 +199,26 @@ mod tests {
         assert!(
             matches!(&decision, Ownership::Foreign(m) if m.contains("existed before")),
             "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn forged_tags_on_a_role_made_in_the_second_before_the_object_do_not_make_it_ours() {
+        let me = owner("a");
+        // The object was created at 100.9 s; its creationTimestamp says 100. A role made at
+        // 100.5 s is older than the object, though not older than its timestamp.
+        let mut forged = role_of(&me, 100);
+        forged.created = Some(at(100) + jiff::SignedDuration::from_millis(500));
+        forged.trust_policy = json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111111111111:root"}, "Action": "sts:AssumeRole"}]});
+        let decision = ownership(Some(&forged), &claim(&me, false, &[]));
+        assert!(
+            matches!(&decision, Ownership::Foreign(m) if m.contains("existed before")),
+            "{decision:?}"
+        );
+        forged.created = Some(at(101));
+        assert_eq!(
+            ownership(Some(&forged), &claim(&me, false, &[])),
+            Ownership::Owned
         );
     }
 
