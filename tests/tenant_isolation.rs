@@ -397,7 +397,9 @@ async fn a_role_owned_by_another_namespace_cannot_be_claimed() {
     let before = common::shared_proxy().mark();
     let api = common::roles_api(&client, &attacker_ns.name);
     let devenv = common::account_name();
-    let owned_by = |owner: String| vec![format!("belongs to another CrossAccountRole ({owner}")];
+    // The message says the role is another object's without naming it (no other tenant's
+    // names in a tenant's status).
+    let owned_by = |_owner: String| vec!["is managed for another CrossAccountRole".to_owned()];
     let victim_owner = format!("{}/{}", victim.ns.name, victim.name);
     let claims: Vec<Claim> = vec![
         Claim(
@@ -462,6 +464,16 @@ async fn a_role_owned_by_another_namespace_cannot_be_claimed() {
     let mut problems = Vec::new();
     for Claim(name, _, _, _, reason, needles) in &claims {
         problems.extend(expect_refusal(&client, &attacker_ns.name, name, reason, needles).await);
+        let cr = api.get(name).await.expect("the claim exists");
+        for type_ in ["Ready", "RoleSynced"] {
+            if common::role_condition(&cr, type_)
+                .is_some_and(|c| c.message.contains(&victim.ns.name))
+            {
+                problems.push(format!(
+                    "{name} {type_}: the message names the victim's namespace"
+                ));
+            }
+        }
     }
     // Deleting the refused claims (no finalizer: nothing of theirs was created) touches nothing.
     for Claim(name, ..) in &claims {
