@@ -1490,6 +1490,24 @@ async fn a_role_made_after_a_refused_claim_and_tagged_for_it_is_not_taken() {
         &["spec.policies.managed[1]".into()],
     )
     .await;
+    // The admin creates the role a while later (here: once the CR is two seconds old).
+    let created = common::roles_api(&client, &ns.name)
+        .get("waiting")
+        .await
+        .expect("the claim exists")
+        .metadata
+        .creation_timestamp
+        .expect("a creation timestamp")
+        .0;
+    common::poll("the claim to be two seconds old", CONVERGE, || async move {
+        let age = jiff::Timestamp::now().duration_since(created);
+        if age >= jiff::SignedDuration::from_secs(2) {
+            Ok(())
+        } else {
+            Err(format!("{age:?}"))
+        }
+    })
+    .await;
     let target = common::target_iam().await;
     admin_role(&target, &role, "/", None).await;
     forge_ownership(&target, &role, &ns.name, "waiting").await;
