@@ -1086,6 +1086,7 @@ impl OperatorProcess {
     /// Starts the binary with `args` (the flags the chart's Deployment passes), except that
     /// `--http-addr` is a free loopback port.
     fn start(kubeconfig: &Path, namespace: &str, args: &[String], log_path: &Path) -> Self {
+        common::hold_environment();
         let port = common::free_port();
         let log = fs::File::create(log_path)
             .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));

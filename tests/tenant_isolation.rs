@@ -1454,7 +1454,6 @@ async fn forged_ownership_tags_do_not_make_an_existing_role_ours() {
 /// Fails today: ownership tags plus a creation date after the object's are taken as proof, so
 /// the tenant takes the admin's role over (see docs/reliability.md, tenant isolation).
 #[tokio::test]
-#[ignore = "known hole: tags + a role younger than its CR count as ownership"]
 async fn a_role_made_after_a_refused_claim_and_tagged_for_it_is_not_taken() {
     let _serial = common::serial().await;
     Operator::shared().await;
@@ -1890,7 +1889,6 @@ async fn an_adopt_annotation_without_allow_adoption_is_refused_and_withdraws_the
 /// Ready one. Fails today: a refusal waits for a change of the CR or its AwsAccount, so the
 /// role is not looked at again (see docs/reliability.md, tenant isolation).
 #[tokio::test]
-#[ignore = "known gap: a refused CR is not resynced, so drift of its role is not corrected"]
 async fn drift_of_a_refused_roles_boundary_is_corrected() {
     adopt_annotation_refused(true).await;
 }

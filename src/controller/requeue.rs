@@ -20,8 +20,10 @@ const WAITING_RETRY: Duration = Duration::from_secs(10);
 /// The delay until the next visit, `None` to wait for a change: at the credentials' refresh time
 /// if that comes before the resync, soon while waiting for propagation, and never later than a
 /// due refresh, whatever the role's state (a failure is retried with backoff, capped the same way
-/// by [`retry_delay`]). A refused role, or one waiting for its AwsAccount, waits for a change
-/// unless credentials need refreshing.
+/// by [`retry_delay`]). A refused role is resynced like a synced one: the guardrails are enforced
+/// on its role (drift such as a boundary removed by hand is corrected) until the object goes. One
+/// waiting for its AwsAccount waits for the account to change, unless credentials need
+/// refreshing.
 pub(crate) fn next_visit(
     outcome: &Outcome,
     resync_interval: Duration,
@@ -47,8 +49,10 @@ pub(crate) fn next_visit(
         (a, b) => a.or(b),
     };
     let own = match &outcome.role {
-        RoleEnding::Synced { .. } => Some(jitter(resync_interval, RESYNC_SPREAD)),
-        RoleEnding::Refused(_) | RoleEnding::AccountNotReady { .. } => None,
+        RoleEnding::Synced { .. } | RoleEnding::Refused(_) => {
+            Some(jitter(resync_interval, RESYNC_SPREAD))
+        }
+        RoleEnding::AccountNotReady { .. } => None,
         RoleEnding::Failed { .. } => Some(jitter(resync_interval, RESYNC_SPREAD)),
     };
     match (own, refresh) {
@@ -172,12 +176,17 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_waits_for_a_change() {
+    fn a_refusal_is_resynced_so_its_guardrails_stay_enforced() {
         let refused = outcome(
             RoleEnding::Refused(Refusal::new(Reason::NotPermitted, "no")),
             None,
         );
-        assert_eq!(next_visit(&refused, Duration::from_secs(600), at(0)), None);
+        let resync = Duration::from_secs(600);
+        let delay = next_visit(&refused, resync, at(0)).expect("a resync");
+        assert!(
+            delay >= resync * 9 / 10 && delay <= resync * 11 / 10,
+            "{delay:?}"
+        );
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub(crate) async fn cleanup_role<A: Aws>(
         Ok(role) => role,
         Err(e) => return (Vec::new(), Err(e)),
     };
-    let claim = claim(cr, &owner, account, scope);
+    let claim = claim(&owner, account, scope);
     let decision = ownership(role.as_ref(), &claim);
     let owned = role.as_ref().filter(|_| decision == Ownership::Owned);
     let foreign = role.is_some() && owned.is_none();
@@ -125,7 +125,7 @@ pub(crate) async fn retain_role<A: Aws>(
         Ok(None) => return (Vec::new(), Ok(())),
         Err(e) => return (Vec::new(), Err(e)),
     };
-    if ownership(Some(&role), &claim(cr, &owner, account, scope)) != Ownership::Owned {
+    if ownership(Some(&role), &claim(&owner, account, scope)) != Ownership::Owned {
         return (Vec::new(), Ok(()));
     }
     let changes = plan_retain(&role_name, &role, &owner, now);
@@ -158,16 +158,10 @@ pub(crate) fn plan_retain(
     ]
 }
 
-fn claim<'a>(
-    cr: &CrossAccountRole,
-    owner: &'a Owner,
-    account: &'a AwsAccount,
-    scope: &'a Scope<'_>,
-) -> Claim<'a> {
+fn claim<'a>(owner: &'a Owner, account: &'a AwsAccount, scope: &'a Scope<'_>) -> Claim<'a> {
     Claim {
         owner,
         adopt: false,
-        object_created: cr.metadata.creation_timestamp.as_ref().map(|t| t.0),
         protected: scope.protected,
         role_path: account.spec.role_path.as_deref().unwrap_or("/"),
         boundary: account.spec.permissions_boundary_arn.as_deref(),

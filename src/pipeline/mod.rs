@@ -68,17 +68,10 @@ pub(crate) struct Facts<'a> {
 
 impl Facts<'_> {
     /// What the ownership decision needs for `cr` in `account`.
-    fn claim<'a>(
-        &'a self,
-        cr: &CrossAccountRole,
-        owner: &'a Owner,
-        account: &'a AwsAccount,
-        adopt: bool,
-    ) -> Claim<'a> {
+    fn claim<'a>(&'a self, owner: &'a Owner, account: &'a AwsAccount, adopt: bool) -> Claim<'a> {
         Claim {
             owner,
             adopt,
-            object_created: cr.metadata.creation_timestamp.as_ref().map(|t| t.0),
             protected: self.protected_roles,
             role_path: account.spec.role_path.as_deref().unwrap_or("/"),
             boundary: account.spec.permissions_boundary_arn.as_deref(),
@@ -220,7 +213,7 @@ async fn run_steps<A: Aws>(
         facts.recent.clone(),
     ) {
         (Some(refusal), Ok(()), _) => {
-            let claim = facts.claim(cr, owner, account, spec.adopt);
+            let claim = facts.claim(owner, account, spec.adopt);
             let restricted = sync_iam(
                 io,
                 account,
@@ -256,7 +249,7 @@ async fn run_steps<A: Aws>(
         (None, Err((message, first)), _) => Err(RoleEnding::AccountNotReady { message, first }),
         (None, Ok(()), Some(role)) => Ok(role),
         (None, Ok(()), None) => {
-            let claim = facts.claim(cr, owner, account, spec.adopt);
+            let claim = facts.claim(owner, account, spec.adopt);
             match sync_iam(
                 io,
                 account,

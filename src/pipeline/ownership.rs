@@ -4,19 +4,16 @@
 //! Tags are evidence, not proof: anyone with `iam:TagRole` can write them. So a role is ours only
 //! when it carries this object's ownership tags *and* facts a tag writer cannot also produce say
 //! so: the operator's trust statement carries this object's external ID (which only the operator
-//! writes, with `iam:UpdateAssumeRolePolicy`), or, when that statement is gone (the trust was
-//! rewritten behind our back), the role was created after the object was. A role of another
-//! object's external ID, a role that existed before the object, a role outside the account's
-//! role path, and any AwsAccount's management role (or the operator's own) are never ours.
-//! Messages name no other tenant.
-
-use jiff::Timestamp;
+//! writes, with `iam:UpdateAssumeRolePolicy`, in the CreateRole that makes the role). Nothing
+//! else counts, a creation date included: a tenant can keep a refused object waiting for a role
+//! an admin will create and tag that role once it exists, so a role younger than the object proves
+//! nothing. A role whose operator statement is gone (removed by hand, or by `Retain`) is let go.
+//! A role of another object's external ID, a role outside the account's role path, and any
+//! AwsAccount's management role (or the operator's own) are never ours. Messages name no other
+//! tenant.
 
 use super::desired::operator_external_ids;
 use crate::{aws::ObservedRole, naming::Owner};
-
-/// The precision of a Kubernetes object's `creationTimestamp`.
-const CREATION_TIMESTAMP_GRAIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(1);
 
 /// Whether the operator may manage an existing role for this owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,8 +31,6 @@ pub(crate) struct Claim<'a> {
     pub owner: &'a Owner,
     /// The CR asks to adopt an untagged role (validation checked the account allows it).
     pub adopt: bool,
-    /// When the CR was created.
-    pub object_created: Option<Timestamp>,
     /// Roles no object may manage: every AwsAccount's management role, the operator's own.
     pub protected: &'a [String],
     /// The AwsAccount's role path (every managed role is there).
@@ -79,21 +74,10 @@ pub(crate) fn ownership(role: Option<&ObservedRole>, claim: &Claim<'_>) -> Owner
                 "role {arn} is managed for another CrossAccountRole (its trust policy requires another object's external ID)"
             ));
         }
-        // The operator's statement is gone: ours only if we can have created it. The object's
-        // creationTimestamp is cut to whole seconds (IAM's CreateDate is not), so only a role
-        // created a full second after that timestamp is certainly younger than the object: a
-        // role made just before it, in the same second, is not.
-        let created_after = matches!(
-            (role.created, claim.object_created),
-            (Some(role), Some(object)) if role >= object + CREATION_TIMESTAMP_GRAIN
-        );
-        return if created_after {
-            Ownership::Owned
-        } else {
-            Ownership::Foreign(format!(
-                "role {arn} carries this object's ownership tags but existed before it and does not trust the operator for it; tags alone do not prove ownership: annotate the CrossAccountRole with crossaccount.io/adopt: \"true\" where the AwsAccount allows adoption"
-            ))
-        };
+        // The operator's statement is gone: tags alone prove nothing.
+        return Ownership::Foreign(format!(
+            "role {arn} carries this object's ownership tags but its trust policy has no operator statement for this object (removed by hand, or the role was retained); tags alone do not prove ownership: restore the statement, or remove the crossaccount.io ownership tags and annotate the CrossAccountRole with crossaccount.io/adopt: \"true\" where the AwsAccount allows adoption"
+        ));
     }
     if tagged {
         return Ownership::Foreign(format!(
@@ -139,8 +123,8 @@ mod tests {
         }
     }
 
-    fn at(seconds: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    fn at(seconds: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_800_000_000 + seconds).unwrap()
     }
 
     const ARN: &str = "arn:aws:iam::111111111111:role/r";
@@ -163,7 +147,6 @@ mod tests {
         Claim {
             owner,
             adopt,
-            object_created: Some(at(100)),
             protected,
             role_path: "/",
             boundary: None,
@@ -197,39 +180,36 @@ mod tests {
         forged.trust_policy = json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]});
         let decision = ownership(Some(&forged), &claim(&me, true, &[]));
         assert!(
-            matches!(&decision, Ownership::Foreign(m) if m.contains("existed before")),
+            matches!(&decision, Ownership::Foreign(m) if m.contains("no operator statement")),
             "{decision:?}"
         );
     }
 
     #[test]
-    fn forged_tags_on_a_role_made_in_the_second_before_the_object_do_not_make_it_ours() {
+    fn forged_tags_on_a_role_younger_than_the_object_do_not_make_it_ours() {
         let me = owner("a");
-        // The object was created at 100.9 s; its creationTimestamp says 100. A role made at
-        // 100.5 s is older than the object, though not older than its timestamp.
-        let mut forged = role_of(&me, 100);
-        forged.created = Some(at(100) + jiff::SignedDuration::from_millis(500));
-        forged.trust_policy = json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111111111111:root"}, "Action": "sts:AssumeRole"}]});
-        let decision = ownership(Some(&forged), &claim(&me, false, &[]));
-        assert!(
-            matches!(&decision, Ownership::Foreign(m) if m.contains("existed before")),
-            "{decision:?}"
-        );
-        forged.created = Some(at(101));
-        assert_eq!(
-            ownership(Some(&forged), &claim(&me, false, &[])),
-            Ownership::Owned
-        );
+        // A tenant kept a refused object waiting for a role an admin would create, then tagged
+        // the new role for it: younger than the object, but the operator never made it.
+        for created in [90, 100, 101, 10_000] {
+            let mut forged = role_of(&me, created);
+            forged.trust_policy = json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111111111111:root"}, "Action": "sts:AssumeRole"}]});
+            let decision = ownership(Some(&forged), &claim(&me, false, &[]));
+            assert!(
+                matches!(&decision, Ownership::Foreign(m) if m.contains("no operator statement")),
+                "created at {created}: {decision:?}"
+            );
+        }
     }
 
     #[test]
-    fn our_role_with_a_rewritten_trust_stays_ours_so_drift_is_corrected() {
+    fn our_role_whose_operator_statement_was_removed_is_let_go() {
         let me = owner("a");
         let mut role = role_of(&me, 150);
         role.trust_policy = json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]});
-        assert_eq!(
-            ownership(Some(&role), &claim(&me, false, &[])),
-            Ownership::Owned
+        let decision = ownership(Some(&role), &claim(&me, false, &[]));
+        assert!(
+            matches!(&decision, Ownership::Foreign(m) if m.contains("restore the statement")),
+            "{decision:?}"
         );
     }
 

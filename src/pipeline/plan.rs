@@ -823,7 +823,6 @@ mod tests {
         let claim = Claim {
             owner: &owner(),
             adopt: false,
-            object_created: None,
             protected: &[],
             role_path: "/",
             boundary: None,

@@ -137,7 +137,7 @@ pub(crate) enum RoleEnding {
         /// principal that does not exist).
         problems: Vec<String>,
     },
-    /// Terminal until the CR or its AwsAccount changes.
+    /// Refused: nothing is added; resynced so that the guardrails stay enforced on its role.
     Refused(Refusal),
     /// The AwsAccount exists but its management identity is not verified; `first` when it has
     /// never been verified yet (a wait of a moment, not a failure).

@@ -599,7 +599,7 @@ const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_cross-account-operator");
 /// one environment) would act on each other's objects and each count the other's AWS calls. The
 /// first operator a binary starts takes an exclusive lock on the environment, held until the
 /// binary exits; another binary's operator waits for it.
-fn hold_environment() {
+pub fn hold_environment() {
     use std::os::fd::AsRawFd;
     static HELD: OnceLock<std::fs::File> = OnceLock::new();
     HELD.get_or_init(|| {
