@@ -1961,6 +1961,49 @@ async fn packed_policy_too_large_is_injected_as_sts_answers_it() {
 }
 
 #[tokio::test]
+async fn access_denied_is_answered_as_iam_answers_it() {
+    let proxy = start_proxy().await;
+    proxy.set_rules(vec![FaultRule::new(Fault::AccessDenied).service("iam")]);
+    // Three attempts allowed: AccessDenied is not retryable, so one is made.
+    let (iam, sts) = clients(&proxy.endpoint(), 3).await;
+    let err = iam
+        .get_role()
+        .role_name("anything")
+        .send()
+        .await
+        .expect_err("GetRole is answered AccessDenied");
+    assert!(
+        err.as_service_error().is_some(),
+        "the SDK parses it as a service error: {err:?}"
+    );
+    let (answer, err) = refused::<(), _>("GetRole", Err(err));
+    assert_eq!(answer.code.as_deref(), Some("AccessDenied"), "{answer:?}");
+    assert_eq!(answer.status, Some(403));
+    let message = answer.message.clone().unwrap_or_default();
+    assert!(
+        message.starts_with("User: ")
+            && message.contains("is not authorized to perform: iam:GetRole"),
+        "{message}"
+    );
+    assert!(answer.request_id.is_some(), "a request ID: {answer:?}");
+    assert_eq!(
+        operator_kind(&err, answer.status),
+        AwsErrorKind::AccessDenied
+    );
+    assert_eq!(
+        proxy.count("iam", "GetRole").faulted,
+        1,
+        "not retried by the SDK"
+    );
+    // Other services pass.
+    sts.get_caller_identity()
+        .send()
+        .await
+        .expect("STS is not denied");
+    assert_eq!(proxy.count("sts", "GetCallerIdentity").succeeded, 1);
+}
+
+#[tokio::test]
 async fn get_account_summary_reports_the_quotas_enforced() {
     let proxy = start_proxy().await;
     let (iam, _) = target_session(&proxy).await;

@@ -299,9 +299,9 @@ async fn finalize<A: Aws>(
     ctx: &Context<A>,
 ) -> Result<Action, ReconcileError> {
     let key = key(cr);
-    // Nothing of this object needs remembering any more.
+    // Nothing of this object needs remembering any more, but its failure count: a cleanup that
+    // keeps failing backs off like any failure (`measured` resets the count once one succeeds).
     ctx.recent.forget(&key);
-    ctx.backoff.reset(&key);
     if !finalizer::has_finalizer(cr, FINALIZER) {
         return Ok(Action::await_change());
     }

@@ -566,11 +566,18 @@ async fn deleting_with_an_unreadable_account_keeps_the_finalizer_and_says_why() 
         status.ok(with_status(&body));
         server.done().await;
     };
+    // An earlier attempt failed already (the error policy counted it).
+    let key = format!("{NS}/{CR}");
+    ctx.backoff.next(&key);
     let server = tokio::spawn(script());
     let result = role::reconcile(guarded(&gone), ctx.clone()).await;
     server.await.unwrap();
     assert!(result.is_err(), "retried, not released");
     assert!(aws.account(TARGET).role(&format!("{NS}_{CR}")).is_some());
+    // A deletion that keeps failing backs off: its failure count is not reset by the attempt
+    // (it was, and a blocked deletion was retried every second).
+    let second = ctx.backoff.next(&key);
+    assert!(second >= Duration::from_millis(1500), "{second:?}");
 }
 
 #[tokio::test]

@@ -92,6 +92,10 @@ pub enum Fault {
     /// credentials past their expiration. The proxy answers so by itself for the sessions it saw
     /// issued (see [`AwsProxy::advance_clock`]); a rule can inject it for any request.
     ExpiredToken,
+    /// HTTP 403 with error code `AccessDenied`, type Sender, "User: ... is not authorized to
+    /// perform: SERVICE:OPERATION ...", as IAM and STS answer a caller whose policies do not allow
+    /// the request (a management role whose permissions were taken away, an SCP).
+    AccessDenied,
     /// HTTP 400 with error code `PackedPolicyTooLarge` on AssumeRole: "Packed policy consumes
     /// `percent`% of allotted space, please use smaller policy.". STS compresses session
     /// policies and session tags into a packed format whose size AWS does not publish, so the
@@ -112,6 +116,7 @@ impl Fault {
             Fault::InternalFailure => "InternalFailure",
             Fault::ServiceUnavailable => "ServiceUnavailable",
             Fault::ExpiredToken => "ExpiredToken",
+            Fault::AccessDenied => "AccessDenied",
             Fault::PackedPolicyTooLarge { .. } => "PackedPolicyTooLarge",
             Fault::Latency(_) => "Latency",
             Fault::ConnectionReset => "ConnectionReset",
@@ -751,7 +756,7 @@ impl State {
             }
             Decision::Answer(fault) => {
                 self.count_fault(seq, &service, &operation, &fault);
-                Ok(self.error_response(&fault))
+                Ok(self.error_response(&fault, &service, &operation))
             }
             Decision::Forward { delay } => {
                 // In a task of its own: a client that goes away does not stop the request.
@@ -903,7 +908,12 @@ impl State {
     }
 
     /// The query-protocol error document IAM and STS answer with.
-    fn error_response(&self, fault: &Fault) -> Response<Full<Bytes>> {
+    fn error_response(
+        &self,
+        fault: &Fault,
+        service: &str,
+        operation: &str,
+    ) -> Response<Full<Bytes>> {
         let (status, type_, message) = match fault {
             Fault::Throttling => (
                 StatusCode::BAD_REQUEST,
@@ -927,6 +937,19 @@ impl State {
                 StatusCode::FORBIDDEN,
                 "Sender",
                 "The security token included in the request is expired".to_owned(),
+            ),
+            // IAM's and STS's answer to a caller not allowed the action: code `AccessDenied`,
+            // type Sender, HTTP 403, "User: ARN is not authorized to perform: ACTION on
+            // resource: ARN" (IAM API Reference, Common Errors, `AccessDeniedException`; the
+            // wording as the proxy's own AssumeRole authorization and captured IAM answers give
+            // it). The proxy does not name the caller (it may not know it): the message says so.
+            Fault::AccessDenied => (
+                StatusCode::FORBIDDEN,
+                "Sender",
+                format!(
+                    "User: (the caller) is not authorized to perform: {service}:{operation} \
+                     on resource: * (injected by the test proxy)"
+                ),
             ),
             // STS's `PackedPolicyTooLargeException`: code `PackedPolicyTooLarge`, HTTP 400,
             // sender fault (botocore's STS model, botocore/data/sts/2011-06-15/service-2.json);
