@@ -1479,7 +1479,8 @@ impl Drop for DetachFromSourceUser {
                 .build()
                 .unwrap()
                 .block_on(async {
-                    let source = common::source_iam().await;
+                    // The operator's identity may attach but not detach: the administrator cleans up.
+                    let source = common::source_admin_iam().await;
                     for arn in arns {
                         let _ = source
                             .detach_user_policy()

@@ -24,19 +24,8 @@ const GONE: Duration = Duration::from_secs(60);
 // Principals of the source account, made by the test bed's administrator.
 // ---------------------------------------------------------------------------------------------
 
-fn admin_config() -> aws_config::ConfigLoader {
-    let credentials = aws_credential_types::Credentials::new(
-        common::env("SOURCE_ADMIN_ACCESS_KEY_ID"),
-        common::env("SOURCE_ADMIN_SECRET_ACCESS_KEY"),
-        None,
-        None,
-        "devenv-admin",
-    );
-    aws_config::defaults(aws_config::BehaviorVersion::latest()).credentials_provider(credentials)
-}
-
 async fn admin_iam() -> aws_sdk_iam::Client {
-    aws_sdk_iam::Client::new(&admin_config().load().await)
+    common::source_admin_iam().await
 }
 
 /// A user of the source account with keys of its own; deleted (with whatever is attached to it)

@@ -741,6 +741,27 @@ pub async fn source_iam() -> aws_sdk_iam::Client {
     aws_sdk_iam::Client::new(&operator_aws_config().await)
 }
 
+/// The test bed's administrator of the source account (`SOURCE_ADMIN_*` in `target/devenv/env`,
+/// made by the seed): for what the operator's identity may not do, such as making principals
+/// and cleaning up after tests.
+pub fn source_admin_config() -> aws_config::ConfigLoader {
+    let credentials = aws_credential_types::Credentials::new(
+        env("SOURCE_ADMIN_ACCESS_KEY_ID"),
+        env("SOURCE_ADMIN_SECRET_ACCESS_KEY"),
+        None,
+        None,
+        "devenv-admin",
+    );
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(test_aws_timeouts())
+        .credentials_provider(credentials)
+}
+
+/// IAM in the source account as the test bed's administrator.
+pub async fn source_admin_iam() -> aws_sdk_iam::Client {
+    aws_sdk_iam::Client::new(&source_admin_config().load().await)
+}
+
 /// IAM in the target account, through the management role (AssumeRole with the operator's keys).
 pub async fn target_iam() -> aws_sdk_iam::Client {
     let base = operator_aws_config().await;
