@@ -183,34 +183,7 @@ impl Drop for Bench {
         self.proxy.clear_rules();
         if std::thread::panicking() && self.operator.exited().is_none() {
             // Give the operator a minute to delete the test's CRs (their roles) before it goes.
-            let ns = self.ns.name.clone();
-            let _ = std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(async move {
-                        let Ok(client) = Client::try_default().await else {
-                            return;
-                        };
-                        let api = common::roles_api(&client, &ns);
-                        let _ = api
-                            .delete_collection(&DeleteParams::default(), &ListParams::default())
-                            .await;
-                        let _ = common::try_poll(Duration::from_secs(60), || {
-                            let api = api.clone();
-                            async move {
-                                match api.list(&ListParams::default()).await {
-                                    Ok(list) if list.items.is_empty() => Ok(()),
-                                    Ok(list) => Err(format!("{} left", list.items.len())),
-                                    Err(e) => Err(e.to_string()),
-                                }
-                            }
-                        })
-                        .await;
-                    })
-            })
-            .join();
+            common::delete_roles_while_the_operator_runs(vec![self.ns.name.clone()]);
         }
         if self.operator.exited().is_none() {
             self.operator.stop();

@@ -146,38 +146,7 @@ impl Drop for Scenario {
     fn drop(&mut self) {
         if std::thread::panicking() && self.operators.iter().any(|op| op.exited().is_none()) {
             self.proxy.clear_rules();
-            let namespaces = self.namespaces.clone();
-            // The test's runtime is blocked in this drop; the proxy keeps serving on its worker
-            // threads (the tests use the multi-thread runtime), the cleanup runs on its own.
-            let _ = std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(async move {
-                        let Ok(client) = Client::try_default().await else {
-                            return;
-                        };
-                        for ns in &namespaces {
-                            let api = common::roles_api(&client, ns);
-                            let _ = api
-                                .delete_collection(&DeleteParams::default(), &ListParams::default())
-                                .await;
-                            let _ = common::try_poll(Duration::from_secs(60), || {
-                                let api = api.clone();
-                                async move {
-                                    match api.list(&ListParams::default()).await {
-                                        Ok(list) if list.items.is_empty() => Ok(()),
-                                        Ok(list) => Err(format!("{} left", list.items.len())),
-                                        Err(e) => Err(e.to_string()),
-                                    }
-                                }
-                            })
-                            .await;
-                        }
-                    })
-            })
-            .join();
+            common::delete_roles_while_the_operator_runs(self.namespaces.clone());
         }
         for operator in &self.operators {
             if operator.exited().is_none() {

@@ -1429,7 +1429,10 @@ async fn forged_ownership_tags_do_not_make_an_existing_role_ours() {
                 &ns.name,
                 name,
                 "RoleNotOwned",
-                &[common::role_arn(role), "tags alone do not prove ownership".into()],
+                &[
+                    common::role_arn(role),
+                    "tags alone do not prove ownership".into(),
+                ],
             )
             .await,
         );

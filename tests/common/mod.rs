@@ -741,6 +741,42 @@ pub async fn source_iam() -> aws_sdk_iam::Client {
     aws_sdk_iam::Client::new(&operator_aws_config().await)
 }
 
+/// From a panicking test's drop: deletes every CrossAccountRole of `namespaces` and waits up to a
+/// minute for them to go, on a thread and runtime of its own (the test's runtime is blocked in
+/// the drop), so that an operator still running removes their roles before it exits.
+pub fn delete_roles_while_the_operator_runs(namespaces: Vec<String>) {
+    use kube::api::{DeleteParams, ListParams};
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let Ok(client) = Client::try_default().await else {
+                    return;
+                };
+                for ns in &namespaces {
+                    let api = roles_api(&client, ns);
+                    let _ = api
+                        .delete_collection(&DeleteParams::default(), &ListParams::default())
+                        .await;
+                    let _ = try_poll(Duration::from_secs(60), || {
+                        let api = api.clone();
+                        async move {
+                            match api.list(&ListParams::default()).await {
+                                Ok(list) if list.items.is_empty() => Ok(()),
+                                Ok(list) => Err(format!("{} left", list.items.len())),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        }
+                    })
+                    .await;
+                }
+            })
+    })
+    .join();
+}
+
 /// The test bed's administrator of the source account (`SOURCE_ADMIN_*` in `target/devenv/env`,
 /// made by the seed): for what the operator's identity may not do, such as making principals
 /// and cleaning up after tests.
