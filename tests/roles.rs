@@ -525,14 +525,34 @@ async fn drift_in_aws_is_corrected_on_resync() {
         .send()
         .await
         .expect("detach the policy behind the operator's back");
-    let foreign_trust = json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow",
-            "Principal": {"AWS": "arn:aws:iam::999999999999:root"},
-            "Action": "sts:AssumeRole",
-        }],
-    });
+    // The trust is rewritten, keeping only the operator's own statement (without it the role is
+    // no longer the CR's: the operator lets go of it rather than trusting tags alone).
+    let current = target
+        .get_role()
+        .role_name(&role_name)
+        .send()
+        .await
+        .expect("GetRole");
+    let current = common::policy_json(
+        current
+            .role()
+            .and_then(|r| r.assume_role_policy_document())
+            .unwrap_or_default(),
+    );
+    let mut statements: Vec<serde_json::Value> = current["Statement"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["Sid"] == "CrossAccountOperator")
+        .cloned()
+        .collect();
+    assert_eq!(statements.len(), 1, "the operator's statement: {current}");
+    statements.push(json!({
+        "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::999999999999:root"},
+        "Action": "sts:AssumeRole",
+    }));
+    let foreign_trust = json!({"Version": "2012-10-17", "Statement": statements});
     target
         .update_assume_role_policy()
         .role_name(&role_name)
