@@ -81,6 +81,12 @@ pub struct Config {
     #[arg(long, env = "CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
 
+    /// Credential mints (AssumeRole with the operator's own identity) per second at most, with
+    /// bursts of twice as many. STS allows 600 AssumeRole calls a second per source account,
+    /// shared with everything else that account runs.
+    #[arg(long, env = "ASSUME_ROLE_RATE", default_value_t = 20.0, value_parser = parse_rate)]
+    pub assume_role_rate: f64,
+
     /// How often every object is checked against AWS to correct drift (jittered), e.g. `10m`.
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub resync_interval: Duration,
@@ -157,6 +163,15 @@ pub fn parse_cluster_name(text: &str) -> Result<String, String> {
 }
 
 /// Parses durations such as `90s`, `10m`, `1h` or `250ms`.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && (0.1..=600.0).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "`{text}` is not a rate between 0.1 and 600 (STS's AssumeRole quota per account) calls a second, e.g. 20"
+        )),
+    }
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -245,8 +260,22 @@ mod tests {
     fn defaults_apply() {
         let config = Config::try_parse_from(["op", "--cluster-name", "dev"]).unwrap();
         assert_eq!(config.concurrency, 8);
+        assert_eq!(config.assume_role_rate, 20.0);
         assert_eq!(config.resync_interval, Duration::from_secs(600));
         assert!(!config.leader_elect);
         assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn the_assume_role_rate_stays_within_stss_quota() {
+        let rate = |r: &str| {
+            Config::try_parse_from(["op", "--cluster-name", "dev", "--assume-role-rate", r])
+                .map(|c| c.assume_role_rate)
+        };
+        assert_eq!(rate("0.5").unwrap(), 0.5);
+        for bad in ["0", "-1", "601", "NaN", "inf", "fast"] {
+            let err = rate(bad).unwrap_err().to_string();
+            assert!(err.contains("between 0.1 and 600"), "{bad}: {err}");
+        }
     }
 }

@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
         .timeout_config(timeouts)
         .load()
         .await;
-    let aws = SdkAws::new(aws_config, metrics.clone());
+    let aws = SdkAws::new(aws_config, metrics.clone(), config.assume_role_rate);
     let operator = OperatorIdentity::discover(
         &aws,
         config.cluster_name.clone(),

@@ -23,10 +23,9 @@ use super::{
 /// Session name the operator uses when it assumes a management role.
 const MANAGEMENT_SESSION_NAME: &str = "cross-account-operator";
 
-/// AssumeRole calls per second (and burst) allowed per source account; STS allows 600 per second
-/// per account, shared with everything else that account runs.
-const ASSUME_ROLE_RATE: f64 = 20.0;
-const ASSUME_ROLE_BURST: u32 = 40;
+/// AssumeRole calls per second into a target account's management role (the operator's own
+/// sessions, rare: one per client, refreshed hourly). STS allows 600 per second per account.
+const MANAGEMENT_ASSUME_ROLE_RATE: f64 = 20.0;
 
 /// IAM and STS clients of one account.
 #[derive(Clone)]
@@ -56,8 +55,10 @@ pub struct SdkAws {
 const IDLE_CLIENT_LIFETIME: Duration = Duration::from_secs(3600);
 
 impl SdkAws {
-    pub fn new(base: SdkConfig, log: Arc<dyn RequestLog>) -> Self {
-        let source = SdkAccount::new(&base, log.clone());
+    /// `assume_role_rate`: credential mints (AssumeRole with the operator's own identity) per
+    /// second at most, with bursts of twice as many.
+    pub fn new(base: SdkConfig, log: Arc<dyn RequestLog>, assume_role_rate: f64) -> Self {
+        let source = SdkAccount::new(&base, log.clone(), assume_role_rate);
         Self {
             base,
             source,
@@ -68,12 +69,15 @@ impl SdkAws {
 }
 
 impl SdkAccount {
-    fn new(config: &SdkConfig, log: Arc<dyn RequestLog>) -> Self {
+    fn new(config: &SdkConfig, log: Arc<dyn RequestLog>, assume_role_rate: f64) -> Self {
         Self {
             iam: aws_sdk_iam::Client::new(config),
             sts: aws_sdk_sts::Client::new(config),
             log,
-            assume_limiter: Arc::new(RateLimiter::new(ASSUME_ROLE_RATE, ASSUME_ROLE_BURST)),
+            assume_limiter: Arc::new(RateLimiter::new(
+                assume_role_rate,
+                (2.0 * assume_role_rate).ceil().max(1.0) as u32,
+            )),
             quotas: Arc::default(),
         }
     }
@@ -696,7 +700,7 @@ impl Aws for SdkAws {
             .to_builder()
             .credentials_provider(SharedCredentialsProvider::new(provider))
             .build();
-        let account = SdkAccount::new(&config, self.log.clone());
+        let account = SdkAccount::new(&config, self.log.clone(), MANAGEMENT_ASSUME_ROLE_RATE);
         self.targets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
