@@ -269,7 +269,8 @@ mod tests {
     #[test]
     fn the_assume_role_rate_stays_within_stss_quota() {
         let rate = |r: &str| {
-            Config::try_parse_from(["op", "--cluster-name", "dev", "--assume-role-rate", r])
+            let flag = format!("--assume-role-rate={r}");
+            Config::try_parse_from(["op", "--cluster-name", "dev", flag.as_str()])
                 .map(|c| c.assume_role_rate)
         };
         assert_eq!(rate("0.5").unwrap(), 0.5);
