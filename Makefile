@@ -5,7 +5,7 @@ CARGO ?= cargo
 ENV_FILE := target/devenv/env
 CONSUMERS_ENV_FILE := target/consumers/env
 
-.PHONY: help build crds fmt lint unit integration test env-up env-down demo bench consumers-deps
+.PHONY: help build crds fmt lint unit integration test env-up env-down demo demo-repeat bench consumers-deps
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ unit: ## Pure unit tests (no environment needed); includes the check that crds/ 
 
 demo: ## The main job: apply examples/ on the local environment and use the minted credentials
 	hack/demo.sh
+
+demo-repeat: ## make demo DEMO_RUNS times (default 10), each on a fresh environment: no failure, no Warning event
+	hack/demo-repeat.sh
 
 env-up: ## Start the local Kubernetes + AWS environment and write target/devenv/env
 	hack/devenv/up.sh
