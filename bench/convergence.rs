@@ -3,9 +3,10 @@
 //! and with ACK's IAM controller, all in one run against the local environment. Writes
 //! `target/bench/results.json` and `target/bench/results.md`. See bench/README.md.
 //!
-//! Settings (environment): BENCH_N (default 200), BENCH_CONCURRENCY (default 8, the operator's
-//! default), BENCH_RESYNC_SECONDS (default 10), BENCH_OUT (default target/bench), and
-//! ACK_IAM_CONTROLLER / ACK_IAM_CRDS / ACK_IAM_VERSION for the peer.
+//! Settings (environment): BENCH_N (default 200), BENCH_CHURN_ROUNDS (default 5),
+//! BENCH_CONCURRENCY (default 8, the operator's default), BENCH_RESYNC_SECONDS (default 10),
+//! BENCH_OUT (default target/bench), and ACK_IAM_CONTROLLER / ACK_IAM_CRDS / ACK_IAM_VERSION for
+//! the peer.
 
 #[path = "../tests/common/aws_proxy.rs"]
 mod aws_proxy;
@@ -49,6 +50,8 @@ pub struct Settings {
     pub resync_seconds: u64,
     /// Resyncs in the steady-state window.
     pub steady_resyncs: u32,
+    /// Rounds of the churn phase (N created, then deleted, each round); 0 skips it.
+    pub churn_rounds: u32,
     #[serde(skip)]
     pub out: PathBuf,
 }
@@ -70,6 +73,7 @@ impl Settings {
             concurrency: number("BENCH_CONCURRENCY", 8) as usize,
             resync_seconds: number("BENCH_RESYNC_SECONDS", 10),
             steady_resyncs: 3,
+            churn_rounds: number("BENCH_CHURN_ROUNDS", 5) as u32,
             out: PathBuf::from(
                 std::env::var("BENCH_OUT").unwrap_or_else(|_| "target/bench".into()),
             ),
@@ -193,6 +197,7 @@ async fn run() {
     let minimum_credentials = minimum(&client, &env, true).await;
     let credentials = operator_phase(&client, &env, &proxy, &settings, true).await;
     let roles_only = operator_phase(&client, &env, &proxy, &settings, false).await;
+    let churn = churn_phase(&client, &env, &proxy, &settings).await;
     let management = env.management_session().await;
     let floor_clients = floor::FloorClients {
         target_iam: aws_sdk_iam::Client::new(
@@ -222,6 +227,7 @@ async fn run() {
         floor_credentials,
         floor_roles,
         peer,
+        churn,
         started.elapsed(),
     );
     results.write(&settings.out);
@@ -525,6 +531,75 @@ async fn operator_phase(
     op.proc.stop();
     drop_namespace(client, &ns).await;
     result
+}
+
+/// Create/delete churn on one operator process: `churn_rounds` rounds of N objects with
+/// credentials, created until Ready and deleted until gone. Its resident memory after each
+/// round's deletion shows whether what it keeps per object goes with the object (caches,
+/// recent syncs, backoff, mint times, metric series): it must return to the level of the first
+/// round (the allocator keeps what it once needed), not grow round by round.
+async fn churn_phase(
+    client: &Client,
+    env: &DevEnv,
+    proxy: &AwsProxy,
+    settings: &Settings,
+) -> Option<report::Churn> {
+    if settings.churn_rounds == 0 {
+        return None;
+    }
+    let ns = format!("bench-churn-{}-{}", settings.n, std::process::id());
+    eprintln!(
+        "[bench] churn: {} rounds of {} objects in {ns}",
+        settings.churn_rounds, settings.n
+    );
+    tenant_namespace(client, &ns).await;
+    let log = settings.out.join("operator-churn.log");
+    let mut op = start_operator(env, proxy, settings, DEFAULT_RESYNC_SECONDS, &log);
+    wait_http_ok(
+        &format!("{}/readyz", op.base_url),
+        "the operator",
+        &mut op.proc,
+    )
+    .await;
+    let idle = op.proc.now();
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &ApiResource::erase::<CrossAccountRole>(&()),
+    );
+    let mut rounds = Vec::new();
+    for round in 1..=settings.churn_rounds {
+        let began = Instant::now();
+        let objects = (0..settings.n)
+            .map(|i| role_object(true, &env.account_name, &ns, &format!("c{round}-{i:05}")))
+            .collect();
+        converge(
+            &api,
+            objects,
+            ours_ready,
+            CLIENT_PARALLEL,
+            settings.timeout(),
+        )
+        .await;
+        let at_ready = op.proc.now();
+        delete_all(&api, CLIENT_PARALLEL, settings.timeout()).await;
+        // Let the watch events of the last deletions arrive and be handled.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let after_delete = op.proc.now();
+        eprintln!(
+            "[bench]   round {round}: RSS {:.1} MiB at Ready, {:.1} MiB after deletion",
+            at_ready.rss as f64 / 1048576.0,
+            after_delete.rss as f64 / 1048576.0
+        );
+        rounds.push(report::ChurnRound::new(
+            at_ready,
+            after_delete,
+            began.elapsed(),
+        ));
+    }
+    op.proc.stop();
+    drop_namespace(client, &ns).await;
+    Some(report::Churn::new(idle, rounds))
 }
 
 /// The floor at N roles, with or without the AssumeRole per role.

@@ -94,6 +94,44 @@ impl Memory {
     }
 }
 
+/// One round of the churn phase.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChurnRound {
+    pub ready_rss_mib: f64,
+    pub after_delete_rss_mib: f64,
+    pub seconds: f64,
+}
+
+impl ChurnRound {
+    pub fn new(at_ready: Sample, after_delete: Sample, took: Duration) -> ChurnRound {
+        ChurnRound {
+            ready_rss_mib: at_ready.rss as f64 / MIB,
+            after_delete_rss_mib: after_delete.rss as f64 / MIB,
+            seconds: took.as_secs_f64(),
+        }
+    }
+}
+
+/// Memory of one operator process under create/delete churn.
+#[derive(Clone, Debug, Serialize)]
+pub struct Churn {
+    pub idle_rss_mib: f64,
+    pub rounds: Vec<ChurnRound>,
+    /// RSS after the last round's deletion less that after the first's, MiB.
+    pub growth_mib: f64,
+}
+
+impl Churn {
+    pub fn new(idle: Sample, rounds: Vec<ChurnRound>) -> Churn {
+        let after = |r: Option<&ChurnRound>| r.map_or(0.0, |r| r.after_delete_rss_mib);
+        Churn {
+            idle_rss_mib: idle.rss as f64 / MIB,
+            growth_mib: after(rounds.last()) - after(rounds.first()),
+            rounds,
+        }
+    }
+}
+
 /// One controller at N objects.
 #[derive(Clone, Debug, Serialize)]
 pub struct PhaseResult {
@@ -156,6 +194,8 @@ pub struct Results {
     pub floor_roles: FloorResult,
     /// ACK's IAM controller, or why it was not run.
     pub peer: Result<(String, PhaseResult), String>,
+    /// The churn phase, unless skipped.
+    pub churn: Option<Churn>,
     pub run_seconds: f64,
 }
 
@@ -193,6 +233,7 @@ impl Results {
         floor_credentials: FloorResult,
         floor_roles: FloorResult,
         peer: Result<(String, PhaseResult), String>,
+        churn: Option<Churn>,
         run: Duration,
     ) -> Results {
         Results {
@@ -206,6 +247,7 @@ impl Results {
             floor_credentials,
             floor_roles,
             peer,
+            churn,
             run_seconds: run.as_secs_f64(),
         }
     }
@@ -469,7 +511,40 @@ impl Results {
                 ack.map_or("-".into(), |p| get(&p.calls_to_ready))
             );
         }
+        if let Some(churn) = &self.churn {
+            md.push_str(&churn.markdown(s.n));
+        }
         let _ = writeln!(md, "\nRun took {:.0} s.", self.run_seconds);
+        md
+    }
+}
+
+impl Churn {
+    fn markdown(&self, n: usize) -> String {
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "\n## Churn: {n} objects with credentials created and deleted, {} rounds, one \
+             operator process\n\nRSS idle before the first round: {:.1} MiB. After the last \
+             round's deletion it is {:+.1} MiB from after the first's.\n",
+            self.rounds.len(),
+            self.idle_rss_mib,
+            self.growth_mib
+        );
+        let _ = writeln!(
+            md,
+            "| round | RSS at Ready, MiB | RSS after deletion, MiB | s |\n|---|---|---|---|"
+        );
+        for (i, r) in self.rounds.iter().enumerate() {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.1} | {:.0} |",
+                i + 1,
+                r.ready_rss_mib,
+                r.after_delete_rss_mib,
+                r.seconds
+            );
+        }
         md
     }
 }

@@ -432,7 +432,7 @@ async fn cleanup_notes<A: Aws>(
 }
 
 /// The last step of deletion: the credentials Secret goes (also where no garbage collector runs),
-/// the expiry metric is dropped, the finalizer is released.
+/// the expiry metric and the last mint's time are dropped, the finalizer is released.
 async fn release<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<(), ReconcileError> {
     let namespace = cr.namespace().unwrap_or_default();
     if let Some(credentials) = cr.status.as_ref().and_then(|s| s.credentials.as_ref()) {
@@ -442,5 +442,6 @@ async fn release<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<(), 
     ctx.metrics
         .credentials_expiry
         .remove(&namespace, &cr.name_any());
+    ctx.mints.forget(&key(cr));
     finalizer::release(&api_of(ctx, &namespace), cr, FINALIZER).await
 }

@@ -113,6 +113,14 @@ impl MintBudget {
         })
     }
 
+    /// Object `key` is gone: its last mint need not be remembered.
+    pub(crate) fn forget(&self, key: &str) {
+        self.last_mint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
     /// Object `key` minted at `now`; entries older than the interval are dropped on the way.
     pub(crate) fn minted(&self, key: &str, now: std::time::Instant) {
         let mut last = self.last_mint.lock().unwrap_or_else(|e| e.into_inner());
@@ -621,6 +629,12 @@ mod tests {
             budget
                 .enter("other", "flood/1", now + MIN_MINT_INTERVAL)
                 .is_ok()
+        );
+        budget.minted("flood/4", now);
+        budget.forget("flood/4");
+        assert!(
+            !budget.last_mint.lock().unwrap().contains_key("flood/4"),
+            "a deleted object's last mint is forgotten"
         );
     }
 
