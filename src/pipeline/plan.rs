@@ -972,6 +972,46 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_group_no_longer_allowed_loses_its_tag_and_the_accounts_trust_while_refused() {
+        let world = World::new();
+        world.source.add_group("developers");
+        let mut spec = seed_spec();
+        spec.grants.insert(Principal::Group("developers".into()));
+        world.sync(&spec).await;
+        let world = &world;
+        let narrowed = |permitted: ValidatedSpec| async move {
+            let desired = desired_role(&permitted, &owner(), &operator(), TARGET).unwrap();
+            let observed = observe(&world.target, &world.source, &desired, SOURCE)
+                .await
+                .unwrap();
+            let current = observed.role.clone().unwrap();
+            let within = within(&desired, &current, &observed, &permitted, &operator());
+            plan_role_changes(&within, &observed)
+                .into_iter()
+                .filter(narrows)
+                .collect::<Vec<_>>()
+        };
+        // Still allowed: nothing to take away.
+        assert!(narrowed(spec.clone()).await.is_empty());
+        // The account no longer allows the group: its grant goes, the user's stays.
+        let changes = narrowed(seed_spec()).await;
+        assert_eq!(
+            operations(&changes),
+            ["UpdateAssumeRolePolicy", "UntagRole"]
+        );
+        let (_, result) = apply_changes(&world.target, &world.source, &changes).await;
+        result.unwrap();
+        let role = world.target.role("CrossAccountSignin").unwrap();
+        assert_eq!(group_statement(&role.trust_policy), None);
+        assert!(
+            !role
+                .tags
+                .contains_key("crossaccount.io/grant/group/developers")
+        );
+        assert!(world.granted(&Principal::User("devTest".into())).await);
+    }
+
     // ----- property tests: plans converge and are idempotent -----
 
     use proptest::prelude::*;
