@@ -2614,6 +2614,202 @@ async fn assume_role_needs_the_trust_policy_and_the_callers_policy_with_their_co
         .expect("moto ignores the condition");
 }
 
+/// A group of the source account made with the administrator; its members taken out, its
+/// policies detached or deleted, and it deleted, when dropped.
+struct SourceGroup {
+    name: String,
+    policy_arns: Vec<String>,
+}
+
+impl Drop for SourceGroup {
+    fn drop(&mut self) {
+        let (name, policy_arns) = (self.name.clone(), std::mem::take(&mut self.policy_arns));
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let iam = source_admin_iam().await;
+                    if let Ok(out) = iam.get_group().group_name(&name).send().await {
+                        for user in out.users() {
+                            let _ = iam
+                                .remove_user_from_group()
+                                .group_name(&name)
+                                .user_name(user.user_name())
+                                .send()
+                                .await;
+                        }
+                    }
+                    for arn in &policy_arns {
+                        let _ = iam
+                            .detach_group_policy()
+                            .group_name(&name)
+                            .policy_arn(arn)
+                            .send()
+                            .await;
+                        delete_managed_policy(&iam, arn).await;
+                    }
+                    if let Ok(out) = iam.list_group_policies().group_name(&name).send().await {
+                        for policy in out.policy_names() {
+                            let _ = iam
+                                .delete_group_policy()
+                                .group_name(&name)
+                                .policy_name(policy)
+                                .send()
+                                .await;
+                        }
+                    }
+                    let _ = iam.delete_group().group_name(&name).send().await;
+                })
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn assume_role_by_a_user_counts_the_policies_of_its_groups() {
+    // AWS evaluates a user's identity policies with those attached to and inline in its groups
+    // (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_evaluation-logic.html):
+    // the proxy reads the user's groups (ListGroupsForUser) and their policies, at each request.
+    let proxy = start_proxy().await;
+    let source = env("SOURCE_ACCOUNT_ID");
+    let target = env("TARGET_ACCOUNT_ID");
+    let nothing = serde_json::json!({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*",
+    }]});
+    let member = AssumingUser::create("group-member", nothing.clone()).await;
+    let outsider = AssumingUser::create("group-outsider", nothing).await;
+    let iam = source_admin_iam().await;
+    let mut group = SourceGroup {
+        name: common::unique("assumers"),
+        policy_arns: Vec::new(),
+    };
+    iam.create_group()
+        .group_name(&group.name)
+        .send()
+        .await
+        .expect("CreateGroup");
+    let allow = |tag: &str| {
+        serde_json::json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*",
+            "Condition": {"StringEquals": {format!("iam:ResourceTag/proxy-test/{tag}"): "yes"}},
+        }]})
+    };
+    let attached = iam
+        .create_policy()
+        .policy_name(&group.name)
+        .policy_document(allow("attached").to_string())
+        .send()
+        .await
+        .expect("CreatePolicy")
+        .policy()
+        .and_then(|p| p.arn())
+        .expect("a policy ARN")
+        .to_owned();
+    group.policy_arns.push(attached.clone());
+    iam.attach_group_policy()
+        .group_name(&group.name)
+        .policy_arn(&attached)
+        .send()
+        .await
+        .expect("AttachGroupPolicy");
+    iam.put_group_policy()
+        .group_name(&group.name)
+        .policy_name("inline")
+        .policy_document(allow("inline").to_string())
+        .send()
+        .await
+        .expect("PutGroupPolicy");
+    iam.add_user_to_group()
+        .group_name(&group.name)
+        .user_name(&member.name)
+        .send()
+        .await
+        .expect("AddUserToGroup");
+    // Roles trusting the source account's users, as the operator's grants to groups do.
+    let trust = trusting(
+        &format!("arn:aws:iam::{source}:root"),
+        &["sts:AssumeRole"],
+        Some(
+            serde_json::json!({"ArnLike": {"aws:PrincipalArn": format!("arn:aws:iam::{source}:user/*")}}),
+        ),
+    );
+    let mut made = Made::default();
+    let by_attached = target_role(
+        &mut made,
+        "group-attached",
+        trust.clone(),
+        &[("proxy-test/attached", "yes")],
+    )
+    .await;
+    let by_inline = target_role(
+        &mut made,
+        "group-inline",
+        trust,
+        &[("proxy-test/inline", "yes")],
+    )
+    .await;
+    assert!(by_attached.contains(&target));
+
+    let member_sts = member.sts(&proxy.endpoint()).await;
+    let outsider_sts = outsider.sts(&proxy.endpoint()).await;
+    for arn in [&by_attached, &by_inline] {
+        member_sts
+            .assume_role()
+            .role_arn(arn)
+            .role_session_name("member")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("the member assumes {arn} through its group: {e:?}"));
+    }
+    assert!(
+        proxy.requests().iter().all(|r| r.unjudged.is_none()),
+        "all judged: {:?}",
+        proxy.requests()
+    );
+    let sessions = proxy.sessions_seen();
+    for arn in [&by_attached, &by_inline] {
+        let result = outsider_sts
+            .assume_role()
+            .role_arn(arn)
+            .role_session_name("outsider")
+            .send()
+            .await;
+        assert_access_denied(
+            "a user outside the group",
+            &proxy,
+            sessions,
+            result,
+            &outsider.arn,
+            "sts:AssumeRole",
+            arn,
+        );
+    }
+    // Out of the group, the member is refused at once: groups are read at each request.
+    iam.remove_user_from_group()
+        .group_name(&group.name)
+        .user_name(&member.name)
+        .send()
+        .await
+        .expect("RemoveUserFromGroup");
+    let result = member_sts
+        .assume_role()
+        .role_arn(&by_attached)
+        .role_session_name("member")
+        .send()
+        .await;
+    assert_access_denied(
+        "a former member",
+        &proxy,
+        sessions,
+        result,
+        &member.arn,
+        "sts:AssumeRole",
+        &by_attached,
+    );
+}
+
 #[tokio::test]
 async fn a_session_issued_through_the_proxy_is_judged_as_its_role() {
     let proxy = start_proxy().await;

@@ -1,7 +1,8 @@
 //! IAM as AWS enforces it, against the operator binary, the local apiserver and moto (with IAM
 //! enforcement, behind the shared AWS proxy): grants that scale to a hundred roles for one user
 //! (who, with its own keys, assumes each and no other), the console's session revocation kept and
-//! followed, revocation on request, principals with paths and deleted ones, tags and policies
+//! followed, revocation on request, principals with paths and deleted ones, grants to groups
+//! (whose members, and no one else, assume the role), tags and policies
 //! others own, a role held by an instance profile, and session tags.
 //!
 //! Principals that are granted roles are users the test makes with the test bed's administrator
@@ -356,6 +357,215 @@ async fn a_deleted_principal_is_named_its_grant_revoked_and_the_rest_still_appli
         "the other grant stays"
     );
     common::delete_role_and_wait(&client, &ns.name, "app", GONE).await;
+}
+
+/// A group of the source account; its members are taken out, its policies detached and it is
+/// deleted when dropped (before its members: declare it after them).
+struct SourceGroup {
+    name: String,
+}
+
+impl SourceGroup {
+    async fn create(prefix: &str, members: &[&SourceUser]) -> Self {
+        let iam = admin_iam().await;
+        let name = common::unique(prefix);
+        iam.create_group()
+            .group_name(&name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CreateGroup {name}: {e:?}"));
+        for user in members {
+            iam.add_user_to_group()
+                .group_name(&name)
+                .user_name(&user.name)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("AddUserToGroup {name} {}: {e:?}", user.name));
+        }
+        Self { name }
+    }
+
+    /// The managed policies attached to the group, by name.
+    async fn attached(&self) -> BTreeSet<String> {
+        let out = admin_iam()
+            .await
+            .list_attached_group_policies()
+            .group_name(&self.name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("ListAttachedGroupPolicies {}: {e:?}", self.name));
+        out.attached_policies()
+            .iter()
+            .filter_map(|p| p.policy_name().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for SourceGroup {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        common::on_own_runtime(async move {
+            let iam = admin_iam().await;
+            if let Ok(out) = iam.get_group().group_name(&name).send().await {
+                for user in out.users() {
+                    let _ = iam
+                        .remove_user_from_group()
+                        .group_name(&name)
+                        .user_name(user.user_name())
+                        .send()
+                        .await;
+                }
+            }
+            if let Ok(out) = iam
+                .list_attached_group_policies()
+                .group_name(&name)
+                .send()
+                .await
+            {
+                for policy in out.attached_policies() {
+                    let _ = iam
+                        .detach_group_policy()
+                        .group_name(&name)
+                        .policy_arn(policy.policy_arn().unwrap_or_default())
+                        .send()
+                        .await;
+                }
+            }
+            let _ = iam.delete_group().group_name(&name).send().await;
+        });
+    }
+}
+
+/// The role's tags and trust policy, read now.
+async fn tags_and_trust(role_name: &str) -> (std::collections::BTreeMap<String, String>, String) {
+    let target = common::target_iam().await;
+    let role = common::get_iam_role(&target, role_name).await.unwrap();
+    let trust = common::policy_json(role.assume_role_policy_document().unwrap_or_default());
+    (
+        common::role_tags(&target, role_name).await,
+        trust.to_string(),
+    )
+}
+
+#[tokio::test]
+async fn a_granted_groups_members_assume_the_role_and_no_one_else_until_it_is_revoked() {
+    let _serial = common::serial().await;
+    Operator::shared().await;
+    let client = common::kube_client().await;
+    let ns = TestNamespace::new(&client, "groups").await;
+    let source = common::env("SOURCE_ACCOUNT_ID");
+    // An AwsAccount that lets this namespace grant groups (the shared one grants users and
+    // roles only).
+    let account = common::AccountGuard {
+        name: common::unique("groups"),
+    };
+    common::create_account(
+        &client,
+        &account.name,
+        json!({
+            "accountId": common::env("TARGET_ACCOUNT_ID"),
+            "managementRoleArn": common::env("MANAGEMENT_ROLE_ARN"),
+            "allowedNamespaces": {"names": [ns.name]},
+            "allowedGrants": [{
+                "namespaces": {"names": [ns.name]},
+                "principals": [format!("arn:aws:iam::{source}:group/developers-*")],
+            }],
+        }),
+    )
+    .await;
+    common::wait_for_account_ready(&client, &account.name, CONVERGE).await;
+    let member = SourceUser::create("member", "/").await;
+    let outsider = SourceUser::create("outsider", "/").await;
+    let group = SourceGroup::create("developers", &[&member]).await;
+    let role_name = common::unique("Grouped");
+    let _role = common::TargetRoleGuard::new(&role_name);
+    let role_arn = common::role_arn(&role_name);
+    common::create_role(
+        &client,
+        &ns.name,
+        "app",
+        json!({"accountRef": account.name, "roleName": role_name, "grants": [{"group": group.name}]}),
+    )
+    .await;
+    wait_ready(&client, &ns.name, "app").await;
+    let policy = format!("crossaccount-{}-group-{}", common::CLUSTER_NAME, group.name);
+    assert_eq!(group.attached().await, BTreeSet::from([policy.clone()]));
+    let (tags, trust) = tags_and_trust(&role_name).await;
+    assert_eq!(
+        tags.get(&format!("crossaccount.io/grant/group/{}", group.name)),
+        Some(&common::CLUSTER_NAME.to_owned()),
+        "{tags:?}"
+    );
+    assert!(
+        trust.contains(&format!("arn:aws:iam::{source}:root")) && !trust.contains(":group/"),
+        "the source account's users are trusted, the group is not named: {trust}"
+    );
+
+    // The member, with its own keys and through its group's policy, assumes the role; a user
+    // outside the group does not (judged by the proxy as AWS judges it).
+    let mark = common::shared_proxy().mark();
+    member
+        .assume(&role_arn)
+        .await
+        .expect("the member assumes the role");
+    assert_eq!(
+        outsider.assume(&role_arn).await,
+        Err("AccessDenied".to_owned()),
+        "a user outside the group"
+    );
+    let unjudged: Vec<String> = common::shared_proxy()
+        .requests_since(&mark)
+        .into_iter()
+        .filter(|r| r.is("sts", "AssumeRole") && r.unjudged.is_some())
+        .map(|r| r.summary())
+        .collect();
+    assert!(unjudged.is_empty(), "{unjudged:?}");
+
+    // The grant removed from the spec: the tag and the account's trust go.
+    common::patch_role_spec(&client, &ns.name, "app", json!({"grants": []})).await;
+    let revoked = common::try_poll(CONVERGE, || async {
+        let (tags, trust) = tags_and_trust(&role_name).await;
+        let left: Vec<&String> = tags.keys().filter(|k| k.contains("/grant/")).collect();
+        if left.is_empty() && !trust.contains(":root") {
+            Ok(())
+        } else {
+            Err(format!("grant tags {left:?}, trust {trust}"))
+        }
+    })
+    .await;
+    if let Err(last) = revoked {
+        common::fail_with_operator_log("the group's grant was not revoked", &last);
+    }
+    assert_eq!(
+        member.assume(&role_arn).await,
+        Err("AccessDenied".to_owned()),
+        "the member after the revocation"
+    );
+    let cr = common::roles_api(&client, &ns.name)
+        .get("app")
+        .await
+        .unwrap();
+    assert!(
+        cr.status.as_ref().unwrap().granted_principals.is_empty(),
+        "{}",
+        common::describe_role(&cr)
+    );
+
+    // Deleted: the role goes; in the source account the group holds nothing of this object
+    // (no inline policy; the cluster's grant policy, which allows only roles tagged for the
+    // group, stays attached as it does for users and roles).
+    common::delete_role_and_wait(&client, &ns.name, "app", GONE).await;
+    let target = common::target_iam().await;
+    assert!(common::get_iam_role(&target, &role_name).await.is_none());
+    let inline = admin_iam()
+        .await
+        .list_group_policies()
+        .group_name(&group.name)
+        .send()
+        .await
+        .expect("ListGroupPolicies");
+    assert!(inline.policy_names().is_empty(), "{inline:?}");
+    assert_eq!(group.attached().await, BTreeSet::from([policy]));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ OPERATOR_POLICY = {
         {
             "Sid": "GrantAttachments",
             "Effect": "Allow",
-            "Action": ["iam:AttachUserPolicy", "iam:AttachRolePolicy"],
+            "Action": ["iam:AttachUserPolicy", "iam:AttachRolePolicy", "iam:AttachGroupPolicy"],
             "Resource": "*",
             # Only the grant policies (moto does not evaluate conditions; AWS does).
             "Condition": {"ArnLike": {"iam:PolicyARN": f"arn:aws:iam::{SOURCE_ACCOUNT_ID}:policy/crossaccount/*"}},
@@ -69,14 +69,19 @@ OPERATOR_POLICY = {
                 # Principals are looked up for their real ARN (a path) before they are trusted.
                 "iam:GetUser",
                 "iam:GetRole",
+                # A granted group is looked up (its existence; its members are not read).
+                "iam:GetGroup",
                 "iam:ListAttachedUserPolicies",
                 "iam:ListAttachedRolePolicies",
+                "iam:ListAttachedGroupPolicies",
                 "iam:GetAccountSummary",
                 # The one inline grant policy per object of earlier versions, removed on sight.
                 "iam:GetUserPolicy",
                 "iam:DeleteUserPolicy",
                 "iam:GetRolePolicy",
                 "iam:DeleteRolePolicy",
+                "iam:GetGroupPolicy",
+                "iam:DeleteGroupPolicy",
                 # Not the operator's: the AWS proxy's own tests (tests/aws_proxy.rs) read it.
                 "iam:ListUserPolicies",
             ],

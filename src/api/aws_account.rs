@@ -121,7 +121,7 @@ pub struct AwsAccountSpec {
 
     /// Which principals of the source account (the operator's) CrossAccountRoles of which
     /// namespaces may grant (`spec.grants`): each rule names namespaces and glob patterns of
-    /// principal ARNs. A grant must match a rule that allows the CR's namespace. The operator's
+    /// principal ARNs (users, roles and groups: `...:group/NAME`). A grant must match a rule that allows the CR's namespace. The operator's
     /// own principal can never be granted. When unset, `allowedTrustPrincipals` applies to every
     /// allowed namespace (deprecated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,7 +193,8 @@ pub struct GrantRule {
     #[serde(default)]
     pub namespaces: AllowedNamespaces,
     /// Glob patterns of principal ARNs in the source account, e.g.
-    /// `arn:aws:iam::123456789012:user/team-a-*`.
+    /// `arn:aws:iam::123456789012:user/team-a-*`; groups are matched by their ARN,
+    /// `arn:aws:iam::123456789012:group/team-a-*`.
     #[serde(default)]
     #[schemars(length(max = 100))]
     pub principals: Vec<String>,

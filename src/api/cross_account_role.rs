@@ -77,10 +77,11 @@ pub struct CrossAccountRoleSpec {
     #[serde(default)]
     pub trust: Trust,
 
-    /// Principals of the source account (the operator's account) that may assume the role: each is
-    /// added to the role's trust policy, the role is tagged `crossaccount.io/grant/<user|role>/<name>`,
-    /// and the principal gets the operator's grant policy (one per principal, allowing
-    /// `sts:AssumeRole` on the roles tagged for it). Each must match the AwsAccount's allowedGrants
+    /// Principals of the source account (the operator's account) that may assume the role: each
+    /// user or role is added to the role's trust policy (a group cannot be: see `group`), the
+    /// role is tagged `crossaccount.io/grant/<user|role|group>/<name>`, and the principal gets
+    /// the operator's grant policy (one per principal, allowing `sts:AssumeRole` on the roles
+    /// tagged for it). Each must match the AwsAccount's allowedGrants
     /// (or allowedTrustPrincipals). Tags and grants together fit IAM's 50 tags per role (3 are the
     /// ownership tags).
     #[serde(default)]
@@ -168,19 +169,31 @@ pub struct Trust {
 }
 
 /// A principal of the source account that gets the right to assume the role. Set exactly one of
-/// `user` or `role`.
+/// `user`, `role` or `group`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-#[x_kube(validation = Rule::new("has(self.user) != has(self.role)").message("set exactly one of user or role"))]
+#[x_kube(validation = Rule::new("(has(self.user) ? 1 : 0) + (has(self.role) ? 1 : 0) + (has(self.group) ? 1 : 0) == 1").message("set exactly one of user, role or group"))]
 #[serde(rename_all = "camelCase")]
 pub struct Grant {
-    /// Name of an IAM user in the source account.
+    /// Name of an IAM user in the source account. The role's trust policy names the user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[\w+=,.@-]{1,64}$"))]
     pub user: Option<String>,
-    /// Name of an IAM role in the source account.
+    /// Name of an IAM role in the source account. The role's trust policy names the role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[\w+=,.@-]{1,64}$"))]
     pub role: Option<String>,
+    /// Name of an IAM group in the source account: its members may assume the role. The group
+    /// gets the grant policy (AttachGroupPolicy). IAM cannot name a group in a trust policy, so
+    /// the role trusts the source account's IAM users (principal `arn:aws:iam::<source>:root`,
+    /// condition `aws:PrincipalArn` like `arn:aws:iam::<source>:user/*` and not the operator's):
+    /// any IAM user of the source account whose own identity policies allow `sts:AssumeRole` on
+    /// the role may then assume it, not only the group's members. Roles and federated or
+    /// assumed-role sessions of the source account are not trusted by it. Source-account admins
+    /// constrain it by not granting `sts:AssumeRole` on `*` (or by denying it on roles tagged
+    /// `crossaccount.io/grant/group/*` outside the groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[\w+=,.@-]{1,64}$"))]
+    pub group: Option<String>,
 }
 
 /// What happens to AWS resources when the CrossAccountRole is deleted.

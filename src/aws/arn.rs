@@ -69,8 +69,12 @@ impl Arn {
         Self::iam(partition, account, &format!("user{path}{name}"))
     }
 
+    /// `arn:<partition>:iam::<account>:group<path><name>`.
+    pub(crate) fn group(partition: &str, account: &str, path: &str, name: &str) -> Self {
+        Self::iam(partition, account, &format!("group{path}{name}"))
+    }
+
     /// `arn:<partition>:iam::<account>:root`: the account as a principal.
-    #[cfg(test)]
     pub(crate) fn root(partition: &str, account: &str) -> Self {
         Self::iam(partition, account, "root")
     }

@@ -55,6 +55,34 @@ fn rewrite_principals(trust: &Value, partition: &str) -> Value {
     trust
 }
 
+/// IAM refuses a trust policy that names a group (a group is not a principal):
+/// `MalformedPolicyDocument`, "Invalid principal in policy".
+fn refuse_group_principals(trust: &Value, operation: &'static str) -> Result<(), AwsError> {
+    let statements: Vec<&Value> = match &trust["Statement"] {
+        Value::Array(list) => list.iter().collect(),
+        single @ Value::Object(_) => vec![single],
+        _ => Vec::new(),
+    };
+    let named = statements
+        .into_iter()
+        .flat_map(|s| match &s["Principal"]["AWS"] {
+            Value::Array(ids) => ids.iter().filter_map(Value::as_str).collect(),
+            Value::String(id) => vec![id.as_str()],
+            _ => Vec::new(),
+        });
+    for id in named {
+        if Arn::parse(id).is_some_and(|a| a.resource().starts_with("group/")) {
+            return Err(iam_error(
+                operation,
+                AwsErrorKind::Invalid,
+                "MalformedPolicyDocument",
+                format!("Invalid principal in policy: \"AWS\":\"{id}\""),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A role as IAM keeps it: documents as the text it returns.
 #[derive(Clone, Debug, Default)]
 struct StoredRole {
@@ -220,6 +248,13 @@ impl FakeAccount {
         state.attachments.remove(principal);
     }
 
+    /// A group of this account.
+    pub(crate) fn add_group(&self, name: &str) {
+        self.lock()
+            .principals
+            .insert(Principal::Group(name.to_owned()));
+    }
+
     /// A role of this account used as a principal (granted, trusted).
     pub(crate) fn add_role_principal(&self, name: &str) {
         self.lock()
@@ -364,6 +399,9 @@ impl AccountApi for FakeAccount {
                 Principal::Role(name) => {
                     Arn::role(&self.partition, &self.account_id, &path, name).to_string()
                 }
+                Principal::Group(name) => {
+                    Arn::group(&self.partition, &self.account_id, &path, name).to_string()
+                }
             }
         }))
     }
@@ -461,9 +499,9 @@ impl AccountApi for FakeAccount {
     async fn account_quota(&self, name: &'static str) -> Result<Option<i64>, AwsError> {
         Ok(match name {
             "PolicySizeQuota" => Some(POLICY_SIZE_QUOTA as i64),
-            "AttachedPoliciesPerUserQuota" | "AttachedPoliciesPerRoleQuota" => {
-                Some(ATTACHED_PER_PRINCIPAL_QUOTA as i64)
-            }
+            "AttachedPoliciesPerUserQuota"
+            | "AttachedPoliciesPerRoleQuota"
+            | "AttachedPoliciesPerGroupQuota" => Some(ATTACHED_PER_PRINCIPAL_QUOTA as i64),
             _ => None,
         })
     }
@@ -492,6 +530,7 @@ impl AccountApi for FakeAccount {
                 permissions_boundary,
                 tags,
             } => {
+                refuse_group_principals(trust_policy, op)?;
                 if state.roles.contains_key(role) {
                     return Err(iam_error(
                         op,
@@ -524,6 +563,7 @@ impl AccountApi for FakeAccount {
                 );
             }
             Change::UpdateTrustPolicy { role, trust_policy } => {
+                refuse_group_principals(trust_policy, op)?;
                 let text = as_returned(&rewrite_principals(trust_policy, &self.partition));
                 role_entry(&mut state, role, op)?.trust_policy = text;
             }
@@ -644,7 +684,12 @@ impl AccountApi for FakeAccount {
                     return Err(limit_exceeded(
                         op,
                         format!(
-                            "Cannot exceed quota for PoliciesPerUser: {ATTACHED_PER_PRINCIPAL_QUOTA}"
+                            "Cannot exceed quota for PoliciesPer{}: {ATTACHED_PER_PRINCIPAL_QUOTA}",
+                            match principal {
+                                Principal::User(_) => "User",
+                                Principal::Role(_) => "Role",
+                                Principal::Group(_) => "Group",
+                            }
                         ),
                     ));
                 }

@@ -3,9 +3,9 @@
 //! policy never changes once created, so attaching it is the only write, and it is the same for
 //! the first grant of a principal as for its hundredth.
 //!
-//! The attachment counts against IAM's quota of managed policies attached to a user or role
-//! (`AttachedPoliciesPerUserQuota`, `AttachedPoliciesPerRoleQuota`, 10 by default, read from
-//! GetAccountSummary), which is checked before anything is written. See IAM's quotas:
+//! The attachment counts against IAM's quota of managed policies attached to a user, role or group
+//! (`AttachedPoliciesPerUserQuota`, `AttachedPoliciesPerRoleQuota`,
+//! `AttachedPoliciesPerGroupQuota`, 10 by default, read from GetAccountSummary), which is checked before anything is written. See IAM's quotas:
 //! <https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html>.
 
 use super::{AccountApi, Arn, AwsError, AwsErrorKind, Change, GrantScope, Principal};
@@ -68,10 +68,8 @@ async fn attach_into<A: AccountApi>(
     if attached.iter().any(|p| p.name == name) {
         return Ok(());
     }
-    let (quota_name, what) = match principal {
-        Principal::User(_) => ("AttachedPoliciesPerUserQuota", "user"),
-        Principal::Role(_) => ("AttachedPoliciesPerRoleQuota", "role"),
-    };
+    let quota_name = principal.attachment_quota();
+    let what = principal.kind_and_name().0;
     let quota = account
         .account_quota(quota_name)
         .await?
@@ -204,6 +202,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_group_gets_its_own_policy_attached_within_its_quota() {
+        let source = FakeAccount::new("123456789012");
+        let group = Principal::Group("developers".into());
+        source.add_group("developers");
+        let (writes, result) = attach(&source, &group, &scope()).await;
+        result.unwrap();
+        assert_eq!(operations(&writes), ["CreatePolicy", "AttachGroupPolicy"]);
+        let Change::AttachPrincipalPolicy { arn, .. } = &writes[1] else {
+            panic!("{writes:?}")
+        };
+        assert_eq!(
+            arn,
+            "arn:aws:iam::123456789012:policy/crossaccount/dev/crossaccount-dev-group-developers"
+        );
+        assert_eq!(
+            scope().policy_document(&group)["Statement"][0]["Condition"]["StringEquals"]["iam:ResourceTag/crossaccount.io/grant/group/developers"],
+            "dev"
+        );
+        let full = Principal::Group("full".into());
+        source.add_group("full");
+        for n in 0..10 {
+            source.attach_other_policy(&full, &format!("arn:aws:iam::aws:policy/Other{n}"));
+        }
+        source.take_writes();
+        let (writes, result) = attach(&source, &full, &scope()).await;
+        let error = result.unwrap_err();
+        assert_eq!(error.kind, AwsErrorKind::LimitExceeded);
+        assert!(
+            error
+                .message
+                .contains("IAM allows 10 per group (AttachedPoliciesPerGroupQuota)"),
+            "{}",
+            error.message
+        );
+        assert!(writes.is_empty() && source.take_writes().is_empty());
+        let (_, result) = attach(&source, &Principal::Group("ghosts".into()), &scope()).await;
+        assert!(
+            result
+                .unwrap_err()
+                .message
+                .contains("group ghosts does not exist in the source account")
+        );
+    }
+
+    #[tokio::test]
     async fn a_missing_principal_is_said() {
         let source = FakeAccount::new("123456789012");
         let ghost = Principal::User("ghost".into());
@@ -249,6 +292,7 @@ mod tests {
         for principal in [
             Principal::User("devTest".into()),
             Principal::Role("ci.deployer@x".into()),
+            Principal::Group("developers".into()),
         ] {
             assert_eq!(
                 GrantScope::principal_of_tag(&GrantScope::tag_key(&principal)),
@@ -258,7 +302,8 @@ mod tests {
         for other in [
             "crossaccount.io/cluster",
             "crossaccount.io/grant/user/",
-            "crossaccount.io/grant/group/g",
+            "crossaccount.io/grant/group/",
+            "crossaccount.io/grant/other/g",
             "team",
         ] {
             assert_eq!(GrantScope::principal_of_tag(other), None, "{other}");

@@ -44,14 +44,14 @@ pub(crate) trait AccountApi: Clone + Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = Result<Option<ObservedRole>, AwsError>> + Send;
 
-    /// The ARN of a user or role of this account, with its path, or `None` when it does not
+    /// The ARN of a user, role or group of this account, with its path, or `None` when it does not
     /// exist.
     fn principal_arn(
         &self,
         principal: &Principal,
     ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
 
-    /// An inline policy of a user or role, or `None` when it (or the principal) does not exist.
+    /// An inline policy of a user, role or group, or `None` when it (or the principal) does not exist.
     fn get_principal_policy(
         &self,
         principal: &Principal,

@@ -24,11 +24,15 @@ pub(crate) struct AccountAccess {
     pub external_id: Option<String>,
 }
 
-/// A principal of the source account that is granted the right to assume a role.
+/// A principal of the source account that is granted the right to assume a role. A group is
+/// not a principal to IAM (it cannot be named in a trust policy), but it holds identity policies
+/// for its members, so it is granted as users and roles are, except for the trust entry (see
+/// [`Principal::is_trustable`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Principal {
     User(String),
     Role(String),
+    Group(String),
 }
 
 impl Principal {
@@ -37,10 +41,19 @@ impl Principal {
         match self {
             Principal::User(name) => Arn::user(partition, account, "/", name),
             Principal::Role(name) => Arn::role(partition, account, "/", name),
+            Principal::Group(name) => Arn::group(partition, account, "/", name),
         }
     }
 
-    /// The user or role an ARN of `account` names (at any path); `None` for anything else.
+    /// Whether IAM accepts the principal in a trust policy: users and roles are; a group is
+    /// not (IAM refuses it: MalformedPolicyDocument), so a role granted to a group trusts the
+    /// source account instead and leaves the decision to its identity policies.
+    pub(crate) fn is_trustable(&self) -> bool {
+        !matches!(self, Principal::Group(_))
+    }
+
+    /// The user, role or group an ARN of `account` names (at any path); `None` for anything
+    /// else.
     pub(crate) fn from_arn(arn: &Arn, account: &str) -> Option<Self> {
         if arn.service() != "iam" || arn.account() != account {
             return None;
@@ -50,25 +63,61 @@ impl Principal {
             Some(Principal::User(arn.name().to_owned()))
         } else if resource.starts_with("role/") {
             Some(Principal::Role(arn.name().to_owned()))
+        } else if resource.starts_with("group/") {
+            Some(Principal::Group(arn.name().to_owned()))
         } else {
             None
         }
     }
 
-    /// `("user", NAME)` or `("role", NAME)`.
+    /// `("user", NAME)`, `("role", NAME)` or `("group", NAME)`.
     pub(crate) fn kind_and_name(&self) -> (&'static str, &str) {
         match self {
             Principal::User(name) => ("user", name),
             Principal::Role(name) => ("role", name),
+            Principal::Group(name) => ("group", name),
         }
     }
 
-    /// `user NAME` or `role NAME`, for messages.
-    pub(crate) fn describe(&self) -> String {
-        match self {
-            Principal::User(name) => format!("user {name}"),
-            Principal::Role(name) => format!("role {name}"),
+    /// The principal of kind `kind` (`user`, `role` or `group`) named `name`.
+    pub(crate) fn of_kind(kind: &str, name: &str) -> Option<Self> {
+        let name = name.to_owned();
+        match kind {
+            "user" => Some(Principal::User(name)),
+            "role" => Some(Principal::Role(name)),
+            "group" => Some(Principal::Group(name)),
+            _ => None,
         }
+    }
+
+    /// `user NAME`, `role NAME` or `group NAME`, for messages.
+    pub(crate) fn describe(&self) -> String {
+        let (kind, name) = self.kind_and_name();
+        format!("{kind} {name}")
+    }
+
+    /// The one of three names (IAM's operations and quotas are named per kind) for this kind.
+    fn per_kind(
+        &self,
+        user: &'static str,
+        role: &'static str,
+        group: &'static str,
+    ) -> &'static str {
+        match self {
+            Principal::User(_) => user,
+            Principal::Role(_) => role,
+            Principal::Group(_) => group,
+        }
+    }
+
+    /// IAM's quota on the managed policies attached to this kind of principal, as
+    /// GetAccountSummary names it.
+    pub(crate) fn attachment_quota(&self) -> &'static str {
+        self.per_kind(
+            "AttachedPoliciesPerUserQuota",
+            "AttachedPoliciesPerRoleQuota",
+            "AttachedPoliciesPerGroupQuota",
+        )
     }
 }
 
@@ -77,7 +126,7 @@ impl Principal {
 /// policy allows the principal (the target account's side), and the principal's identity allows
 /// `sts:AssumeRole` on the role (the source account's side). The identity side is one customer
 /// managed policy per principal, under `/crossaccount/<cluster>/`, that never changes: it allows
-/// assuming any role tagged `crossaccount.io/grant/<user|role>/<name>` = `<cluster>`, and the
+/// assuming any role tagged `crossaccount.io/grant/<user|role|group>/<name>` = `<cluster>`, and the
 /// operator tags each granted role. So a grant or revocation is a tag on the role, in the target
 /// account, and nothing in the source account is ever read, modified and written back: no quota
 /// on policy size is approached however many roles grant one principal, and concurrent grants to
@@ -94,7 +143,7 @@ pub(crate) struct GrantScope {
 /// (<https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_use_revoke-sessions.html>).
 pub(crate) const REVOKE_SESSIONS_POLICY: &str = "AWSRevokeOlderSessions";
 
-/// The tag keys of grants: `crossaccount.io/grant/<user|role>/<name>`.
+/// The tag keys of grants: `crossaccount.io/grant/<user|role|group>/<name>`.
 pub(crate) const GRANT_TAG_PREFIX: &str = "crossaccount.io/grant/";
 
 impl GrantScope {
@@ -105,7 +154,8 @@ impl GrantScope {
 
     /// The name of `principal`'s grant policy. Managed policy names are unique in an account
     /// whatever their path, so the name carries the cluster too. It fits IAM's 128 characters: a
-    /// cluster name has at most 40, a user or role name at most 64.
+    /// cluster name has at most 40, a user, role or group name at most 64 (groups allow 128 in
+    /// IAM; the CRD takes 64).
     pub(crate) fn policy_name(&self, principal: &Principal) -> String {
         let (kind, name) = principal.kind_and_name();
         format!("crossaccount-{}-{kind}-{name}", self.cluster)
@@ -122,9 +172,8 @@ impl GrantScope {
     pub(crate) fn principal_of_tag(key: &str) -> Option<Principal> {
         let rest = key.strip_prefix(GRANT_TAG_PREFIX)?;
         match rest.split_once('/')? {
-            ("user", name) if !name.is_empty() => Some(Principal::User(name.to_owned())),
-            ("role", name) if !name.is_empty() => Some(Principal::Role(name.to_owned())),
-            _ => None,
+            (_, "") => None,
+            (kind, name) => Principal::of_kind(kind, name),
         }
     }
 
@@ -338,24 +387,14 @@ impl Change {
             Change::PutInlinePolicy { .. } => "PutRolePolicy",
             Change::DeleteInlinePolicy { .. } => "DeleteRolePolicy",
             Change::DeleteRole { .. } => "DeleteRole",
-            Change::DeleteGrant {
-                principal: Principal::User(_),
-                ..
-            } => "DeleteUserPolicy",
-            Change::DeleteGrant {
-                principal: Principal::Role(_),
-                ..
-            } => "DeleteRolePolicy",
+            Change::DeleteGrant { principal, .. } => {
+                principal.per_kind("DeleteUserPolicy", "DeleteRolePolicy", "DeleteGroupPolicy")
+            }
             Change::AttachGrantPolicy { .. } => "AttachGrantPolicy",
             Change::CreatePolicy { .. } => "CreatePolicy",
-            Change::AttachPrincipalPolicy {
-                principal: Principal::User(_),
-                ..
-            } => "AttachUserPolicy",
-            Change::AttachPrincipalPolicy {
-                principal: Principal::Role(_),
-                ..
-            } => "AttachRolePolicy",
+            Change::AttachPrincipalPolicy { principal, .. } => {
+                principal.per_kind("AttachUserPolicy", "AttachRolePolicy", "AttachGroupPolicy")
+            }
         }
     }
 }
@@ -407,6 +446,7 @@ mod tests {
             for p in [
                 Principal::User("devTest".into()),
                 Principal::Role("ci".into()),
+                Principal::Group("developers".into()),
             ] {
                 let arn = p.arn(partition, "123456789012");
                 assert_eq!(Principal::from_arn(&arn, "123456789012"), Some(p.clone()));

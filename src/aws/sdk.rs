@@ -302,6 +302,17 @@ impl AccountApi for SdkAccount {
                     .await;
                 Self::absent_if_not_found(out)?.and_then(|o| o.role().map(|r| r.arn().to_owned()))
             }
+            Principal::Group(group) => {
+                // One member is enough: the answer is the group, not who is in it.
+                let out = self
+                    .call(
+                        "iam",
+                        "GetGroup",
+                        self.iam.get_group().group_name(group).max_items(1).send(),
+                    )
+                    .await;
+                Self::absent_if_not_found(out)?.and_then(|o| o.group().map(|g| g.arn().to_owned()))
+            }
         })
     }
 
@@ -333,6 +344,20 @@ impl AccountApi for SdkAccount {
                         self.iam
                             .get_role_policy()
                             .role_name(role)
+                            .policy_name(policy_name)
+                            .send(),
+                    )
+                    .await;
+                Self::absent_if_not_found(out)?.map(|o| o.policy_document().to_owned())
+            }
+            Principal::Group(group) => {
+                let out = self
+                    .call(
+                        "iam",
+                        "GetGroupPolicy",
+                        self.iam
+                            .get_group_policy()
+                            .group_name(group)
                             .policy_name(policy_name)
                             .send(),
                     )
@@ -382,6 +407,28 @@ impl AccountApi for SdkAccount {
                             self.iam
                                 .list_attached_role_policies()
                                 .role_name(role)
+                                .path_prefix(path_prefix)
+                                .set_marker(marker.take())
+                                .send(),
+                        )
+                        .await;
+                    let Some(out) = Self::absent_if_not_found(out)? else {
+                        return Ok(None);
+                    };
+                    (
+                        out.attached_policies().to_vec(),
+                        out.is_truncated(),
+                        out.marker().map(str::to_owned),
+                    )
+                }
+                Principal::Group(group) => {
+                    let out = self
+                        .call(
+                            "iam",
+                            "ListAttachedGroupPolicies",
+                            self.iam
+                                .list_attached_group_policies()
+                                .group_name(group)
                                 .path_prefix(path_prefix)
                                 .set_marker(marker.take())
                                 .send(),
@@ -596,6 +643,10 @@ impl AccountApi for SdkAccount {
                     let request = iam.attach_role_policy().role_name(role).policy_arn(arn);
                     self.call("iam", op, request.send()).await.map(drop)
                 }
+                Principal::Group(group) => {
+                    let request = iam.attach_group_policy().group_name(group).policy_arn(arn);
+                    self.call("iam", op, request.send()).await.map(drop)
+                }
             },
             Change::DeleteGrant {
                 principal,
@@ -612,6 +663,13 @@ impl AccountApi for SdkAccount {
                     let request = iam
                         .delete_role_policy()
                         .role_name(role)
+                        .policy_name(policy_name);
+                    self.call("iam", op, request.send()).await.map(drop)
+                }
+                Principal::Group(group) => {
+                    let request = iam
+                        .delete_group_policy()
+                        .group_name(group)
                         .policy_name(policy_name);
                     self.call("iam", op, request.send()).await.map(drop)
                 }

@@ -13,7 +13,7 @@ use super::{
     observe::access_of,
     ownership::{Claim, Ownership, ownership},
     plan::plan_delete,
-    validate::grant_permitted,
+    validate::{grant_permitted, grant_principal},
 };
 use crate::{
     api::{AwsAccount, CrossAccountRole, names::tags},
@@ -185,15 +185,7 @@ fn role_to_delete(cr: &CrossAccountRole, account: &AwsAccount, owner: &Owner) ->
 
 /// The grants the spec names (whether or not it validates).
 fn spec_grants(cr: &CrossAccountRole) -> BTreeSet<Principal> {
-    cr.spec
-        .grants
-        .iter()
-        .filter_map(|g| match (&g.user, &g.role) {
-            (Some(user), None) => Some(Principal::User(user.clone())),
-            (None, Some(role)) => Some(Principal::Role(role.clone())),
-            _ => None,
-        })
-        .collect()
+    cr.spec.grants.iter().filter_map(grant_principal).collect()
 }
 
 /// Deletes `role` (when given) with everything attached to it, and the legacy inline grant

@@ -21,6 +21,35 @@ pub(crate) mod sid {
     pub const OPERATOR: &str = "CrossAccountOperator";
     pub const TRUSTED: &str = "TrustedPrincipals";
     pub const GRANTS: &str = "Grants";
+    /// The source account's IAM users, for grants to groups (which a trust policy cannot name).
+    pub const GROUP_GRANTS: &str = "GroupGrants";
+}
+
+/// The trust side of the grants: the users and roles granted, by ARN, and whether a group is
+/// granted (then the source account's IAM users are trusted, see [`trust_policy`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct GrantTrust {
+    pub principals: BTreeSet<String>,
+    /// The source account's root ARN, when a group is granted.
+    pub group_account: Option<Arn>,
+}
+
+/// The trust side of granting `grants` (the spec says which ARNs its principals have).
+pub(crate) fn grant_trust(
+    spec: &ValidatedSpec,
+    grants: &BTreeSet<Principal>,
+    operator: &OperatorIdentity,
+) -> GrantTrust {
+    let (trustable, groups): (Vec<&Principal>, Vec<&Principal>) =
+        grants.iter().partition(|p| p.is_trustable());
+    GrantTrust {
+        principals: trustable
+            .into_iter()
+            .map(|p| spec.grant_arn(p, operator))
+            .collect(),
+        group_account: (!groups.is_empty())
+            .then(|| Arn::root(&operator.partition, &operator.source_account_id)),
+    }
 }
 
 /// Everything the plan compares against AWS.
@@ -63,17 +92,12 @@ pub(crate) fn desired_role(
         &spec.role_name,
     )
     .to_string();
-    let grant_arns: BTreeSet<String> = spec
-        .grants
-        .iter()
-        .map(|p| spec.grant_arn(p, operator))
-        .collect();
     let trust_policy = trust_policy(
         &operator.principal_arn,
         &owner.external_id(),
         &spec.trust_principals,
         spec.trust_external_id.as_deref(),
-        &grant_arns,
+        &grant_trust(spec, &spec.grants, operator),
     );
     let grant_scope = operator.grant_scope();
     let mut tags = spec.tags.clone();
@@ -122,14 +146,25 @@ pub(crate) fn check_trust_policy_size(
 
 /// The trust policy: the operator may assume the role (and tag the session and set a source
 /// identity) only with the CR's external ID; extra principals (`spec.trust.principals`) with the
-/// tenant's external ID when it set one; granted principals without one (the console cannot send
-/// one).
+/// tenant's external ID when it set one; granted users and roles without one (the console cannot
+/// send one).
+///
+/// A group cannot be named in a trust policy (IAM refuses it), nor tested by a condition (no
+/// condition key carries a caller's groups, and `aws:PrincipalTag` holds the user's own tags,
+/// not its groups'). So when a group is granted, the role trusts the source account (its root
+/// ARN: the account delegates to its identity policies, which is how the group's grant policy
+/// takes effect), narrowed as far as IAM allows: only IAM users (`aws:PrincipalArn` like
+/// `...:user/*`: group members are users), and not the operator's own principal (which assumes
+/// only with the external ID). Any such user whose identity policies allow `sts:AssumeRole` on
+/// the role may assume it.
+/// See <https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_principal.html#principal-accounts>
+/// and <https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-keys.html#condition-keys-principalarn>.
 pub(crate) fn trust_policy(
     operator_arn: &str,
     external_id: &str,
     trusted: &BTreeSet<String>,
     trusted_external_id: Option<&str>,
-    granted: &BTreeSet<String>,
+    granted: &GrantTrust,
 ) -> Value {
     let mut statements = vec![json!({
         "Sid": sid::OPERATOR,
@@ -140,7 +175,7 @@ pub(crate) fn trust_policy(
     })];
     for (sid, principals, id) in [
         (sid::TRUSTED, trusted, trusted_external_id),
-        (sid::GRANTS, granted, None),
+        (sid::GRANTS, &granted.principals, None),
     ] {
         if !principals.is_empty() {
             let mut statement = json!({
@@ -154,6 +189,19 @@ pub(crate) fn trust_policy(
             }
             statements.push(statement);
         }
+    }
+    if let Some(root) = &granted.group_account {
+        let users = Arn::iam(root.partition(), root.account(), "user/*").to_string();
+        statements.push(json!({
+            "Sid": sid::GROUP_GRANTS,
+            "Effect": "Allow",
+            "Principal": {"AWS": root.to_string()},
+            "Action": "sts:AssumeRole",
+            "Condition": {
+                "ArnLike": {"aws:PrincipalArn": users},
+                "ArnNotEquals": {"aws:PrincipalArn": operator_arn},
+            },
+        }));
     }
     json!({"Version": "2012-10-17", "Statement": statements})
 }

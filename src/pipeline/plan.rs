@@ -196,11 +196,7 @@ pub(crate) fn within(
         .filter(|p| trusted_now.contains(*p))
         .cloned()
         .collect();
-    let granted: BTreeSet<String> = within
-        .grants
-        .iter()
-        .map(|p| spec.grant_arn(p, operator))
-        .collect();
+    let granted = super::desired::grant_trust(spec, &within.grants, operator);
     within.trust_policy = super::desired::trust_policy(
         &operator.principal_arn,
         &operator_external_id(desired),
@@ -461,6 +457,112 @@ mod tests {
             world.plan(&spec).await.is_empty(),
             "planning against the applied result is empty"
         );
+    }
+
+    /// The `GroupGrants` statement of a trust policy, if it has one.
+    fn group_statement(trust: &Value) -> Option<Value> {
+        trust["Statement"]
+            .as_array()?
+            .iter()
+            .find(|s| s["Sid"] == "GroupGrants")
+            .cloned()
+    }
+
+    #[tokio::test]
+    async fn a_group_is_granted_through_its_policy_and_the_source_accounts_users_then_revoked() {
+        let world = World::new();
+        world.source.add_group("developers");
+        let group = Principal::Group("developers".into());
+        let mut spec = seed_spec();
+        spec.grants.insert(group.clone());
+        spec.grants.insert(Principal::Group("ghosts".into()));
+        let (resolved, missing) = crate::pipeline::observe::resolve_grants(&world.source, &spec)
+            .await
+            .unwrap();
+        assert_eq!(missing, [Principal::Group("ghosts".into())]);
+        let writes = world.sync(&resolved).await;
+        assert_eq!(
+            operations(&writes),
+            [
+                "CreateRole",
+                "AttachRolePolicy",
+                "AttachGrantPolicy",
+                "AttachGrantPolicy"
+            ]
+        );
+        let role = world.target.role("CrossAccountSignin").unwrap();
+        assert_eq!(
+            role.tags.get("crossaccount.io/grant/group/developers"),
+            Some(&"dev".to_owned())
+        );
+        // The group's half: its grant policy attached with AttachGroupPolicy.
+        let scope = operator().grant_scope();
+        assert_eq!(
+            grants::is_attached(&world.source, &group, &scope)
+                .await
+                .unwrap(),
+            Some(true)
+        );
+        // The trust half: the user by ARN; for the group, the source account's IAM users but the
+        // operator (a group cannot be named), which IAM accepted.
+        assert_eq!(
+            group_statement(&role.trust_policy),
+            Some(json!({
+                "Sid": "GroupGrants",
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+                "Action": "sts:AssumeRole",
+                "Condition": {
+                    "ArnLike": {"aws:PrincipalArn": "arn:aws:iam::123456789012:user/*"},
+                    "ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::123456789012:user/cross-account-operator"},
+                },
+            }))
+        );
+        assert!(!role.trust_policy.to_string().contains(":group/"));
+        assert!(world.granted(&Principal::User("devTest".into())).await);
+        assert_eq!(
+            granted_principals(&role, SOURCE),
+            BTreeSet::from([Principal::User("devTest".into()), group.clone()])
+        );
+        assert!(world.plan(&resolved).await.is_empty(), "in sync");
+
+        // Removed from the spec: the tag and the account's trust go; the user's grant stays.
+        let writes = world.sync(&seed_spec()).await;
+        assert_eq!(operations(&writes), ["UpdateAssumeRolePolicy", "UntagRole"]);
+        let role = world.target.role("CrossAccountSignin").unwrap();
+        assert_eq!(group_statement(&role.trust_policy), None);
+        assert!(
+            !role
+                .tags
+                .contains_key("crossaccount.io/grant/group/developers")
+        );
+        assert!(world.granted(&Principal::User("devTest".into())).await);
+    }
+
+    #[tokio::test]
+    async fn iam_refuses_a_group_in_a_trust_policy() {
+        // Why a group is never named there: the fake answers as IAM does.
+        let world = World::new();
+        let mut trust = desired_role(&seed_spec(), &owner(), &operator(), TARGET)
+            .unwrap()
+            .trust_policy;
+        trust["Statement"][1]["Principal"]["AWS"] =
+            json!("arn:aws:iam::123456789012:group/developers");
+        let error = crate::aws::AccountApi::apply(
+            &world.target,
+            &Change::CreateRole {
+                role: "Grouped".into(),
+                path: "/".into(),
+                trust_policy: trust,
+                description: None,
+                max_session_duration: None,
+                permissions_boundary: None,
+                tags: BTreeMap::new(),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(error.is_invalid_principal(), "{error:?}");
     }
 
     #[tokio::test]
@@ -868,6 +970,46 @@ mod tests {
                 .any(|c| matches!(c, Change::AttachPolicy { .. })),
             "nothing is added while refused"
         );
+    }
+
+    #[tokio::test]
+    async fn a_group_no_longer_allowed_loses_its_tag_and_the_accounts_trust_while_refused() {
+        let world = World::new();
+        world.source.add_group("developers");
+        let mut spec = seed_spec();
+        spec.grants.insert(Principal::Group("developers".into()));
+        world.sync(&spec).await;
+        let world = &world;
+        let narrowed = |permitted: ValidatedSpec| async move {
+            let desired = desired_role(&permitted, &owner(), &operator(), TARGET).unwrap();
+            let observed = observe(&world.target, &world.source, &desired, SOURCE)
+                .await
+                .unwrap();
+            let current = observed.role.clone().unwrap();
+            let within = within(&desired, &current, &observed, &permitted, &operator());
+            plan_role_changes(&within, &observed)
+                .into_iter()
+                .filter(narrows)
+                .collect::<Vec<_>>()
+        };
+        // Still allowed: nothing to take away.
+        assert!(narrowed(spec.clone()).await.is_empty());
+        // The account no longer allows the group: its grant goes, the user's stays.
+        let changes = narrowed(seed_spec()).await;
+        assert_eq!(
+            operations(&changes),
+            ["UpdateAssumeRolePolicy", "UntagRole"]
+        );
+        let (_, result) = apply_changes(&world.target, &world.source, &changes).await;
+        result.unwrap();
+        let role = world.target.role("CrossAccountSignin").unwrap();
+        assert_eq!(group_statement(&role.trust_policy), None);
+        assert!(
+            !role
+                .tags
+                .contains_key("crossaccount.io/grant/group/developers")
+        );
+        assert!(world.granted(&Principal::User("devTest".into())).await);
     }
 
     // ----- property tests: plans converge and are idempotent -----

@@ -377,14 +377,10 @@ pub(crate) fn validate(
     let grantable = grantable_patterns(account, &namespace, namespace_labels);
     let mut grants = BTreeSet::new();
     for (i, grant) in spec.grants.iter().enumerate() {
-        let principal = match (&grant.user, &grant.role) {
-            (Some(user), None) => Principal::User(user.clone()),
-            (None, Some(role)) => Principal::Role(role.clone()),
-            _ => {
-                return Err(Refusal::invalid(format!(
-                    "spec.grants[{i}]: set exactly one of user or role"
-                )));
-            }
+        let Some(principal) = grant_principal(grant) else {
+            return Err(Refusal::invalid(format!(
+                "spec.grants[{i}]: set exactly one of user, role or group"
+            )));
         };
         let arn = principal
             .arn(&operator.partition, &operator.source_account_id)
@@ -581,6 +577,16 @@ fn content_violation(
         }
     }
     None
+}
+
+/// The principal a grant names, when it names exactly one.
+pub(crate) fn grant_principal(grant: &crate::api::Grant) -> Option<Principal> {
+    match (&grant.user, &grant.role, &grant.group) {
+        (Some(user), None, None) => Some(Principal::User(user.clone())),
+        (None, Some(role), None) => Some(Principal::Role(role.clone())),
+        (None, None, Some(group)) => Some(Principal::Group(group.clone())),
+        _ => None,
+    }
 }
 
 /// Whether a CrossAccountRole of `namespace` may grant the principal `arn` in `account`.
@@ -927,12 +933,58 @@ mod tests {
         let mut both = role(json!({"accountRef": "target"}));
         both.spec.grants = vec![Grant {
             user: Some("a".into()),
-            role: Some("b".into()),
+            role: None,
+            group: Some("b".into()),
         }];
+        let r = refusal(check(&both, &permissive()));
+        assert_eq!(r.reason, Reason::InvalidSpec);
         assert_eq!(
-            refusal(check(&both, &permissive())).reason,
-            Reason::InvalidSpec
+            r.message,
+            "spec.grants[0]: set exactly one of user, role or group"
         );
+    }
+
+    #[test]
+    fn groups_are_granted_by_their_arn_as_users_and_roles_are() {
+        let grant = |group: &str| {
+            role(
+                json!({"accountRef": "target", "grants": [{"group": group}, {"user": "team-a-dev"}]}),
+            )
+        };
+        let mut acct = permissive();
+        acct.spec.allowed_grants = Some(vec![
+            serde_json::from_value(json!({"namespaces": {"names": ["team-a"]}, "principals": [
+                "arn:aws:iam::123456789012:group/team-a-*",
+                "arn:aws:iam::123456789012:user/team-a-*",
+            ]}))
+            .unwrap(),
+        ]);
+        let checked = check(&grant("team-a-devs"), &acct).unwrap();
+        assert_eq!(
+            checked.grants,
+            BTreeSet::from([
+                Principal::Group("team-a-devs".into()),
+                Principal::User("team-a-dev".into())
+            ])
+        );
+        // A user pattern does not let a group of that name through, nor the reverse.
+        let r = refusal(check(&grant("team-b-devs"), &acct));
+        assert_eq!(
+            r.message,
+            "spec.grants[0]: arn:aws:iam::123456789012:group/team-b-devs is not allowed by AwsAccount target for namespace team-a (allowedGrants: arn:aws:iam::123456789012:group/team-a-*, arn:aws:iam::123456789012:user/team-a-*)"
+        );
+        acct.spec.allowed_grants = None;
+        acct.spec.allowed_trust_principals = vec!["arn:aws:iam::123456789012:user/*".into()];
+        let r = refusal(check(&grant("team-a-devs"), &acct));
+        assert!(
+            r.message.contains("(allowedTrustPrincipals: "),
+            "{}",
+            r.message
+        );
+        acct.spec
+            .allowed_trust_principals
+            .push("arn:aws:iam::123456789012:group/*".into());
+        assert!(check(&grant("team-a-devs"), &acct).is_ok());
     }
 
     #[test]
