@@ -196,6 +196,7 @@ fn testbed() -> (Arc<Context<FakeAws>>, ApiServer, FakeAws) {
         Metrics::new(),
         Duration::from_secs(600),
         Some("operator-0".into()),
+        super::WatchScope::All,
     );
     (Arc::new(ctx), ApiServer(handle), aws)
 }
