@@ -126,10 +126,12 @@ pub struct Config {
     #[arg(
         long,
         env = "WATCH_NAMESPACES",
-        value_delimiter = ',',
-        value_parser = parse_namespace_name
+        default_value = "",
+        hide_default_value = true,
+        value_parser = parse_namespace_list
     )]
-    pub watch_namespaces: Vec<String>,
+    // Fully qualified: one value that parses into a list, not a repeatable flag.
+    pub watch_namespaces: ::std::vec::Vec<String>,
 
     /// Export `crossaccount_credentials_expiry_seconds` per CrossAccountRole (labels namespace
     /// and name). `false`: one series without labels, the soonest expiry, so that whoever can
@@ -192,6 +194,15 @@ pub fn parse_namespace_name(text: &str) -> Result<String, String> {
             "`{text}` is not a namespace name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit, and separate names with ','"
         ))
     }
+}
+
+/// A comma-separated list of namespace names; empty (as `WATCH_NAMESPACES=""` gives it) is no
+/// namespace, i.e. every namespace.
+pub fn parse_namespace_list(text: &str) -> Result<Vec<String>, String> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',').map(parse_namespace_name).collect()
 }
 
 /// Parses durations such as `90s`, `10m`, `1h` or `250ms`.
@@ -306,15 +317,9 @@ mod tests {
             let error = parse(bad).unwrap_err().to_string();
             assert!(error.contains("namespace name"), "{bad:?}: {error}");
         }
-        // Repeating the flag adds to the list.
-        let config = Config::try_parse_from([
-            "op",
-            "--cluster-name=dev",
-            "--watch-namespaces=a",
-            "--watch-namespaces=b,c",
-        ])
-        .unwrap();
-        assert_eq!(config.watch_namespaces, ["a", "b", "c"]);
+        // Empty, as an unset chart value or `WATCH_NAMESPACES=""` gives it: every namespace.
+        assert!(parse("").unwrap().is_empty());
+        assert!(parse_namespace_list(" ").unwrap().is_empty());
     }
 
     #[test]
