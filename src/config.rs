@@ -125,6 +125,26 @@ pub struct Config {
     #[arg(long, env = "POD_NAMESPACE")]
     pub pod_namespace: Option<String>,
 
+    /// Namespaces whose CrossAccountRoles (and their Secrets) the operator watches and writes
+    /// to, comma-separated, e.g. `team-a,team-b`; it needs RBAC in those namespaces only.
+    /// AwsAccounts and Namespaces are cluster-scoped and always watched cluster-wide. Empty: every
+    /// namespace.
+    #[arg(
+        long,
+        env = "WATCH_NAMESPACES",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = parse_namespace_list
+    )]
+    // Fully qualified: one value that parses into a list, not a repeatable flag.
+    pub watch_namespaces: ::std::vec::Vec<String>,
+
+    /// Export `crossaccount_credentials_expiry_seconds` per CrossAccountRole (labels namespace
+    /// and name). `false`: one series without labels, the soonest expiry, so that whoever can
+    /// read /metrics cannot list the tenants' objects.
+    #[arg(long, env = "PER_OBJECT_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub per_object_metrics: bool,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -160,6 +180,35 @@ pub fn parse_cluster_name(text: &str) -> Result<String, String> {
             "`{text}` is not a valid cluster name: use 1-40 lowercase letters, digits and '-', starting and ending with a letter or digit"
         ))
     }
+}
+
+/// A namespace name (a DNS label: lowercase letters, digits and `-`, at most 63 characters);
+/// blanks around it are dropped.
+pub fn parse_namespace_name(text: &str) -> Result<String, String> {
+    let name = text.trim();
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "`{text}` is not a namespace name: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit, and separate names with ','"
+        ))
+    }
+}
+
+/// A comma-separated list of namespace names; empty (as `WATCH_NAMESPACES=""` gives it) is no
+/// namespace, i.e. every namespace.
+pub fn parse_namespace_list(text: &str) -> Result<Vec<String>, String> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',').map(parse_namespace_name).collect()
 }
 
 /// Parses durations such as `90s`, `10m`, `1h` or `250ms`.
@@ -264,6 +313,41 @@ mod tests {
         assert_eq!(config.resync_interval, Duration::from_secs(600));
         assert!(!config.leader_elect);
         assert_eq!(config.log_format, LogFormat::Text);
+        assert!(config.watch_namespaces.is_empty(), "every namespace");
+        assert!(config.per_object_metrics);
+    }
+
+    #[test]
+    fn watched_namespaces_are_a_comma_separated_list_of_namespace_names() {
+        let parse = |list: &str| {
+            Config::try_parse_from([
+                "op",
+                "--cluster-name=dev",
+                &format!("--watch-namespaces={list}"),
+            ])
+            .map(|c| c.watch_namespaces)
+        };
+        assert_eq!(parse("team-a").unwrap(), ["team-a"]);
+        assert_eq!(parse("team-a, team-b").unwrap(), ["team-a", "team-b"]);
+        for bad in ["Team-A", "a,,b", "a,", "-a", "a_b", &"a".repeat(64)] {
+            let error = parse(bad).unwrap_err().to_string();
+            assert!(error.contains("namespace name"), "{bad:?}: {error}");
+        }
+        // Empty, as an unset chart value or `WATCH_NAMESPACES=""` gives it: every namespace.
+        assert!(parse("").unwrap().is_empty());
+        assert!(parse_namespace_list(" ").unwrap().is_empty());
+    }
+
+    #[test]
+    fn per_object_metrics_can_be_switched_off() {
+        let config =
+            Config::try_parse_from(["op", "--cluster-name=dev", "--per-object-metrics=false"])
+                .unwrap();
+        assert!(!config.per_object_metrics);
+        assert!(
+            Config::try_parse_from(["op", "--cluster-name=dev", "--per-object-metrics=no"])
+                .is_err()
+        );
     }
 
     #[test]

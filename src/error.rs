@@ -45,8 +45,9 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
-    /// A rollout-restart target could not be restarted (retried with backoff).
-    #[error("could not restart {target}: {message}")]
+    /// A rollout-restart target could not be restarted (retried with backoff); `message` names
+    /// the target and what went wrong.
+    #[error("{message}")]
     RolloutRestart { target: String, message: String },
     /// An AwsAccount is stored in a shape this version cannot read (said on it, and on the CR).
     #[error("AwsAccount {name} cannot be read by the operator")]

@@ -27,9 +27,10 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("cannot build a Kubernetes client from KUBECONFIG, ~/.kube/config or the in-cluster service account")?;
-    startup::ensure_crds_installed(&client).await?;
+    let scope = controller::WatchScope::new(config.watch_namespaces.clone());
+    startup::ensure_crds_installed(&client, &scope).await?;
 
-    let metrics = Metrics::new();
+    let metrics = Metrics::with_per_object_labels(config.per_object_metrics);
     // Bounded timeouts: an AWS endpoint that stops answering must fail a reconcile (and be retried
     // with backoff), never hang it.
     let timeouts = TimeoutConfig::builder()
@@ -72,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         concurrency: config.concurrency,
         resync_interval: config.resync_interval,
         instance: config.pod_name.clone(),
+        scope: scope.clone(),
     };
     let work = {
         let (client, readiness) = (client.clone(), readiness.clone());
@@ -101,7 +103,14 @@ async fn main() -> anyhow::Result<()> {
             Ended::Shutdown
         })
     };
-    tracing::info!(cluster = %config.cluster_name, "cross-account-operator started");
+    match scope.namespaces() {
+        None => {
+            tracing::info!(cluster = %config.cluster_name, "cross-account-operator started, watching every namespace")
+        }
+        Some(names) => {
+            tracing::info!(cluster = %config.cluster_name, namespaces = ?names, "cross-account-operator started, watching only the listed namespaces")
+        }
+    }
 
     let outcome = tokio::select! {
         signal = shutdown_signal() => {

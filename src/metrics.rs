@@ -38,10 +38,13 @@ pub struct ReconcileErrorLabels {
 }
 
 /// Seconds until the credentials of each CrossAccountRole expire, computed at scrape time from
-/// the expiration times the reconciler records.
-#[derive(Debug, Default)]
+/// the expiration times the reconciler records. Without per-object labels, one series: the
+/// soonest expiry (enough for the alert; `kubectl get xar -A` says which object), so that a
+/// reader of /metrics learns no namespace or object name.
+#[derive(Debug)]
 pub struct CredentialsExpiry {
     expirations: Mutex<HashMap<(String, String), Timestamp>>,
+    per_object: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,6 +73,19 @@ impl Collector for CredentialsExpiry {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = Timestamp::now();
         let expirations = self.expirations.lock().expect("lock");
+        if !self.per_object {
+            let family = encoder.encode_descriptor(
+                "credentials_expiry_seconds",
+                "Seconds until the soonest expiry of the credentials in the CrossAccountRoles' Secrets (per-object labels are off)",
+                None,
+                MetricType::Gauge,
+            )?;
+            if let Some(soonest) = expirations.values().min() {
+                let seconds = soonest.duration_since(now).as_secs_f64();
+                ConstGauge::new(seconds).encode(family)?;
+            }
+            return Ok(());
+        }
         let mut family = encoder.encode_descriptor(
             "credentials_expiry_seconds",
             "Seconds until the credentials in each CrossAccountRole's Secret expire",
@@ -101,6 +117,14 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::build(true)
+    }
+}
+
+impl Metrics {
+    /// The metrics, with `crossaccount_credentials_expiry_seconds` per object (labels namespace
+    /// and name) when `per_object`, else as the soonest expiry without labels.
+    fn build(per_object: bool) -> Self {
         let mut registry = Registry::with_prefix("crossaccount");
         let aws_requests = Family::<AwsRequestLabels, Counter>::default();
         registry.register(
@@ -134,7 +158,10 @@ impl Default for Metrics {
             "IAM roles left in AWS because their AwsAccount was deleted before their CrossAccountRole",
             abandoned_roles.clone(),
         );
-        let credentials_expiry = Arc::new(CredentialsExpiry::default());
+        let credentials_expiry = Arc::new(CredentialsExpiry {
+            expirations: Mutex::default(),
+            per_object,
+        });
         registry.register_collector(Box::new(credentials_expiry.clone()));
         Self {
             registry,
@@ -146,11 +173,14 @@ impl Default for Metrics {
             abandoned_roles,
         }
     }
-}
 
-impl Metrics {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// See [`Metrics::build`] (`--per-object-metrics`).
+    pub fn with_per_object_labels(per_object: bool) -> Arc<Self> {
+        Arc::new(Self::build(per_object))
     }
 
     /// The registry in the Prometheus text exposition format.
@@ -219,5 +249,37 @@ mod tests {
             text.contains("# HELP crossaccount_reconcile_duration_seconds"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn without_per_object_labels_only_the_soonest_expiry_is_exported() {
+        let metrics = Metrics::build(false);
+        let text = metrics.render();
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("crossaccount_credentials_expiry_seconds")),
+            "no series without credentials: {text}"
+        );
+        let now = Timestamp::now();
+        for (name, seconds) in [("signin", 600), ("billing", 300)] {
+            metrics.credentials_expiry.set(
+                "team-a",
+                name,
+                now + jiff::SignedDuration::from_secs(seconds),
+            );
+        }
+        let text = metrics.render();
+        assert!(
+            !text.contains("team-a") && !text.contains("signin"),
+            "no namespace or name: {text}"
+        );
+        let seconds: f64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix("crossaccount_credentials_expiry_seconds "))
+            .unwrap_or_else(|| panic!("no unlabelled expiry series in {text}"))
+            .parse()
+            .expect("a number");
+        assert!((298.0..=300.0).contains(&seconds), "{seconds}");
     }
 }

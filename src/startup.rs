@@ -7,7 +7,10 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     api::{AwsAccount, CrossAccountRole},
-    controller::watch::{WatchFailure, WatchRetry},
+    controller::{
+        WatchScope,
+        watch::{WatchFailure, WatchRetry},
+    },
     error::StartupError,
 };
 
@@ -18,12 +21,21 @@ pub const APISERVER_WAIT: Duration = Duration::from_secs(120);
 /// Fails with a message naming `kubectl apply -f crds/` when a CRD of this operator is missing.
 /// While the apiserver cannot be reached it retries, with the watches' backoff, for up to
 /// [`APISERVER_WAIT`].
-pub async fn ensure_crds_installed(client: &Client) -> Result<(), StartupError> {
+/// CrossAccountRoles are probed where the operator may list them: cluster-wide, or in the first
+/// namespace of `scope`.
+pub async fn ensure_crds_installed(
+    client: &Client,
+    scope: &WatchScope,
+) -> Result<(), StartupError> {
     let started = Instant::now();
     let mut retry = WatchRetry::default();
+    let roles: Api<CrossAccountRole> = match scope.namespaces().and_then(|n| n.first()) {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
     loop {
-        let result = match probe::<AwsAccount>(client, "AwsAccount").await {
-            Ok(()) => probe::<CrossAccountRole>(client, "CrossAccountRole").await,
+        let result = match probe(Api::<AwsAccount>::all(client.clone()), "AwsAccount").await {
+            Ok(()) => probe(roles.clone(), "CrossAccountRole").await,
             Err(e) => Err(e),
         };
         match result {
@@ -37,11 +49,10 @@ pub async fn ensure_crds_installed(client: &Client) -> Result<(), StartupError> 
     }
 }
 
-async fn probe<K>(client: &Client, kind: &'static str) -> Result<(), StartupError>
+async fn probe<K>(api: Api<K>, kind: &'static str) -> Result<(), StartupError>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let api: Api<K> = Api::all(client.clone());
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => {

@@ -140,7 +140,13 @@ const EVERY_OPTION: &[&str] = &[
     "--set",
     "networkPolicy.enabled=true",
     "--set",
+    "networkPolicy.from[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+    "--set",
     "grafanaDashboard.enabled=true",
+    "--set",
+    "rbac.rolloutRestarts=true",
+    "--set",
+    "metrics.perObjectLabels=false",
     "--set",
     "aws.region=eu-west-1",
     "--set",
@@ -231,6 +237,7 @@ fn renders_the_operator_with_leader_election_and_hardening_by_default() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            "NetworkPolicy",
             "Role",
             "RoleBinding",
             "Service",
@@ -331,6 +338,16 @@ fn renders_the_operator_with_leader_election_and_hardening_by_default() {
         service["spec"]["selector"],
         deployment["spec"]["selector"]["matchLabels"]
     );
+
+    // /metrics names tenants' objects: by default no pod may reach the operator (the kubelet's
+    // probes come from the node, which NetworkPolicies always admit).
+    let policy = one_of_kind(&docs, "NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(policy["spec"]["ingress"], json!([]), "{policy}");
 }
 
 #[test]
@@ -382,7 +399,7 @@ fn renders_every_optional_part() {
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http");
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
 
-    // Ingress only to the HTTP port.
+    // Ingress only to the HTTP port, only from the listed peers.
     let policy = one_of_kind(&docs, "NetworkPolicy");
     assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
     let ingress = policy["spec"]["ingress"].as_array().unwrap();
@@ -390,6 +407,19 @@ fn renders_every_optional_part() {
     assert_eq!(
         ingress[0]["ports"],
         json!([{"port": "http", "protocol": "TCP"}])
+    );
+    assert_eq!(
+        ingress[0]["from"],
+        json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}])
+    );
+    // Per-object metric labels off.
+    assert!(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--per-object-metrics=false")),
+        "{}",
+        container["args"]
     );
 
     // The dashboard is valid JSON and charts the operator's metrics.
@@ -577,10 +607,31 @@ fn permission_set(list: &[(&str, &str, &[&str])]) -> BTreeSet<Permission> {
         .collect()
 }
 
-/// Every Kubernetes API call of the operator (src/), as (apiGroup, resource, verbs).
-fn operator_cluster_permissions() -> BTreeSet<Permission> {
+/// The Kubernetes API calls of the operator (src/) on cluster-scoped kinds, as (apiGroup,
+/// resource, verbs): granted by the ClusterRole in both modes.
+fn operator_cluster_scoped_permissions() -> BTreeSet<Permission> {
     permission_set(&[
-        // role_controller: watcher (list, watch); finalizer add/remove (JSON patch).
+        // account and role controller watches (list, watch); get_opt when reconciling and
+        // finalizing a role; startup's CRD probe lists it; the in-use finalizer (patch).
+        (
+            "crossaccount.io",
+            "awsaccounts",
+            &["get", "list", "watch", "patch"],
+        ),
+        // account status (server-side apply on /status).
+        ("crossaccount.io", "awsaccounts/status", &["patch"]),
+        // role_controller: the namespace's labels for allowedNamespaces.
+        ("", "namespaces", &["get", "list", "watch"]),
+    ])
+}
+
+/// The operator's calls in the namespaces of the CrossAccountRoles it manages: cluster-wide in
+/// cluster mode, per watched namespace in namespaced mode. `rollouts`: with
+/// `rbac.rolloutRestarts`.
+fn operator_namespaced_permissions(rollouts: bool) -> BTreeSet<Permission> {
+    let mut set = permission_set(&[
+        // role_controller: watcher (list, watch); finalizer add/remove (JSON patch); startup's
+        // CRD probe and the account's in-use check (list).
         (
             "crossaccount.io",
             "crossaccountroles",
@@ -588,16 +639,6 @@ fn operator_cluster_permissions() -> BTreeSet<Permission> {
         ),
         // status::apply_status (server-side apply on /status).
         ("crossaccount.io", "crossaccountroles/status", &["patch"]),
-        // account and role controller watches (list, watch); get_opt when reconciling and
-        // finalizing a role; startup's CRD probe lists both kinds; the in-use finalizer (patch).
-        (
-            "crossaccount.io",
-            "awsaccounts",
-            &["get", "list", "watch", "patch"],
-        ),
-        ("crossaccount.io", "awsaccounts/status", &["patch"]),
-        // role_controller: the namespace's labels for allowedNamespaces.
-        ("", "namespaces", &["get", "list", "watch"]),
         // credentials: get_opt, create if absent, replace (update), delete; the owned-Secret
         // watch (list, watch).
         (
@@ -605,13 +646,26 @@ fn operator_cluster_permissions() -> BTreeSet<Permission> {
             "secrets",
             &["get", "list", "watch", "create", "update", "delete"],
         ),
-        // kube's event Recorder: create, and patch for a repeated event's series.
+        // kube's event Recorder: create, and patch for a repeated event's series (events on
+        // CrossAccountRoles, in their namespace; none are published on AwsAccounts).
         ("events.k8s.io", "events", &["create", "patch"]),
+    ]);
+    if rollouts {
         // rollout::restart_targets (get or list by selector; merge patch of the pod template).
-        ("apps", "deployments", &["get", "list", "patch"]),
-        ("apps", "statefulsets", &["get", "list", "patch"]),
-        ("apps", "daemonsets", &["get", "list", "patch"]),
-    ])
+        set.extend(permission_set(&[
+            ("apps", "deployments", &["get", "list", "patch"]),
+            ("apps", "statefulsets", &["get", "list", "patch"]),
+            ("apps", "daemonsets", &["get", "list", "patch"]),
+        ]));
+    }
+    set
+}
+
+/// Every call of the operator in cluster mode.
+fn operator_cluster_permissions(rollouts: bool) -> BTreeSet<Permission> {
+    let mut set = operator_cluster_scoped_permissions();
+    set.extend(operator_namespaced_permissions(rollouts));
+    set
 }
 
 /// The leader election's calls (kube-lease-manager: get, create when missing, patch to acquire,
@@ -628,39 +682,83 @@ fn describe_difference(granted: &BTreeSet<Permission>, needed: &BTreeSet<Permiss
     )
 }
 
+/// The rules of `docs`' ClusterRole as permissions (no resourceNames, no wildcards).
+fn cluster_role_permissions(docs: &[Value]) -> BTreeSet<Permission> {
+    let cluster_role: ClusterRole =
+        serde_json::from_value(one_of_kind(docs, "ClusterRole").clone()).unwrap();
+    rules_permissions("ClusterRole", &cluster_role.rules.unwrap_or_default())
+}
+
+fn rules_permissions(what: &str, rules: &[PolicyRule]) -> BTreeSet<Permission> {
+    for rule in rules {
+        assert!(
+            rule.resource_names.is_none(),
+            "{what}: the operator works on objects of any name: {rule:?}"
+        );
+    }
+    let granted = permissions(rules);
+    for (group, resource, verb) in &granted {
+        assert!(
+            group != "*" && resource != "*" && verb != "*",
+            "wildcard in the {what}"
+        );
+    }
+    granted
+}
+
+/// The Role named `name` in `namespace` among `docs`.
+fn role_in(docs: &[Value], namespace: &str, name: &str) -> Role {
+    let found: Vec<&Value> = of_kind(docs, "Role")
+        .into_iter()
+        .filter(|r| r["metadata"]["namespace"] == namespace && r["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(found.len(), 1, "Role {namespace}/{name}: {found:?}");
+    serde_json::from_value(found[0].clone()).unwrap()
+}
+
+/// The RoleBinding or ClusterRoleBinding `name` (in `namespace`) binds `role_kind`/`name` to the
+/// chart's ServiceAccount in the release namespace `ops`.
+fn assert_bound(docs: &[Value], kind: &str, namespace: Option<&str>, name: &str, role_kind: &str) {
+    let found: Vec<&Value> = of_kind(docs, kind)
+        .into_iter()
+        .filter(|b| {
+            b["metadata"]["name"] == name && b["metadata"]["namespace"].as_str() == namespace
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{kind} {namespace:?}/{name}: {found:?}");
+    assert_eq!(
+        found[0]["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "cao-cross-account-operator", "namespace": "ops"}]),
+        "{kind} {name}"
+    );
+    assert_eq!(found[0]["roleRef"]["kind"], role_kind, "{kind} {name}");
+    assert_eq!(found[0]["roleRef"]["name"], name, "{kind} {name}");
+}
+
 #[test]
 fn rbac_grants_exactly_what_the_operator_uses() {
     let mut args = vec!["--set", "clusterName=x"];
     args.extend_from_slice(EVERY_OPTION);
-    for docs in [
-        render("cao", "ops", &["--set", "clusterName=x"]),
-        render("cao", "ops", &args),
+    for (docs, rollouts) in [
+        (render("cao", "ops", &["--set", "clusterName=x"]), false),
+        (render("cao", "ops", &args), true),
     ] {
-        let cluster_role: ClusterRole =
-            serde_json::from_value(one_of_kind(&docs, "ClusterRole").clone()).unwrap();
-        let rules = cluster_role.rules.unwrap_or_default();
-        for rule in &rules {
-            assert!(
-                rule.resource_names.is_none(),
-                "the operator works on objects of any name: {rule:?}"
-            );
-        }
-        let granted = permissions(&rules);
-        let needed = operator_cluster_permissions();
+        let granted = cluster_role_permissions(&docs);
+        let needed = operator_cluster_permissions(rollouts);
         assert!(
             granted == needed,
-            "ClusterRole rules differ from the operator's calls\n{}",
+            "ClusterRole rules differ from the operator's calls (rolloutRestarts {rollouts})\n{}",
             describe_difference(&granted, &needed)
         );
-        for (group, resource, verb) in &granted {
-            assert!(
-                group != "*" && resource != "*" && verb != "*",
-                "wildcard in the ClusterRole"
-            );
-        }
+        assert_bound(
+            &docs,
+            "ClusterRoleBinding",
+            None,
+            "cao-cross-account-operator",
+            "ClusterRole",
+        );
 
-        let role: Role = serde_json::from_value(one_of_kind(&docs, "Role").clone()).unwrap();
-        assert_eq!(role.metadata.namespace.as_deref(), Some("ops"));
+        let role = role_in(&docs, "ops", "cao-cross-account-operator-leader-election");
         let rules = role.rules.unwrap_or_default();
         let granted = permissions(&rules);
         let needed = operator_lease_permissions();
@@ -680,16 +778,95 @@ fn rbac_grants_exactly_what_the_operator_uses() {
             }
         }
 
-        // The bindings give both to the chart's ServiceAccount in the release namespace.
-        for kind in ["ClusterRoleBinding", "RoleBinding"] {
-            let binding = one_of_kind(&docs, kind);
-            assert_eq!(
-                binding["subjects"],
-                json!([{"kind": "ServiceAccount", "name": "cao-cross-account-operator", "namespace": "ops"}]),
-                "{kind}"
-            );
+        assert_bound(
+            &docs,
+            "RoleBinding",
+            Some("ops"),
+            "cao-cross-account-operator-leader-election",
+            "Role",
+        );
+    }
+}
+
+#[test]
+fn without_the_rollout_value_no_workload_can_be_touched() {
+    for extra in [&[][..], &["--set", "watchNamespaces={team-a}"][..]] {
+        let mut args = vec!["--set", "clusterName=x"];
+        args.extend_from_slice(extra);
+        let docs = render("cao", "ops", &args);
+        for doc in of_kind(&docs, "ClusterRole")
+            .into_iter()
+            .chain(of_kind(&docs, "Role"))
+        {
+            let text = doc["rules"].to_string();
+            for workload in ["apps", "deployments", "statefulsets", "daemonsets"] {
+                assert!(!text.contains(workload), "{workload} in {doc}");
+            }
         }
     }
+}
+
+#[test]
+fn namespaced_mode_grants_namespaced_kinds_only_in_the_watched_namespaces() {
+    for rollouts in [false, true] {
+        let docs = render(
+            "cao",
+            "ops",
+            &[
+                "--set",
+                "clusterName=x",
+                "--set",
+                "watchNamespaces={team-a,team-b}",
+                "--set",
+                &format!("rbac.rolloutRestarts={rollouts}"),
+            ],
+        );
+        // The ClusterRole keeps what is cluster-scoped, and nothing else.
+        let granted = cluster_role_permissions(&docs);
+        let needed = operator_cluster_scoped_permissions();
+        assert!(
+            granted == needed,
+            "ClusterRole rules in namespaced mode\n{}",
+            describe_difference(&granted, &needed)
+        );
+        // A Role and RoleBinding in each watched namespace, and none elsewhere but the Lease's.
+        for namespace in ["team-a", "team-b"] {
+            let role = role_in(&docs, namespace, "cao-cross-account-operator");
+            let granted = rules_permissions("Role", &role.rules.unwrap_or_default());
+            let needed = operator_namespaced_permissions(rollouts);
+            assert!(
+                granted == needed,
+                "Role in {namespace} (rolloutRestarts {rollouts})\n{}",
+                describe_difference(&granted, &needed)
+            );
+            assert_bound(
+                &docs,
+                "RoleBinding",
+                Some(namespace),
+                "cao-cross-account-operator",
+                "Role",
+            );
+        }
+        let role_namespaces: BTreeSet<&str> = of_kind(&docs, "Role")
+            .iter()
+            .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+            .collect();
+        assert_eq!(role_namespaces, ["ops", "team-a", "team-b"].into());
+        let args =
+            &one_of_kind(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"];
+        assert!(
+            args.as_array()
+                .unwrap()
+                .contains(&json!("--watch-namespaces=team-a,team-b")),
+            "{args}"
+        );
+    }
+    // Namespace names are checked by the schema.
+    let out = template_fails_with_values(
+        "bad-namespace",
+        "clusterName: x\nwatchNamespaces: [Team_A]\n",
+    );
+    assert!(out.contains("watchNamespaces"), "{out}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1377,6 +1554,79 @@ fn api_statuses(log: &str) -> Vec<(u16, &str)> {
     statuses
 }
 
+/// A kubeconfig (in the test's scratch directory) that authenticates as the chart's
+/// ServiceAccount `fullname` in `namespace`, with a token from the TokenRequest API; checked with
+/// `kubectl auth whoami`.
+fn service_account_kubeconfig(namespace: &str, fullname: &str) -> PathBuf {
+    let token = kubectl_ok(&[
+        "create",
+        "token",
+        fullname,
+        "-n",
+        namespace,
+        "--duration=1h",
+    ]);
+    let dir = scratch_dir(namespace);
+    let kubeconfig = dir.join("kubeconfig");
+    write_token_kubeconfig(&kubeconfig, token.trim());
+    let whoami = Command::new("kubectl")
+        .args([
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&whoami.stdout),
+        format!("system:serviceaccount:{namespace}:{fullname}"),
+        "{}",
+        text(&whoami.stderr)
+    );
+    kubeconfig
+}
+
+/// The flags of the Deployment Helm installed for `release` in `namespace`.
+fn deployment_args(release: &str, namespace: &str) -> Vec<String> {
+    let manifest = helm_ok(&["get", "manifest", release, "--namespace", namespace]);
+    let deployment = serde_yaml::Deserializer::from_str(&manifest)
+        .map(|doc| {
+            let value: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+            serde_json::to_value(value).unwrap()
+        })
+        .find(|doc| doc["kind"] == "Deployment")
+        .expect("the release has a Deployment");
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The log lines where the apiserver refused a call of the operator (401/403, "forbidden"),
+/// except those `expected` accepts.
+fn refusals(log: &str, expected: impl Fn(&str) -> bool) -> Vec<&str> {
+    let statuses = api_statuses(log);
+    assert!(
+        statuses.iter().any(|(code, _)| *code == 201),
+        "no successful create in the operator's log: is kube_client=debug logging on?"
+    );
+    let mut refused: Vec<&str> = statuses
+        .iter()
+        .filter(|(code, _)| *code == 401 || *code == 403)
+        .map(|(_, line)| *line)
+        .collect();
+    refused.extend(
+        log.lines()
+            .filter(|l| l.to_ascii_lowercase().contains("forbidden")),
+    );
+    refused.retain(|line| !expected(line));
+    refused
+}
+
 #[tokio::test]
 async fn operator_works_with_only_the_charts_rbac() {
     let _serial = one_operator_at_a_time().await;
@@ -1395,56 +1645,8 @@ async fn operator_works_with_only_the_charts_rbac() {
         &["--set", "clusterName=it-rbac", "--set", "replicaCount=1"],
     );
 
-    // A token of the chart's ServiceAccount (TokenRequest API) in a kubeconfig of its own.
-    let token = kubectl_ok(&[
-        "create",
-        "token",
-        &fullname,
-        "-n",
-        &release_ns.name,
-        "--duration=1h",
-    ]);
-    let dir = scratch_dir(&release_ns.name);
-    let kubeconfig = dir.join("kubeconfig");
-    write_token_kubeconfig(&kubeconfig, token.trim());
-    let whoami = Command::new("kubectl")
-        .args([
-            "auth",
-            "whoami",
-            "-o",
-            "jsonpath={.status.userInfo.username}",
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .output()
-        .unwrap();
-    assert_eq!(
-        text(&whoami.stdout),
-        format!("system:serviceaccount:{}:{fullname}", release_ns.name),
-        "{}",
-        text(&whoami.stderr)
-    );
-
-    // The flags of the Deployment Helm installed.
-    let manifest = helm_ok(&[
-        "get",
-        "manifest",
-        &release_name,
-        "--namespace",
-        &release_ns.name,
-    ]);
-    let deployment = serde_yaml::Deserializer::from_str(&manifest)
-        .map(|doc| {
-            let value: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
-            serde_json::to_value(value).unwrap()
-        })
-        .find(|doc| doc["kind"] == "Deployment")
-        .expect("the release has a Deployment");
-    let chart_args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect();
+    let kubeconfig = service_account_kubeconfig(&release_ns.name, &fullname);
+    let chart_args = deployment_args(&release_name, &release_ns.name);
     assert!(
         chart_args.contains(&"--leader-elect".to_owned()),
         "{chart_args:?}"
@@ -1634,21 +1836,7 @@ async fn operator_works_with_only_the_charts_rbac() {
         operator.log_tail(40)
     );
     let log = operator.log();
-    let statuses = api_statuses(&log);
-    assert!(
-        statuses.iter().any(|(code, _)| *code == 201),
-        "no successful create in the operator's log: is kube_client=debug logging on?\n{}",
-        operator.log_tail(40)
-    );
-    let mut refusals: Vec<&str> = statuses
-        .iter()
-        .filter(|(code, _)| *code == 401 || *code == 403)
-        .map(|(_, line)| *line)
-        .collect();
-    refusals.extend(
-        log.lines()
-            .filter(|l| l.to_ascii_lowercase().contains("forbidden")),
-    );
+    let refusals = refusals(&log, |_| false);
     assert!(
         refusals.is_empty(),
         "the apiserver refused calls of the operator running with the chart's RBAC:\n{}",
@@ -1661,5 +1849,243 @@ async fn operator_works_with_only_the_charts_rbac() {
             operator.log_tail(40)
         );
     }
+    release.uninstall();
+}
+
+/// Namespaced mode (`watchNamespaces`) end to end: the operator runs with exactly the chart's
+/// namespaced RBAC (a ClusterRole for the cluster-scoped kinds, a Role in the watched namespace)
+/// and `--watch-namespaces`; it reconciles a CrossAccountRole there, and leaves one in another
+/// namespace (allowed by the AwsAccount) untouched: no status, no finalizer, no Secret, no event,
+/// no IAM role. Rollout restarts are off (the default): a rollout target is reported with the
+/// missing permission and the chart value.
+#[tokio::test]
+async fn operator_in_namespaced_mode_manages_only_its_namespaces() {
+    let _serial = one_operator_at_a_time().await;
+    wait_for_no_other_operator().await;
+    let admin = common::kube_client().await;
+    common::env("AWS_ENDPOINT_URL");
+    let account = common::env("TARGET_ACCOUNT_NAME");
+
+    // The tenant namespaces first: the chart binds a Role in the watched one.
+    let watched = common::TestNamespace::new(&admin, "helm-ns-watched").await;
+    let other = common::TestNamespace::new(&admin, "helm-ns-other").await;
+    let release_ns = ReleaseNamespace::new("helm-ns");
+    let release_name = common::unique("cao");
+    let fullname = format!("{release_name}-cross-account-operator");
+    let watch = format!("watchNamespaces={{{}}}", watched.name);
+    let mut release = Release::install(
+        &release_name,
+        &release_ns.name,
+        &[
+            "--set",
+            "clusterName=it-rbac-ns",
+            "--set",
+            "replicaCount=1",
+            "--set",
+            &watch,
+        ],
+    );
+    let kubeconfig = service_account_kubeconfig(&release_ns.name, &fullname);
+    let chart_args = deployment_args(&release_name, &release_ns.name);
+    assert!(
+        chart_args.contains(&format!("--watch-namespaces={}", watched.name)),
+        "{chart_args:?}"
+    );
+    // The ServiceAccount may not touch the other namespace at all.
+    let can = |verb: &str, what: &str, namespace: &str| {
+        let out = Command::new("kubectl")
+            .args(["auth", "can-i", verb, what, "-n", namespace])
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap();
+        text(&out.stdout).trim() == "yes"
+    };
+    assert!(can("create", "secrets", &watched.name));
+    assert!(!can("create", "secrets", &other.name));
+    assert!(!can(
+        "list",
+        "crossaccountroles.crossaccount.io",
+        &other.name
+    ));
+    assert!(!can("patch", "deployments.apps", &watched.name));
+
+    let log_dir = common::devenv_dir().join("logs");
+    fs::create_dir_all(&log_dir).unwrap();
+    let log_path = log_dir.join("operator-helm_chart-namespaced.log");
+    let mut operator =
+        OperatorProcess::start(&kubeconfig, &release_ns.name, &chart_args, &log_path);
+    operator
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|why| panic!("the operator stopped: {why}"));
+
+    // The ignored one first, so that by the time the watched one is Ready an operator watching
+    // every namespace would have reconciled it too.
+    let ignored_role_name = common::unique("ignored");
+    common::create_role(
+        &admin,
+        &other.name,
+        "ignored",
+        json!({
+            "accountRef": account,
+            "roleName": ignored_role_name,
+            "policies": {"managed": ["arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess"]},
+            "credentials": {},
+        }),
+    )
+    .await;
+    // Deleted before the test ends (also on failure): an operator of a later test that watches
+    // every namespace must not find it.
+    let _ignored_cleanup = RoleCleanup {
+        namespace: other.name.clone(),
+        name: "ignored".to_owned(),
+    };
+    let name = "signin";
+    common::create_role(
+        &admin,
+        &watched.name,
+        name,
+        json!({
+            "accountRef": account,
+            "policies": {"managed": ["arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess"]},
+            "credentials": {
+                "rolloutRestartTargets": [{"kind": "Deployment", "name": "web"}],
+            },
+        }),
+    )
+    .await;
+    let _cleanup = RoleCleanup {
+        namespace: watched.name.clone(),
+        name: name.to_owned(),
+    };
+    let roles = common::roles_api(&admin, &watched.name);
+    let ready = common::try_poll(Duration::from_secs(90), || {
+        let roles = roles.clone();
+        async move {
+            let role = roles.get(name).await.map_err(|e| e.to_string())?;
+            let credentials = condition(&role, "CredentialsReady").is_some_and(|c| {
+                c.status == "True" && c.observed_generation == role.metadata.generation
+            });
+            let rollouts = condition(&role, "RolloutsRestarted").is_some();
+            if credentials && rollouts {
+                Ok(role)
+            } else {
+                Err(common::describe_role(&role))
+            }
+        }
+    })
+    .await;
+    let role = ready.unwrap_or_else(|last| {
+        panic!(
+            "{}/{name} got no credentials with the namespaced RBAC\nlast: {last}\n{}",
+            watched.name,
+            operator.log_tail(80)
+        )
+    });
+    let iam = common::target_iam().await;
+    let role_arn = role
+        .status
+        .as_ref()
+        .and_then(|s| s.role_arn.clone())
+        .expect("status.roleArn");
+    let iam_role_name = role_arn.rsplit('/').next().unwrap().to_owned();
+    let _iam_role = common::TargetRoleGuard::new(&iam_role_name);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &watched.name);
+    assert!(
+        secrets
+            .get_opt(&format!("{name}-aws"))
+            .await
+            .unwrap()
+            .is_some(),
+        "no Secret in the watched namespace"
+    );
+    // Without rbac.rolloutRestarts the restart is refused, and the condition says what to grant.
+    let rollouts = condition(&role, "RolloutsRestarted").unwrap();
+    assert_eq!(rollouts.status, "False", "{rollouts:?}");
+    assert_eq!(rollouts.reason, "RolloutRestartFailed", "{rollouts:?}");
+    for words in ["Deployment/web", "deployments", "rbac.rolloutRestarts=true"] {
+        assert!(rollouts.message.contains(words), "{words:?}: {rollouts:?}");
+    }
+
+    // The other namespace's object is as it was created.
+    let ignored = common::roles_api(&admin, &other.name)
+        .get("ignored")
+        .await
+        .unwrap();
+    assert!(
+        ignored.status.is_none(),
+        "{}",
+        common::describe_role(&ignored)
+    );
+    assert!(
+        ignored.metadata.finalizers.unwrap_or_default().is_empty(),
+        "a finalizer on the ignored object"
+    );
+    let other_secrets: Api<Secret> = Api::namespaced(admin.clone(), &other.name);
+    assert!(
+        other_secrets
+            .get_opt("ignored-aws")
+            .await
+            .unwrap()
+            .is_none(),
+        "a Secret in the unwatched namespace"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(admin.clone(), &other.name);
+    let listed = events.list(&Default::default()).await.unwrap();
+    assert!(
+        listed.items.is_empty(),
+        "events in the unwatched namespace: {:?}",
+        listed.items.iter().map(|e| &e.reason).collect::<Vec<_>>()
+    );
+    assert!(
+        common::get_iam_role(&iam, &ignored_role_name)
+            .await
+            .is_none(),
+        "an IAM role was created for the ignored object"
+    );
+
+    // The ignored object has no finalizer: it goes at once.
+    let ignored_api = common::roles_api(&admin, &other.name);
+    ignored_api
+        .delete("ignored", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::wait_until_role_gone(&admin, &other.name, "ignored", Duration::from_secs(10)).await;
+
+    // Deletion works with the namespaced RBAC: finalizer released, Secret gone.
+    roles
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+    common::wait_until_role_gone(&admin, &watched.name, name, Duration::from_secs(90)).await;
+    assert!(
+        secrets
+            .get_opt(&format!("{name}-aws"))
+            .await
+            .unwrap()
+            .is_none(),
+        "the Secret outlived its CrossAccountRole"
+    );
+    assert!(
+        common::get_iam_role(&iam, &iam_role_name).await.is_none(),
+        "the IAM role {role_arn} was not deleted"
+    );
+
+    assert!(
+        operator.stop(),
+        "the operator did not exit cleanly\n{}",
+        operator.log_tail(40)
+    );
+    // No refusal but the expected one: the rollout target's Deployment.
+    let log = operator.log();
+    let refused = refusals(&log, |line| {
+        line.contains("/apis/apps/v1/") || line.contains("deployments")
+    });
+    assert!(
+        refused.is_empty(),
+        "the apiserver refused calls of the operator running with the namespaced RBAC:\n{}",
+        refused.join("\n")
+    );
     release.uninstall();
 }

@@ -176,14 +176,26 @@ async fn finalize<A: Aws>(
     Ok(Action::requeue(IN_USE_RECHECK))
 }
 
-/// `namespace/name` of every CrossAccountRole whose `spec.accountRef` is `account`.
+/// `namespace/name` of every CrossAccountRole whose `spec.accountRef` is `account`, in the
+/// namespaces this operator manages (with `--watch-namespaces`, roles elsewhere are another
+/// operator's, and its RBAC does not reach them).
 async fn users_of<A: Aws>(ctx: &Context<A>, account: &str) -> Result<Vec<String>, ReconcileError> {
-    let roles = Api::<DeserializeGuard<CrossAccountRole>>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(ReconcileError::kube("listing CrossAccountRoles"))?;
+    let apis: Vec<Api<DeserializeGuard<CrossAccountRole>>> = match ctx.scope.namespaces() {
+        None => vec![Api::all(ctx.client.clone())],
+        Some(names) => names
+            .iter()
+            .map(|ns| Api::namespaced(ctx.client.clone(), ns))
+            .collect(),
+    };
+    let mut roles = Vec::new();
+    for api in apis {
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(ReconcileError::kube("listing CrossAccountRoles"))?;
+        roles.extend(list.items);
+    }
     Ok(roles
-        .items
         .iter()
         .filter(|g| match &g.0 {
             Ok(cr) => cr.spec.account_ref == account,

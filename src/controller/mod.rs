@@ -1,8 +1,9 @@
 //! The kube-runtime wiring of the controllers, apart from the pipeline they run: the
 //! CrossAccountRole controller (`role`: triggers, the reconcile entry, deletion) with its
 //! finalizer handling (`finalizer`), events (`events`), when to look again (`requeue`,
-//! `backoff`), the watch-fed caches (`caches`), the recent-sync memo (`recent_sync`) and watch
-//! recovery (`watch`); and the AwsAccount controller (`account`).
+//! `backoff`), the watch-fed caches (`caches`), the recent-sync memo (`recent_sync`), the
+//! namespaces watched (`scope`) and watch recovery (`watch`); and the AwsAccount controller
+//! (`account`).
 
 mod account;
 mod backoff;
@@ -12,7 +13,10 @@ mod finalizer;
 mod recent_sync;
 mod requeue;
 mod role;
+mod scope;
 pub(crate) mod watch;
+
+pub use scope::WatchScope;
 
 #[cfg(test)]
 mod tests;
@@ -43,6 +47,8 @@ pub struct Settings {
     pub resync_interval: Duration,
     /// This replica's name in the events it publishes (the pod name).
     pub instance: Option<String>,
+    /// The namespaces whose CrossAccountRoles are managed.
+    pub scope: WatchScope,
 }
 
 /// Runs both controllers with the SDK's AWS until `stop` turns true. `readiness` turns true once
@@ -63,6 +69,7 @@ pub async fn run(
         metrics,
         settings.resync_interval,
         settings.instance,
+        settings.scope,
     );
     run_controllers(Arc::new(ctx), feeds, settings.concurrency, readiness, stop).await;
 }
@@ -76,6 +83,7 @@ pub(crate) struct Context<A: Aws> {
     events: events::Events,
     backoff: backoff::PerObjectBackoff,
     resync_interval: Duration,
+    scope: WatchScope,
     caches: caches::Caches,
     recent: recent_sync::RecentSyncs,
     mints: crate::pipeline::credentials::MintBudget,
@@ -83,7 +91,7 @@ pub(crate) struct Context<A: Aws> {
 
 impl<A: Aws> Context<A> {
     /// The context, and the feeds of its caches. `instance` names this replica in the events it
-    /// publishes (the pod name).
+    /// publishes (the pod name); `scope` says which CrossAccountRoles are its to manage.
     pub(crate) fn new(
         client: Client,
         aws: A,
@@ -91,6 +99,7 @@ impl<A: Aws> Context<A> {
         metrics: Arc<Metrics>,
         resync_interval: Duration,
         instance: Option<String>,
+        scope: WatchScope,
     ) -> (Self, CacheFeeds) {
         let (caches, feeds) = caches::Caches::new(client.clone());
         let ctx = Self {
@@ -101,6 +110,7 @@ impl<A: Aws> Context<A> {
             metrics,
             backoff: backoff::PerObjectBackoff::default(),
             resync_interval,
+            scope,
             caches,
             recent: recent_sync::RecentSyncs::new(resync_interval),
             mints: Default::default(),

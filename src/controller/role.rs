@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use futures::{Future, Stream, StreamExt};
+use futures::{Future, Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource, ResourceExt,
@@ -24,7 +24,8 @@ use super::{
     Context, finalizer,
     recent_sync::SyncInputs,
     requeue::{next_visit, retry_delay},
-    watch::{NoTriggerBackoff, recovering},
+    scope::WatchScope,
+    watch::{NoTriggerBackoff, recovering, scoped_watch},
 };
 use crate::{
     api::{
@@ -63,12 +64,11 @@ pub(super) fn controller<A: Aws>(
     // Status-only updates (our own writes) do not trigger a reconcile: only spec (generation,
     // which deletion also bumps) and annotation (adoption) changes do, besides resync.
     let (store, writer) = reflector::store();
-    let trigger = recovering(
+    let trigger = scoped_watch::<Guarded>(
         "CrossAccountRole",
-        watcher(
-            Api::<Guarded>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+        &ctx.scope,
+        &client,
+        watcher::Config::default(),
     )
     .reflect(writer)
     .applied_objects()
@@ -84,17 +84,7 @@ pub(super) fn controller<A: Aws>(
         // Each watch paces its own retries; a failing one must not pause the others.
         .trigger_backoff(NoTriggerBackoff)
         // Owned Secrets, and only those (label selector): tampering or deletion is undone.
-        .owns_stream(
-            recovering(
-                "Secret",
-                watcher(
-                    Api::<PartialObjectMeta<Secret>>::all(client),
-                    watcher::Config::default()
-                        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-                ),
-            )
-            .touched_objects(),
-        )
+        .owns_stream(owned_secrets(&client, &ctx.scope))
         // A change to an AwsAccount (readiness, guardrails) re-queues the roles that use it; a
         // change to a namespace's labels (allowedNamespaces) the roles in it.
         .watches_stream(accounts, move |account| {
@@ -124,6 +114,29 @@ pub(super) fn controller<A: Aws>(
     (stream, super::synced(ready_store))
 }
 
+/// The Secrets this operator wrote (label selector), in the namespaces it manages: one watch for
+/// every namespace or one per listed namespace. No store is kept, so the namespaces' watches are
+/// simply merged.
+fn owned_secrets(
+    client: &kube::Client,
+    scope: &WatchScope,
+) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
+    let config =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let apis: Vec<Api<PartialObjectMeta<Secret>>> = match scope.namespaces() {
+        None => vec![Api::all(client.clone())],
+        Some(names) => names
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect(),
+    };
+    stream::select_all(apis.into_iter().map(|api| {
+        recovering("Secret", watcher(api, config.clone()))
+            .touched_objects()
+            .boxed()
+    }))
+}
+
 fn key(obj: &impl ResourceExt) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
@@ -133,6 +146,12 @@ pub(super) async fn reconcile<A: Aws>(
     guarded: Arc<Guarded>,
     ctx: Arc<Context<A>>,
 ) -> Result<Action, ReconcileError> {
+    // The watches cover only the managed namespaces; this makes sure nothing is ever written
+    // elsewhere.
+    if !ctx.scope.contains(&guarded.namespace().unwrap_or_default()) {
+        tracing::debug!(object = %key(&*guarded), "not in a watched namespace; left alone");
+        return Ok(Action::await_change());
+    }
     let cr = match &guarded.0 {
         Ok(cr) => cr,
         Err(invalid) => return unreadable(&guarded, invalid, &ctx).await,

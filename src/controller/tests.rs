@@ -184,6 +184,11 @@ fn with_status(patch: &Value) -> Value {
 }
 
 fn testbed() -> (Arc<Context<FakeAws>>, ApiServer, FakeAws) {
+    testbed_in(super::WatchScope::All)
+}
+
+/// The testbed of an operator that manages the namespaces of `scope`.
+fn testbed_in(scope: super::WatchScope) -> (Arc<Context<FakeAws>>, ApiServer, FakeAws) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let source = FakeAccount::new(SOURCE);
@@ -196,6 +201,7 @@ fn testbed() -> (Arc<Context<FakeAws>>, ApiServer, FakeAws) {
         Metrics::new(),
         Duration::from_secs(600),
         Some("operator-0".into()),
+        scope,
     );
     (Arc::new(ctx), ApiServer(handle), aws)
 }
@@ -379,6 +385,17 @@ async fn a_refused_role_gets_its_condition_and_one_warning_and_nothing_else() {
     let action = reconcile_with(&ctx, &cr(), script).await;
     // Resynced like any other, so the guardrails stay enforced on its role; nothing sooner.
     assert_ne!(action, Action::await_change(), "a refusal is resynced");
+    assert!(aws.account(TARGET).take_writes().is_empty());
+    assert!(aws.source().assumed().is_empty());
+}
+
+/// With `--watch-namespaces`, an object elsewhere (which the watches do not deliver, but say it
+/// came anyway) is left alone: no request to the apiserver, nothing in AWS.
+#[tokio::test]
+async fn an_object_outside_the_watched_namespaces_is_not_touched() {
+    let (ctx, server, aws) = testbed_in(super::WatchScope::new(["team-b".to_owned()]));
+    let action = reconcile_with(&ctx, &cr(), move || async move { server.done().await }).await;
+    assert_eq!(action, Action::await_change());
     assert!(aws.account(TARGET).take_writes().is_empty());
     assert!(aws.source().assumed().is_empty());
 }

@@ -17,12 +17,23 @@
 //!
 //! Each watch stream is wrapped in [`recovering`]; the controllers' own trigger backoff is
 //! switched off with [`NoTriggerBackoff`], so a failing watch never pauses the others.
+//!
+//! With `--watch-namespaces`, a namespaced kind is watched with one watch per namespace
+//! ([`scoped_watch`]), each recovering on its own as above, merged into one stream that a single
+//! reflector can take ([`NamespaceMerge`]).
 
-use std::{pin::Pin, time::Duration};
+use std::{collections::BTreeMap, fmt::Debug, pin::Pin, time::Duration};
 
 use futures::{Stream, StreamExt, stream};
-use kube::runtime::{utils::Backoff, watcher};
+use k8s_openapi::NamespaceResourceScope;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{utils::Backoff, watcher},
+};
 use rand::Rng;
+use serde::de::DeserializeOwned;
+
+use super::scope::WatchScope;
 
 /// First delay after a failed connection.
 pub(crate) const BASE: Duration = Duration::from_millis(250);
@@ -130,6 +141,129 @@ where
     })
 }
 
+/// A boxed stream of watch events.
+pub(crate) type EventStream<K> =
+    Pin<Box<dyn Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send>>;
+
+/// The events of `K` in `scope`, for a reflector: one cluster-wide watch for every namespace, or
+/// one watch per listed namespace merged by [`NamespaceMerge`]. Each watch recovers on its own
+/// ([`recovering`]).
+pub(crate) fn scoped_watch<K>(
+    what: &'static str,
+    scope: &WatchScope,
+    client: &Client,
+    config: watcher::Config,
+) -> EventStream<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let Some(namespaces) = scope.namespaces() else {
+        return Box::pin(recovering(
+            what,
+            watcher::watcher(Api::<K>::all(client.clone()), config),
+        ));
+    };
+    let watches = namespaces.iter().enumerate().map(|(index, namespace)| {
+        let api = Api::<K>::namespaced(client.clone(), namespace);
+        Box::pin(recovering(what, watcher::watcher(api, config.clone())).map(move |e| (index, e)))
+    });
+    let mut merge = NamespaceMerge::new(namespaces.len());
+    Box::pin(
+        stream::select_all(watches)
+            .flat_map(move |(index, event)| stream::iter(merge.event(index, event))),
+    )
+}
+
+/// Turns the events of one watch per namespace into the events of one watch over all of them,
+/// as a reflector needs them: a reflector's store is replaced by each (re)list (`Init` ..
+/// `InitDone`), so a relist of one namespace (after a 410, say) must not look like the whole
+/// list, or the other namespaces' objects would vanish from the store. Each namespace's objects
+/// are remembered; once every namespace has listed, each (re)list of one is passed on as a list
+/// of all of them (unchanged objects are then dropped by the controllers' predicates), and single
+/// changes pass as they are. Before that, nothing passes: the store becomes ready only when
+/// every namespace has been listed. Errors pass at once.
+pub(crate) struct NamespaceMerge<K> {
+    /// Per namespace: its objects by name, once it has been listed.
+    listed: Vec<Option<BTreeMap<String, K>>>,
+    /// Per namespace: the list under way.
+    listing: Vec<Option<BTreeMap<String, K>>>,
+}
+
+impl<K: Resource + Clone> NamespaceMerge<K> {
+    pub(crate) fn new(namespaces: usize) -> Self {
+        Self {
+            listed: (0..namespaces).map(|_| None).collect(),
+            listing: (0..namespaces).map(|_| None).collect(),
+        }
+    }
+
+    fn all_listed(&self) -> bool {
+        self.listed.iter().all(Option::is_some)
+    }
+
+    /// What the merged watch says after `event` of the watch of namespace number `index`.
+    pub(crate) fn event(
+        &mut self,
+        index: usize,
+        event: Result<watcher::Event<K>, watcher::Error>,
+    ) -> Vec<Result<watcher::Event<K>, watcher::Error>> {
+        let event = match event {
+            Err(error) => return vec![Err(error)],
+            Ok(event) => event,
+        };
+        match event {
+            watcher::Event::Init => {
+                self.listing[index] = Some(BTreeMap::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(object) => {
+                self.listing[index]
+                    .get_or_insert_default()
+                    .insert(object.name_any(), object);
+                Vec::new()
+            }
+            watcher::Event::InitDone => {
+                self.listed[index] = Some(self.listing[index].take().unwrap_or_default());
+                if !self.all_listed() {
+                    return Vec::new();
+                }
+                let objects = self.listed.iter().flatten().flat_map(|m| m.values());
+                std::iter::once(watcher::Event::Init)
+                    .chain(objects.cloned().map(watcher::Event::InitApply))
+                    .chain(std::iter::once(watcher::Event::InitDone))
+                    .map(Ok)
+                    .collect()
+            }
+            watcher::Event::Apply(object) => {
+                if let Some(objects) = &mut self.listed[index] {
+                    objects.insert(object.name_any(), object.clone());
+                }
+                if self.all_listed() {
+                    vec![Ok(watcher::Event::Apply(object))]
+                } else {
+                    Vec::new()
+                }
+            }
+            watcher::Event::Delete(object) => {
+                if let Some(objects) = &mut self.listed[index] {
+                    objects.remove(&object.name_any());
+                }
+                if self.all_listed() {
+                    vec![Ok(watcher::Event::Delete(object))]
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+}
+
 /// A `Controller`'s trigger backoff that never waits: each watch paces itself ([`recovering`]),
 /// so one failing watch does not hold up the triggers of the others.
 #[derive(Clone, Copy, Debug, Default)]
@@ -149,6 +283,7 @@ impl Backoff for NoTriggerBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
     use kube::core::Status;
 
     fn gone() -> watcher::Error {
@@ -222,6 +357,69 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn config_map(namespace: &str, name: &str) -> k8s_openapi::api::core::v1::ConfigMap {
+        let mut object = k8s_openapi::api::core::v1::ConfigMap::default();
+        object.metadata.namespace = Some(namespace.to_owned());
+        object.metadata.name = Some(name.to_owned());
+        object
+    }
+
+    /// The merged events applied to a reflector's store: what it holds (`namespace/name`), and
+    /// whether it became ready.
+    fn store_after(
+        merge: &mut NamespaceMerge<k8s_openapi::api::core::v1::ConfigMap>,
+        writer: &mut kube::runtime::reflector::store::Writer<k8s_openapi::api::core::v1::ConfigMap>,
+        index: usize,
+        event: watcher::Event<k8s_openapi::api::core::v1::ConfigMap>,
+    ) -> Vec<String> {
+        for merged in merge.event(index, Ok(event)) {
+            writer.apply_watcher_event(&merged.unwrap());
+        }
+        let mut held: Vec<String> = writer
+            .as_reader()
+            .state()
+            .iter()
+            .map(|o| format!("{}/{}", o.namespace().unwrap(), o.name_any()))
+            .collect();
+        held.sort();
+        held
+    }
+
+    #[test]
+    fn a_relist_of_one_namespace_keeps_the_others_in_the_store() {
+        use watcher::Event::*;
+        let mut merge = NamespaceMerge::new(2);
+        let mut writer = kube::runtime::reflector::store::Writer::default();
+        let reader = writer.as_reader();
+        let mut step = |i, e| store_after(&mut merge, &mut writer, i, e);
+        step(0, Init);
+        step(0, InitApply(config_map("a", "one")));
+        assert!(
+            step(0, InitDone).is_empty(),
+            "b not listed yet: nothing passes"
+        );
+        assert!(step(0, Apply(config_map("a", "two"))).is_empty());
+        step(1, Init);
+        step(1, InitApply(config_map("b", "three")));
+        assert_eq!(step(1, InitDone), ["a/one", "a/two", "b/three"]);
+        assert!(reader.wait_until_ready().now_or_never().is_some(), "ready");
+        assert_eq!(
+            step(1, Apply(config_map("b", "four"))),
+            ["a/one", "a/two", "b/four", "b/three"]
+        );
+        // a relists (its watch expired) and "two" was deleted meanwhile: b's objects stay.
+        step(0, Init);
+        step(0, InitApply(config_map("a", "one")));
+        assert_eq!(step(0, InitDone), ["a/one", "b/four", "b/three"]);
+        assert_eq!(
+            step(1, Delete(config_map("b", "three"))),
+            ["a/one", "b/four"]
+        );
+        // Errors pass at once.
+        let error = merge.event(0, Err(watcher::Error::NoResourceVersion));
+        assert!(matches!(error[..], [Err(_)]));
     }
 
     #[tokio::test(start_paused = true)]

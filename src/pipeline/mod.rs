@@ -604,13 +604,10 @@ async fn sync_credentials<A: Aws>(
             )
             .await;
             // A failed restart stays due: retried with the object's backoff.
-            if let Some((target, RestartResult::Failed(e))) = results
-                .iter()
-                .find(|(_, r)| matches!(r, RestartResult::Failed(_)))
-            {
+            if let Some((target, result)) = results.iter().find(|(_, r)| r.is_failure()) {
                 run.errors.push(ReconcileError::RolloutRestart {
                     target: target.clone(),
-                    message: e.to_string(),
+                    message: result.problem(target).unwrap_or_default(),
                 });
             }
             results

@@ -34,6 +34,15 @@ fn kind_name(kind: RestartKind) -> &'static str {
     }
 }
 
+/// The RBAC resource of a kind.
+fn resource_name(kind: RestartKind) -> &'static str {
+    match kind {
+        RestartKind::Deployment => "deployments",
+        RestartKind::StatefulSet => "statefulsets",
+        RestartKind::DaemonSet => "daemonsets",
+    }
+}
+
 /// What became of one workload.
 #[derive(Debug)]
 pub(crate) enum RestartResult {
@@ -44,7 +53,39 @@ pub(crate) enum RestartResult {
     /// Due in the given time (settling, or restarted less than a minute ago).
     Pending(Duration),
     NotFound,
+    /// The apiserver refused (403): the operator's RBAC does not grant get, list and patch on
+    /// this resource (the chart grants them only with `rbac.rolloutRestarts`).
+    Forbidden(&'static str),
     Failed(kube::Error),
+}
+
+impl RestartResult {
+    /// `Failed`, or `Forbidden` for a refusal of the apiserver.
+    fn failed(resource: &'static str, error: kube::Error) -> Self {
+        match &error {
+            kube::Error::Api(status) if status.code == 403 => RestartResult::Forbidden(resource),
+            _ => RestartResult::Failed(error),
+        }
+    }
+
+    /// What went wrong with `target`, for status and the retried error; `None` when nothing did.
+    pub(crate) fn problem(&self, target: &str) -> Option<String> {
+        match self {
+            RestartResult::NotFound => Some(format!("{target} does not exist in this namespace")),
+            RestartResult::Forbidden(resource) => Some(format!(
+                "cannot restart {target}: the operator is not allowed to get, list and patch \
+                 {resource} (apps) in this namespace; grant it in the operator's RBAC (with the \
+                 Helm chart: rbac.rolloutRestarts=true)"
+            )),
+            RestartResult::Failed(e) => Some(format!("could not restart {target}: {e}")),
+            _ => None,
+        }
+    }
+
+    /// Whether the restart failed (and stays due), as opposed to a target that is not there.
+    pub(crate) fn is_failure(&self) -> bool {
+        matches!(self, RestartResult::Failed(_) | RestartResult::Forbidden(_))
+    }
 }
 
 /// What to do with a workload last restarted at `restarted` for credentials issued at `issued`.
@@ -84,6 +125,7 @@ pub(crate) async fn restart_targets(
     let mut results = Vec::new();
     for target in targets {
         let kind = kind_name(target.kind);
+        let resource_name = resource_name(target.kind);
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", kind));
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
         let workloads = match (&target.name, &target.selector) {
@@ -94,7 +136,8 @@ pub(crate) async fn restart_targets(
                     continue;
                 }
                 Err(e) => {
-                    results.push((format!("{kind}/{name}"), RestartResult::Failed(e)));
+                    let result = RestartResult::failed(resource_name, e);
+                    results.push((format!("{kind}/{name}"), result));
                     continue;
                 }
             },
@@ -109,7 +152,8 @@ pub(crate) async fn restart_targets(
                 {
                     Ok(list) => list.items,
                     Err(e) => {
-                        results.push((format!("{kind}s selected"), RestartResult::Failed(e)));
+                        let result = RestartResult::failed(resource_name, e);
+                        results.push((format!("{kind}s selected"), result));
                         continue;
                     }
                 }
@@ -118,7 +162,7 @@ pub(crate) async fn restart_targets(
         };
         for workload in workloads {
             let label = format!("{kind}/{}", workload.name_any());
-            let result = restart_one(&api, &workload, issued, now).await;
+            let result = restart_one(&api, &workload, issued, now, resource_name).await;
             results.push((label, result));
         }
     }
@@ -130,6 +174,7 @@ async fn restart_one(
     workload: &DynamicObject,
     issued: Timestamp,
     now: Timestamp,
+    resource_name: &'static str,
 ) -> RestartResult {
     let restarted = workload.data["spec"]["template"]["metadata"]["annotations"]
         [RESTARTED_AT_ANNOTATION]
@@ -151,7 +196,7 @@ async fn restart_one(
             {
                 Ok(_) => RestartResult::Restarted,
                 Err(kube::Error::Api(s)) if s.code == 404 => RestartResult::NotFound,
-                Err(e) => RestartResult::Failed(e),
+                Err(e) => RestartResult::failed(resource_name, e),
             }
         }
     }
@@ -160,6 +205,32 @@ async fn restart_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_names_the_missing_permission_and_the_chart_value() {
+        let mut status = kube::core::Status::failure(
+            "deployments.apps \"web\" is forbidden: User \"system:serviceaccount:ops:cao\" cannot get resource \"deployments\"",
+            "Forbidden",
+        );
+        status.code = 403;
+        let result = RestartResult::failed("deployments", kube::Error::Api(Box::new(status)));
+        assert!(result.is_failure());
+        let problem = result.problem("Deployment/web").unwrap();
+        for words in [
+            "Deployment/web",
+            "get, list and patch",
+            "deployments",
+            "rbac.rolloutRestarts=true",
+        ] {
+            assert!(problem.contains(words), "{words:?} missing in {problem}");
+        }
+        let mut status = kube::core::Status::failure("etcd timeout", "InternalError");
+        status.code = 500;
+        let other = RestartResult::failed("deployments", kube::Error::Api(Box::new(status)));
+        assert!(matches!(other, RestartResult::Failed(_)));
+        assert!(!RestartResult::NotFound.is_failure());
+        assert!(RestartResult::UpToDate.problem("Deployment/web").is_none());
+    }
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + seconds).unwrap()

@@ -390,11 +390,7 @@ fn restart_note((target, result): &(String, RestartResult)) -> Option<Note> {
 fn rollouts_condition(restarts: &[(String, RestartResult)]) -> ConditionUpdate {
     let problems: Vec<String> = restarts
         .iter()
-        .filter_map(|(target, result)| match result {
-            RestartResult::NotFound => Some(format!("{target} does not exist in this namespace")),
-            RestartResult::Failed(e) => Some(format!("could not restart {target}: {e}")),
-            _ => None,
-        })
+        .filter_map(|(target, result)| result.problem(target))
         .collect();
     if problems.is_empty() {
         ConditionUpdate::new(
@@ -404,10 +400,7 @@ fn rollouts_condition(restarts: &[(String, RestartResult)]) -> ConditionUpdate {
             "every rollout target runs with the current credentials (or restarts within a minute)",
         )
     } else {
-        let reason = if restarts
-            .iter()
-            .any(|(_, r)| matches!(r, RestartResult::Failed(_)))
-        {
+        let reason = if restarts.iter().any(|(_, r)| r.is_failure()) {
             Reason::RolloutRestartFailed
         } else {
             Reason::RolloutTargetNotFound

@@ -70,3 +70,35 @@ The operator image: repository:tag, or repository@digest when a digest is given.
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+RBAC rules for the CrossAccountRoles of a namespace: in the ClusterRole (cluster mode) or in a Role
+in each watched namespace (namespaced mode).
+*/}}
+{{- define "cao.namespacedRules" -}}
+# CrossAccountRoles: watched; the finalizer is added and removed by patch; status written by
+# server-side apply.
+- apiGroups: ["crossaccount.io"]
+  resources: ["crossaccountroles"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["crossaccount.io"]
+  resources: ["crossaccountroles/status"]
+  verbs: ["patch"]
+# Credentials Secrets: created only if absent, replaced with the resourceVersion that was read
+# (update), watched through a label selector (RBAC cannot express one, hence list/watch on all
+# Secrets), read before a write, deleted (with preconditions) with their CrossAccountRole.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
+# Events on CrossAccountRoles (a repeated event is patched into a series).
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- if .Values.rbac.rolloutRestarts }}
+# spec.credentials.rolloutRestartTargets: read (by name, or listed by label selector) to see
+# whether they run with the current credentials; the pod template is stamped to restart them.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["get", "list", "patch"]
+{{- end }}
+{{- end -}}
