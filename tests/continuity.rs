@@ -26,7 +26,7 @@ use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::{Value, json};
@@ -501,6 +501,196 @@ async fn a_deletion_iam_denies_keeps_the_finalizer_and_backs_off() {
         blocked.1.2,
         started.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b. The AwsAccount cannot be read while a CR is deleted.
+// ---------------------------------------------------------------------------------------------
+
+const ACCOUNT_CRD: &str = "awsaccounts.crossaccount.io";
+
+/// The AwsAccount CRD's `spec.maxSessionDurationSeconds` without its bounds, as a newer CRD
+/// installed ahead of the operator could have it: the apiserver then stores a value the
+/// operator's type (an `i32`) cannot hold, and the operator cannot read that AwsAccount. When
+/// dropped, also when the test fails, the value goes from AwsAccount `account` and the CRD is
+/// put back as it was.
+struct LoosenedAccountCrd {
+    original: Value,
+    account: String,
+}
+
+/// AwsAccounts as JSON: the typed client cannot read one this test makes unreadable.
+fn untyped_accounts(client: &Client) -> Api<kube::api::DynamicObject> {
+    Api::all_with(
+        client.clone(),
+        &kube::api::ApiResource::erase::<AwsAccount>(&()),
+    )
+}
+
+/// Removes `spec.maxSessionDurationSeconds` from AwsAccount `name`.
+async fn clear_max_session(client: &Client, name: &str) -> Result<(), kube::Error> {
+    let patch = json!({"spec": {"maxSessionDurationSeconds": null}});
+    untyped_accounts(client)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+impl LoosenedAccountCrd {
+    async fn apply(client: &Client, account: &str) -> LoosenedAccountCrd {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let api = Api::<CustomResourceDefinition>::all(client.clone());
+        let crd = api.get(ACCOUNT_CRD).await.expect("get the AwsAccount CRD");
+        let mut value = serde_json::to_value(&crd).unwrap();
+        let original = value["spec"]["versions"].clone();
+        for version in value["spec"]["versions"].as_array_mut().unwrap() {
+            let field = &mut version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+                ["maxSessionDurationSeconds"];
+            let field = field.as_object_mut().expect("the field in the CRD");
+            field.remove("maximum");
+            field.remove("minimum");
+            field.remove("format");
+        }
+        api.replace(
+            ACCOUNT_CRD,
+            &PostParams::default(),
+            &serde_json::from_value(value).unwrap(),
+        )
+        .await
+        .expect("loosen the AwsAccount CRD");
+        LoosenedAccountCrd {
+            original,
+            account: account.to_owned(),
+        }
+    }
+}
+
+impl Drop for LoosenedAccountCrd {
+    fn drop(&mut self) {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let (original, account) = (self.original.clone(), self.account.clone());
+        // On a runtime of its own: drop cannot await, and the test's runtime may be blocked here.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let client = Client::try_default().await.expect("kube client");
+                    clear_max_session(&client, &account)
+                        .await
+                        .expect("make the AwsAccount readable again");
+                    let api = Api::<CustomResourceDefinition>::all(client);
+                    let crd = api.get(ACCOUNT_CRD).await.expect("get the AwsAccount CRD");
+                    let mut value = serde_json::to_value(&crd).unwrap();
+                    value["spec"]["versions"] = original;
+                    api.replace(
+                        ACCOUNT_CRD,
+                        &PostParams::default(),
+                        &serde_json::from_value(value).unwrap(),
+                    )
+                    .await
+                    .expect("restore the AwsAccount CRD");
+                })
+        })
+        .join()
+        .expect("restore the AwsAccount CRD");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_while_the_account_cannot_be_read_keeps_the_finalizer_and_leaks_nothing() {
+    let _serial = common::serial().await;
+    let bench = Bench::start("unreadable").await;
+    let role_name = common::unique("Unreadable");
+    let _guard = common::TargetRoleGuard::new(&role_name);
+    bench.create("app", &role_name, false).await;
+    bench.wait("app", "Ready", "True", None, CONVERGE).await;
+
+    // The AwsAccount becomes unreadable: a value its CRD now admits and the operator cannot hold.
+    let crd = LoosenedAccountCrd::apply(&bench.client, &bench.account.name).await;
+    let accounts = untyped_accounts(&bench.client);
+    let unreadable = json!({"spec": {"maxSessionDurationSeconds": 4_294_967_296_i64}});
+    common::poll(
+        "the apiserver to admit the value under the loosened CRD",
+        CONVERGE,
+        || {
+            let accounts = accounts.clone();
+            let name = bench.account.name.clone();
+            let patch = unreadable.clone();
+            async move {
+                accounts
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+    let mark = bench.proxy.mark();
+    bench
+        .roles()
+        .delete("app", &DeleteParams::default())
+        .await
+        .expect("delete app");
+    let blocked = common::try_poll(CONVERGE, || {
+        let api = bench.roles();
+        async move {
+            let cr = api.get("app").await.map_err(|e| e.to_string())?;
+            let ready = condition(&cr, "Ready");
+            if ready.0 == "False" && ready.2.contains("cannot be read") {
+                Ok((cr, ready))
+            } else {
+                Err(format!("{ready:?}"))
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|last| {
+        panic!(
+            "Ready never said the AwsAccount cannot be read: {last}\n{}",
+            bench.operator.log_tail(40)
+        )
+    });
+    let (cr, ready) = blocked;
+    assert!(
+        cr.finalizers()
+            .iter()
+            .any(|f| f.starts_with("crossaccount.io/")),
+        "the finalizer stays while the account cannot be read: {:?}",
+        cr.finalizers()
+    );
+    assert!(
+        ready.2.contains(&bench.account.name) && ready.2.contains("fix it"),
+        "the message names the AwsAccount and the way out: {ready:?}"
+    );
+    let target = common::target_iam().await;
+    assert!(
+        common::get_iam_role(&target, &role_name).await.is_some(),
+        "the role is neither deleted nor abandoned while its account cannot be read"
+    );
+    let touched: Vec<String> = bench
+        .proxy
+        .requests_since(&mark)
+        .iter()
+        .filter(|r| r.service == "iam" && r.param("RoleName") == Some(role_name.as_str()))
+        .map(LoggedRequest::summary)
+        .collect();
+    assert!(
+        touched.is_empty(),
+        "nothing is done to the role without its account: {touched:#?}"
+    );
+
+    // Readable again (the value removed, the CRD as shipped): the deletion goes on and the role
+    // goes with the CR.
+    drop(crd);
+    common::wait_until_role_gone(&bench.client, &bench.ns.name, "app", RECOVER).await;
+    assert!(
+        common::get_iam_role(&target, &role_name).await.is_none(),
+        "the role went with the CR once its account could be read"
+    );
+    eprintln!("unreadable account: Ready=False/{}: {}", ready.1, ready.2);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -271,6 +271,7 @@ fn renders_the_operator_with_leader_election_and_hardening_by_default() {
             "--cluster-name=prod-eu-1",
             "--http-addr=0.0.0.0:8080",
             "--concurrency=8",
+            "--assume-role-rate=20",
             "--resync-interval=10m",
             "--log-format=json",
             "--leader-elect",
