@@ -375,74 +375,51 @@ impl AccountApi for SdkAccount {
     ) -> Result<Option<Vec<AttachedPolicy>>, AwsError> {
         let mut found = Vec::new();
         let mut marker = None;
+        // One page of ListAttached{User,Role,Group}Policies: the three differ only in names.
+        macro_rules! page {
+            ($operation:literal, $request:ident, $name_field:ident, $name:expr) => {{
+                let out = self
+                    .call(
+                        "iam",
+                        $operation,
+                        self.iam
+                            .$request()
+                            .$name_field($name)
+                            .path_prefix(path_prefix)
+                            .set_marker(marker.take())
+                            .send(),
+                    )
+                    .await;
+                let Some(out) = Self::absent_if_not_found(out)? else {
+                    return Ok(None);
+                };
+                (
+                    out.attached_policies().to_vec(),
+                    out.is_truncated(),
+                    out.marker().map(str::to_owned),
+                )
+            }};
+        }
         loop {
             let (policies, truncated, next) = match principal {
-                Principal::User(user) => {
-                    let out = self
-                        .call(
-                            "iam",
-                            "ListAttachedUserPolicies",
-                            self.iam
-                                .list_attached_user_policies()
-                                .user_name(user)
-                                .path_prefix(path_prefix)
-                                .set_marker(marker.take())
-                                .send(),
-                        )
-                        .await;
-                    let Some(out) = Self::absent_if_not_found(out)? else {
-                        return Ok(None);
-                    };
-                    (
-                        out.attached_policies().to_vec(),
-                        out.is_truncated(),
-                        out.marker().map(str::to_owned),
-                    )
-                }
-                Principal::Role(role) => {
-                    let out = self
-                        .call(
-                            "iam",
-                            "ListAttachedRolePolicies",
-                            self.iam
-                                .list_attached_role_policies()
-                                .role_name(role)
-                                .path_prefix(path_prefix)
-                                .set_marker(marker.take())
-                                .send(),
-                        )
-                        .await;
-                    let Some(out) = Self::absent_if_not_found(out)? else {
-                        return Ok(None);
-                    };
-                    (
-                        out.attached_policies().to_vec(),
-                        out.is_truncated(),
-                        out.marker().map(str::to_owned),
-                    )
-                }
-                Principal::Group(group) => {
-                    let out = self
-                        .call(
-                            "iam",
-                            "ListAttachedGroupPolicies",
-                            self.iam
-                                .list_attached_group_policies()
-                                .group_name(group)
-                                .path_prefix(path_prefix)
-                                .set_marker(marker.take())
-                                .send(),
-                        )
-                        .await;
-                    let Some(out) = Self::absent_if_not_found(out)? else {
-                        return Ok(None);
-                    };
-                    (
-                        out.attached_policies().to_vec(),
-                        out.is_truncated(),
-                        out.marker().map(str::to_owned),
-                    )
-                }
+                Principal::User(user) => page!(
+                    "ListAttachedUserPolicies",
+                    list_attached_user_policies,
+                    user_name,
+                    user
+                ),
+                Principal::Role(role) => page!(
+                    "ListAttachedRolePolicies",
+                    list_attached_role_policies,
+                    role_name,
+                    role
+                ),
+                Principal::Group(group) => page!(
+                    "ListAttachedGroupPolicies",
+                    list_attached_group_policies,
+                    group_name,
+                    group
+                ),
             };
             found.extend(policies.iter().filter_map(|p| {
                 Some(AttachedPolicy {
