@@ -229,6 +229,65 @@ fn lints_with_defaults_and_with_every_option() {
 }
 
 #[test]
+fn lints_with_its_ci_values_works_as_a_subchart_and_keeps_names_and_versions_valid() {
+    let chart = chart_dir();
+    let ci_values = chart.join("ci/default-values.yaml");
+    let (chart, ci_values) = (chart.to_str().unwrap(), ci_values.to_str().unwrap());
+    // chart-testing and scanners lint with the ci/ values: the chart must not be skipped.
+    helm_ok(&["lint", "--strict", chart, "-f", ci_values]);
+    // A parent chart's `global` values reach every subchart; the schema must let them in.
+    render(
+        "cao",
+        "ops",
+        &["--set", "clusterName=x", "--set", "global.imageRegistry=r"],
+    );
+    // A Service name is a DNS label (63 characters): a long release name is cut, not refused
+    // by the apiserver.
+    let long = "a-release-name-of-forty-characters-000000";
+    let docs = render(long, "ops", &["--set", "clusterName=x"]);
+    let service = one_of_kind(&docs, "Service")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        service.len() <= 63 && service.ends_with("-metrics"),
+        "Service name {service:?} ({} characters)",
+        service.len()
+    );
+    // /metrics has no authentication: no load balancer in front of it.
+    let out = helm_fails(&[
+        "template",
+        "cao",
+        chart,
+        "--set",
+        "clusterName=x",
+        "--set",
+        "service.type=LoadBalancer",
+    ]);
+    assert!(out.contains("/service/type"), "{out}");
+    // The CRDs' fieldPath in x-kubernetes-validations needs Kubernetes 1.28.
+    let out = helm_fails(&[
+        "template",
+        "cao",
+        chart,
+        "--set",
+        "clusterName=x",
+        "--kube-version",
+        "1.27.0",
+    ]);
+    assert!(out.contains("kubeVersion"), "{out}");
+    helm_ok(&[
+        "template",
+        "cao",
+        chart,
+        "--set",
+        "clusterName=x",
+        "--kube-version",
+        "1.28.0",
+    ]);
+}
+
+#[test]
 fn renders_the_operator_with_leader_election_and_hardening_by_default() {
     let docs = render("cao", "ops", &["--set", "clusterName=prod-eu-1"]);
     assert_eq!(

@@ -102,3 +102,11 @@ in each watched namespace (namespaced mode).
   verbs: ["get", "list", "patch"]
 {{- end }}
 {{- end -}}
+
+{{/*
+Name of the metrics Service: a Service name is a DNS label of at most 63 characters, so the full
+name is cut to leave room for the suffix.
+*/}}
+{{- define "cao.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "cao.fullname" . | trunc 55 | trimSuffix "-") -}}
+{{- end -}}
