@@ -129,6 +129,39 @@ fn helm_fails(args: &[&str]) -> String {
     all
 }
 
+/// The extension points the peers' charts have: extra flags, environment, volumes, spread,
+/// labels on everything, a PodDisruptionBudget by maxUnavailable.
+const EXTENSIONS: &[&str] = &[
+    "--set",
+    "extraArgs[0]=--resync-interval=5m",
+    "--set",
+    "extraEnv[0].name=HTTPS_PROXY",
+    "--set",
+    "extraEnv[0].value=http://proxy.internal:3128",
+    "--set",
+    "extraVolumes[0].name=ca-bundle",
+    "--set",
+    "extraVolumes[0].emptyDir.medium=Memory",
+    "--set",
+    "extraVolumeMounts[0].name=ca-bundle",
+    "--set",
+    "extraVolumeMounts[0].mountPath=/etc/ca-bundle",
+    "--set",
+    "extraVolumeMounts[0].readOnly=true",
+    "--set",
+    "topologySpreadConstraints[0].maxSkew=1",
+    "--set",
+    "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+    "--set",
+    "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+    "--set",
+    "topologySpreadConstraints[0].labelSelector.matchLabels.app\\.kubernetes\\.io/name=cross-account-operator",
+    "--set",
+    "commonLabels.team=platform",
+    "--set",
+    "podDisruptionBudget.maxUnavailable=1",
+];
+
 /// `--set` arguments that switch on every optional part of the chart.
 const EVERY_OPTION: &[&str] = &[
     "--set",
@@ -222,6 +255,7 @@ fn lints_with_defaults_and_with_every_option() {
     helm_ok(&["lint", "--strict", chart, "--set", "clusterName=x"]);
     let mut args = vec!["lint", "--strict", chart, "--set", "clusterName=x"];
     args.extend_from_slice(EVERY_OPTION);
+    args.extend_from_slice(EXTENSIONS);
     helm_ok(&args);
     // The one value without a usable default: lint says which.
     let out = helm_fails(&["lint", chart]);
@@ -414,7 +448,38 @@ fn renders_the_operator_with_leader_election_and_hardening_by_default() {
 fn renders_every_optional_part() {
     let mut args = vec!["--set", "clusterName=prod-eu-1"];
     args.extend_from_slice(EVERY_OPTION);
+    args.extend_from_slice(EXTENSIONS);
     let docs = render("cao", "ops", &args);
+    // The extension points reach the Deployment and every object.
+    let deployment = one_of_kind(&docs, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let operator = &pod["containers"][0];
+    assert_eq!(
+        operator["args"].as_array().unwrap().last().unwrap(),
+        "--resync-interval=5m"
+    );
+    assert!(
+        operator["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "HTTPS_PROXY"),
+        "{}",
+        operator["env"]
+    );
+    assert_eq!(operator["volumeMounts"][0]["mountPath"], "/etc/ca-bundle");
+    assert_eq!(pod["volumes"][0]["name"], "ca-bundle");
+    assert_eq!(pod["topologySpreadConstraints"][0]["maxSkew"], 1);
+    for doc in &docs {
+        assert_eq!(
+            doc["metadata"]["labels"]["team"], "platform",
+            "{}",
+            doc["kind"]
+        );
+    }
+    let budget = one_of_kind(&docs, "PodDisruptionBudget");
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    assert!(budget["spec"].get("minAvailable").is_none(), "{budget}");
     for kind in [
         "ServiceMonitor",
         "PodDisruptionBudget",
@@ -1189,6 +1254,8 @@ fn installs_into_a_fresh_namespace_and_uninstalls_cleanly() {
     let fullname = format!("{release_name}-cross-account-operator");
     let mut args = vec!["--set", "clusterName=it-install"];
     args.extend_from_slice(OPTIONS_THE_APISERVER_SERVES);
+    // The apiserver validates what the extension points render.
+    args.extend_from_slice(EXTENSIONS);
     let mut release = Release::install(&release_name, &namespace.name, &args);
 
     let status = helm_ok(&["status", &release_name, "--namespace", &namespace.name]);
