@@ -46,6 +46,12 @@ fn short_names_and_category_list_the_resources() {
     assert!(out.contains(&account), "{out}");
     assert!(out.contains(&common::env("TARGET_ACCOUNT_ID")), "{out}");
     kubectl(&["get", "aws", "-A"]).unwrap();
+    // A category of the project's own (`aws` is shared with Crossplane's and ACK's kinds), and
+    // the Ready condition's reason beside its status.
+    let out = kubectl(&["get", "crossaccount", "-A"]).unwrap();
+    assert!(out.contains(&account), "{out}");
+    assert!(out.contains("REASON"), "{out}");
+    assert!(out.contains("Verified"), "{out}");
 }
 
 #[tokio::test]

@@ -16,12 +16,18 @@ use serde::{Deserialize, Serialize};
     doc = "A target AWS account registered by a platform admin: how the operator reaches it and the guardrails every CrossAccountRole in it must respect.",
     shortname = "awsacct",
     category = "aws",
+    category = "crossaccount",
     status = "AwsAccountStatus",
     printcolumn(name = "Account", type_ = "string", json_path = ".spec.accountId"),
     printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
     printcolumn(
         name = "Caller",

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
     namespaced,
     shortname = "xar",
     category = "aws",
+    category = "crossaccount",
     status = "CrossAccountRoleStatus",
     printcolumn(name = "Account", type_ = "string", json_path = ".spec.accountRef"),
     printcolumn(name = "Role", type_ = "string", json_path = ".status.roleArn"),
@@ -26,6 +27,11 @@ use serde::{Deserialize, Serialize};
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
     printcolumn(
         name = "Expires",
