@@ -179,6 +179,8 @@ const EVERY_OPTION: &[&str] = &[
     "--set",
     "rbac.rolloutRestarts=true",
     "--set",
+    "rbac.aggregateToDefaultRoles=true",
+    "--set",
     "metrics.perObjectLabels=false",
     "--set",
     "aws.region=eu-west-1",
@@ -195,6 +197,8 @@ const EVERY_OPTION: &[&str] = &[
 /// Parts of the chart whose API the local apiserver serves (the ServiceMonitor needs the
 /// prometheus-operator CRDs, which it does not have).
 const OPTIONS_THE_APISERVER_SERVES: &[&str] = &[
+    "--set",
+    "rbac.aggregateToDefaultRoles=true",
     "--set",
     "podDisruptionBudget.enabled=true",
     "--set",
@@ -450,6 +454,27 @@ fn renders_every_optional_part() {
     args.extend_from_slice(EVERY_OPTION);
     args.extend_from_slice(EXTENSIONS);
     let docs = render("cao", "ops", &args);
+    // The aggregated roles: view reads CrossAccountRoles, edit writes them; neither touches
+    // status writes or AwsAccounts.
+    let aggregated: Vec<ClusterRole> = of_kind(&docs, "ClusterRole")
+        .into_iter()
+        .filter(|d| is_aggregated(d))
+        .map(|d| serde_json::from_value(d.clone()).unwrap())
+        .collect();
+    assert_eq!(aggregated.len(), 2);
+    for role in &aggregated {
+        let granted = permissions(role.rules.as_deref().unwrap_or_default());
+        for (group, resource, verb) in &granted {
+            assert_eq!(group, "crossaccount.io");
+            assert!(!resource.starts_with("awsaccounts"), "{resource}");
+            if resource.ends_with("/status") {
+                assert!(
+                    ["get", "list", "watch"].contains(&verb.as_str()),
+                    "{verb} {resource}"
+                );
+            }
+        }
+    }
     // The extension points reach the Deployment and every object.
     let deployment = one_of_kind(&docs, "Deployment");
     let pod = &deployment["spec"]["template"]["spec"];
@@ -809,9 +834,21 @@ fn describe_difference(granted: &BTreeSet<Permission>, needed: &BTreeSet<Permiss
 
 /// The rules of `docs`' ClusterRole as permissions (no resourceNames, no wildcards).
 fn cluster_role_permissions(docs: &[Value]) -> BTreeSet<Permission> {
-    let cluster_role: ClusterRole =
-        serde_json::from_value(one_of_kind(docs, "ClusterRole").clone()).unwrap();
+    // The operator's own: not one aggregated into Kubernetes' default roles.
+    let own: Vec<&Value> = of_kind(docs, "ClusterRole")
+        .into_iter()
+        .filter(|d| !is_aggregated(d))
+        .collect();
+    assert_eq!(own.len(), 1, "one ClusterRole of the operator's");
+    let cluster_role: ClusterRole = serde_json::from_value(own[0].clone()).unwrap();
     rules_permissions("ClusterRole", &cluster_role.rules.unwrap_or_default())
+}
+
+fn is_aggregated(doc: &Value) -> bool {
+    doc["metadata"]["labels"].as_object().is_some_and(|l| {
+        l.keys()
+            .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+    })
 }
 
 fn rules_permissions(what: &str, rules: &[PolicyRule]) -> BTreeSet<Permission> {
@@ -1287,6 +1324,50 @@ fn installs_into_a_fresh_namespace_and_uninstalls_cleanly() {
             "{kind}/{fullname} was not installed"
         );
     }
+    // kube-controller-manager folds the aggregated roles into Kubernetes' default ones.
+    let rules_of = |role: &str| -> Result<Vec<PolicyRule>, String> {
+        let out = kubectl(&["get", "clusterrole", role, "-o", "json"]);
+        if !out.status.success() {
+            return Err(text(&out.stderr));
+        }
+        let role: ClusterRole =
+            serde_json::from_str(&text(&out.stdout)).map_err(|e| e.to_string())?;
+        Ok(role.rules.unwrap_or_default())
+    };
+    let may = |rules: &[PolicyRule], verb: &str| {
+        rules.iter().any(|r| {
+            r.api_groups
+                .as_ref()
+                .is_some_and(|g| g.iter().any(|g| g == "crossaccount.io"))
+                && r.resources
+                    .as_ref()
+                    .is_some_and(|x| x.iter().any(|x| x == "crossaccountroles"))
+                && r.verbs.iter().any(|v| v == verb)
+        })
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let (edit, view) = (rules_of("edit"), rules_of("view"));
+        if let (Ok(edit), Ok(view)) = (&edit, &view)
+            && may(edit, "create")
+            && may(view, "list")
+        {
+            assert!(!may(view, "create"), "view may create CrossAccountRoles");
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the default roles never got CrossAccountRoles: edit {edit:?}, view {view:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    for suffix in ["view", "edit"] {
+        assert!(
+            exists(&["clusterrole", &format!("{fullname}-{suffix}")]),
+            "clusterrole {fullname}-{suffix} was not installed"
+        );
+    }
+
     // What the apiserver stored is what the chart rendered (nothing dropped as unknown).
     let stored: Value = serde_json::from_str(&kubectl_ok(&[
         "get",
@@ -1321,6 +1402,12 @@ fn installs_into_a_fresh_namespace_and_uninstalls_cleanly() {
         assert!(
             !exists(&[kind, &fullname]),
             "{kind}/{fullname} survived the uninstall"
+        );
+    }
+    for suffix in ["view", "edit"] {
+        assert!(
+            !exists(&["clusterrole", &format!("{fullname}-{suffix}")]),
+            "clusterrole {fullname}-{suffix} survived the uninstall"
         );
     }
     // The CRDs stay (Helm never deletes them; here they were not the release's anyway).
