@@ -273,6 +273,23 @@ fn lints_with_its_ci_values_works_as_a_subchart_and_keeps_names_and_versions_val
     let (chart, ci_values) = (chart.to_str().unwrap(), ci_values.to_str().unwrap());
     // chart-testing and scanners lint with the ci/ values: the chart must not be skipped.
     helm_ok(&["lint", "--strict", chart, "-f", ci_values]);
+    // Users of a chart repository upgrade the CRDs from `helm show crds`: it must give both,
+    // exactly as crds/ has them, and the apiserver must take them by server-side apply.
+    let shown = helm_ok(&["show", "crds", chart]);
+    for kind in ["kind: AwsAccount", "kind: CrossAccountRole"] {
+        assert!(shown.contains(kind), "helm show crds lacks {kind}");
+    }
+    let file = std::env::temp_dir().join(format!("cao-crds-{}.yaml", std::process::id()));
+    std::fs::write(&file, &shown).unwrap();
+    let applied = kubectl(&[
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&file);
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
     // A parent chart's `global` values reach every subchart; the schema must let them in.
     render(
         "cao",
