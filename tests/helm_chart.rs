@@ -169,6 +169,8 @@ const EVERY_OPTION: &[&str] = &[
     "--set",
     "serviceMonitor.labels.release=prometheus",
     "--set",
+    "prometheusRule.enabled=true",
+    "--set",
     "podDisruptionBudget.enabled=true",
     "--set",
     "networkPolicy.enabled=true",
@@ -964,6 +966,72 @@ fn rbac_grants_exactly_what_the_operator_uses() {
             "cao-cross-account-operator-leader-election",
             "Role",
         );
+    }
+}
+
+/// The metric families the operator exposes (src/metrics.rs; counters end in `_total`).
+const OPERATOR_METRICS: &[&str] = &[
+    "crossaccount_aws_requests_total",
+    "crossaccount_reconciles_total",
+    "crossaccount_reconcile_errors_total",
+    "crossaccount_reconcile_duration_seconds",
+    "crossaccount_abandoned_roles_total",
+    "crossaccount_credentials_expiry_seconds",
+];
+
+#[test]
+fn the_alerts_are_promql_on_the_operators_own_metrics() {
+    let docs = render(
+        "cao",
+        "ops",
+        &[
+            "--set",
+            "clusterName=x",
+            "--set",
+            "prometheusRule.enabled=true",
+        ],
+    );
+    let rule = one_of_kind(&docs, "PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+    let alerts: BTreeSet<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
+    assert_eq!(
+        alerts,
+        [
+            "CrossAccountCredentialsExpiring",
+            "CrossAccountOperatorNotReconciling",
+            "CrossAccountReconcileErrors",
+            "CrossAccountRolesAbandoned",
+        ]
+        .into(),
+    );
+    for rule in rules {
+        let expr = rule["expr"].as_str().unwrap();
+        promql_parser::parser::parse(expr)
+            .unwrap_or_else(|e| panic!("{}: not PromQL: {e}\n{expr}", rule["alert"]));
+        let mut rest = expr;
+        while let Some(at) = rest.find("crossaccount_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                OPERATOR_METRICS.contains(&name.as_str()),
+                "{}: {name} is not a metric the operator exposes",
+                rule["alert"]
+            );
+            rest = &rest[at + name.len()..];
+        }
+        for key in ["summary", "description"] {
+            assert!(
+                rule["annotations"][key]
+                    .as_str()
+                    .is_some_and(|t| !t.is_empty()),
+                "{}: no {key}",
+                rule["alert"]
+            );
+        }
+        assert!(rule["labels"]["severity"].is_string(), "{}", rule["alert"]);
     }
 }
 
