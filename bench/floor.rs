@@ -39,6 +39,7 @@ pub async fn run(
     concurrency: usize,
 ) -> Duration {
     let start = Instant::now();
+    grant_once(clients, spec).await;
     stream::iter(roles)
         .map(|role| one_role(clients, spec, role))
         .buffer_unordered(concurrency)
@@ -77,6 +78,7 @@ async fn one_role(clients: &FloorClients, spec: &FloorSpec<'_>, role: &FloorRole
         .tags(tag("crossaccount.io/cluster", "floor"))
         .tags(tag("crossaccount.io/namespace", "floor"))
         .tags(tag("crossaccount.io/name", &role.name))
+        .tags(tag(&grant_tag_key(spec.grant_user), FLOOR_CLUSTER))
         .send()
         .await
         .unwrap_or_else(|e| panic!("floor CreateRole {}: {e:?}", role.name));
@@ -88,19 +90,6 @@ async fn one_role(clients: &FloorClients, spec: &FloorSpec<'_>, role: &FloorRole
         .send()
         .await
         .unwrap_or_else(|e| panic!("floor AttachRolePolicy {}: {e:?}", role.name));
-    let grant = json!({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role.arn}],
-    });
-    clients
-        .source_iam
-        .put_user_policy()
-        .user_name(*grant_user)
-        .policy_name(grant_policy_name(&role.name))
-        .policy_document(grant.to_string())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("floor PutUserPolicy {}: {e:?}", role.name));
     if spec.credentials {
         clients
             .source_sts
@@ -146,21 +135,78 @@ pub fn trust_policy(
     })
 }
 
-fn grant_policy_name(role: &str) -> String {
-    format!("floor-assume-{role}")
+/// The floor's cluster name, in its grant tag and grant policy as the operator's is in its own.
+const FLOOR_CLUSTER: &str = "floor";
+
+fn grant_tag_key(user: &str) -> String {
+    format!("crossaccount.io/grant/user/{user}")
+}
+
+fn grant_policy_name(user: &str) -> String {
+    format!("crossaccount-{FLOOR_CLUSTER}-user-{user}")
+}
+
+/// The grant's source-account half, as the operator writes it (src/aws/grants.rs): one static
+/// policy for the user that allows assuming the roles tagged for it, created and attached once
+/// for all N roles; each role then needs only its tag and its trust.
+async fn grant_once(clients: &FloorClients, spec: &FloorSpec<'_>) {
+    let document = json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Action": "sts:AssumeRole",
+            "Resource": "*",
+            "Condition": {"StringEquals": {
+                format!("iam:ResourceTag/{}", grant_tag_key(spec.grant_user)): FLOOR_CLUSTER
+            }},
+        }],
+    });
+    let policy = clients
+        .source_iam
+        .create_policy()
+        .policy_name(grant_policy_name(spec.grant_user))
+        .path(format!("/crossaccount/{FLOOR_CLUSTER}/"))
+        .policy_document(document.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("floor CreatePolicy: {e:?}"));
+    let arn = policy
+        .policy()
+        .and_then(|p| p.arn())
+        .expect("the policy's ARN")
+        .to_owned();
+    clients
+        .source_iam
+        .attach_user_policy()
+        .user_name(spec.grant_user)
+        .policy_arn(arn)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("floor AttachUserPolicy: {e:?}"));
 }
 
 /// Removes what `run` created (not timed, not counted).
 pub async fn clean(clients: &FloorClients, spec: &FloorSpec<'_>, roles: &[FloorRole]) {
+    let arn = format!(
+        "arn:aws:iam::{}:policy/crossaccount/{FLOOR_CLUSTER}/{}",
+        spec.source_account,
+        grant_policy_name(spec.grant_user)
+    );
+    let _ = clients
+        .source_iam
+        .detach_user_policy()
+        .user_name(spec.grant_user)
+        .policy_arn(&arn)
+        .send()
+        .await;
+    let _ = clients
+        .source_iam
+        .delete_policy()
+        .policy_arn(&arn)
+        .send()
+        .await;
     stream::iter(roles)
         .map(|role| async move {
-            let _ = clients
-                .source_iam
-                .delete_user_policy()
-                .user_name(spec.grant_user)
-                .policy_name(grant_policy_name(&role.name))
-                .send()
-                .await;
             let _ = clients
                 .target_iam
                 .detach_role_policy()
