@@ -161,20 +161,23 @@ async fn grant_once(clients: &FloorClients, spec: &FloorSpec<'_>) {
             }},
         }],
     });
-    let policy = clients
+    // The policy never changes, so one left by an earlier phase or run is the same policy (the
+    // operator's identity may create grant policies but not delete them).
+    let created = clients
         .source_iam
         .create_policy()
         .policy_name(grant_policy_name(spec.grant_user))
         .path(format!("/crossaccount/{FLOOR_CLUSTER}/"))
         .policy_document(document.to_string())
         .send()
-        .await
-        .unwrap_or_else(|e| panic!("floor CreatePolicy: {e:?}"));
-    let arn = policy
-        .policy()
-        .and_then(|p| p.arn())
-        .expect("the policy's ARN")
-        .to_owned();
+        .await;
+    if let Err(e) = &created {
+        let exists = e
+            .as_service_error()
+            .is_some_and(|e| e.is_entity_already_exists_exception());
+        assert!(exists, "floor CreatePolicy: {e:?}");
+    }
+    let arn = grant_policy_arn(spec);
     clients
         .source_iam
         .attach_user_policy()
@@ -185,13 +188,18 @@ async fn grant_once(clients: &FloorClients, spec: &FloorSpec<'_>) {
         .unwrap_or_else(|e| panic!("floor AttachUserPolicy: {e:?}"));
 }
 
-/// Removes what `run` created (not timed, not counted).
-pub async fn clean(clients: &FloorClients, spec: &FloorSpec<'_>, roles: &[FloorRole]) {
-    let arn = format!(
+fn grant_policy_arn(spec: &FloorSpec<'_>) -> String {
+    format!(
         "arn:aws:iam::{}:policy/crossaccount/{FLOOR_CLUSTER}/{}",
         spec.source_account,
         grant_policy_name(spec.grant_user)
-    );
+    )
+}
+
+/// Removes what `run` created (not timed, not counted). The grant policy's detach and delete may
+/// be refused to the operator's identity; the next run reuses the policy.
+pub async fn clean(clients: &FloorClients, spec: &FloorSpec<'_>, roles: &[FloorRole]) {
+    let arn = grant_policy_arn(spec);
     let _ = clients
         .source_iam
         .detach_user_policy()

@@ -161,6 +161,38 @@ impl Bench {
         })
     }
 
+    /// Deletes CR `name` and waits until its `Ready` is False with a message containing `needle`
+    /// (why the deletion waits); returns the CR and that condition.
+    async fn delete_blocked(
+        &self,
+        name: &str,
+        needle: &str,
+    ) -> (CrossAccountRole, (String, String, String)) {
+        self.roles()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+        common::try_poll(CONVERGE, || {
+            let api = self.roles();
+            async move {
+                let cr = api.get(name).await.map_err(|e| e.to_string())?;
+                let ready = condition(&cr, "Ready");
+                if ready.0 == "False" && ready.2.contains(needle) {
+                    Ok((cr, ready))
+                } else {
+                    Err(format!("{ready:?}"))
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|last| {
+            panic!(
+                "Ready never said why deleting {name} waits ({needle:?}): {last}\n{}",
+                self.operator.log_tail(40)
+            )
+        })
+    }
+
     /// Deletes CR `name`, waits until it is gone and checks its role went with it.
     async fn delete(&self, name: &str, role_name: &str) {
         common::delete_role_and_wait(&self.client, &self.ns.name, name, CONVERGE).await;
@@ -427,25 +459,9 @@ async fn a_deletion_iam_denies_keeps_the_finalizer_and_backs_off() {
         .set_rules(vec![FaultRule::new(Fault::AccessDenied).service("iam")]);
     let mark = bench.proxy.mark();
     let deleted = Instant::now();
-    bench
-        .roles()
-        .delete("app", &DeleteParams::default())
-        .await
-        .expect("delete app");
-    let blocked = common::try_poll(CONVERGE, || {
-        let api = bench.roles();
-        async move {
-            let cr = api.get("app").await.map_err(|e| e.to_string())?;
-            let ready = condition(&cr, "Ready");
-            if ready.0 == "False" && ready.2.contains("deleting the IAM role failed") {
-                Ok((cr, ready))
-            } else {
-                Err(format!("{ready:?}"))
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|last| panic!("Ready never said why the deletion waits: {last}"));
+    let blocked = bench
+        .delete_blocked("app", "deleting the IAM role failed")
+        .await;
     assert!(
         !blocked.1.2.contains(PROXY_REQUEST_ID),
         "no request ID: {:?}",
@@ -629,30 +645,11 @@ async fn a_deletion_while_the_account_cannot_be_read_keeps_the_finalizer_and_lea
     )
     .await;
     let mark = bench.proxy.mark();
-    bench
-        .roles()
-        .delete("app", &DeleteParams::default())
-        .await
-        .expect("delete app");
-    let blocked = common::try_poll(CONVERGE, || {
-        let api = bench.roles();
-        async move {
-            let cr = api.get("app").await.map_err(|e| e.to_string())?;
-            let ready = condition(&cr, "Ready");
-            if ready.0 == "False" && ready.2.contains("cannot be read") {
-                Ok((cr, ready))
-            } else {
-                Err(format!("{ready:?}"))
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|last| {
-        panic!(
-            "Ready never said the AwsAccount cannot be read: {last}\n{}",
-            bench.operator.log_tail(40)
-        )
-    });
+    // The reconcile before the deletion reports the unreadable account too: wait for the
+    // deletion's own message.
+    let blocked = bench
+        .delete_blocked("app", "cannot delete the IAM role: AwsAccount")
+        .await;
     let (cr, ready) = blocked;
     assert!(
         cr.finalizers()
