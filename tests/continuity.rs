@@ -52,14 +52,8 @@ impl Bench {
     async fn start(tag: &str) -> Bench {
         let client = common::kube_client().await;
         let proxy = AwsProxy::start(&env("AWS_ENDPOINT_URL")).await;
-        let log_dir = common::devenv_dir().join("logs");
-        std::fs::create_dir_all(&log_dir).expect("create the log directory");
-        let log_path = log_dir.join(format!("operator-continuity-{tag}.log"));
-        let log = std::fs::File::create(&log_path)
-            .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
-        let operator = Operator::start_with(
-            log,
-            log_path,
+        let operator = Operator::start_logged(
+            &format!("continuity-{tag}"),
             OperatorOptions {
                 aws_endpoint: Some(proxy.endpoint()),
                 ..OperatorOptions::default()

@@ -30,7 +30,7 @@ use common::{
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
 };
 use serde_json::json;
 
@@ -114,42 +114,12 @@ impl Drop for DeleteOnPanic {
     }
 }
 
-async fn delete_all_roles(client: &Client, namespaces: &[&str]) {
-    for ns in namespaces {
-        let api = common::roles_api(client, ns);
-        api.delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await
-            .expect("delete the test's CrossAccountRoles");
-        common::poll(
-            &format!("the CrossAccountRoles of {ns} to be gone"),
-            Duration::from_secs(120),
-            || {
-                let api = api.clone();
-                async move {
-                    match api.list(&ListParams::default()).await {
-                        Ok(list) if list.items.is_empty() => Ok(()),
-                        Ok(list) => Err(format!("{} left", list.items.len())),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-            },
-        )
-        .await;
-    }
-}
-
 #[tokio::test]
 async fn one_namespaces_flood_of_mints_does_not_delay_anothers() {
     let client = common::kube_client().await;
     let proxy = AwsProxy::start(&env("AWS_ENDPOINT_URL")).await;
-    let log_dir = common::devenv_dir().join("logs");
-    std::fs::create_dir_all(&log_dir).expect("create the log directory");
-    let log_path = log_dir.join("operator-fairness.log");
-    let log = std::fs::File::create(&log_path)
-        .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
-    let operator = Operator::start_with(
-        log,
-        log_path,
+    let operator = Operator::start_logged(
+        "fairness",
         OperatorOptions {
             aws_endpoint: Some(proxy.endpoint()),
             args: vec!["--assume-role-rate".into(), RATE.to_string()],
@@ -304,6 +274,10 @@ async fn one_namespaces_flood_of_mints_does_not_delay_anothers() {
          {edits} Secret edits, {flood_mints} flood mints"
     );
 
-    delete_all_roles(&client, &[&flood_ns.name, &quiet_ns.name]).await;
+    for ns in [&flood_ns.name, &quiet_ns.name] {
+        common::delete_roles_and_wait(&client, ns, Duration::from_secs(120))
+            .await
+            .unwrap_or_else(|left| panic!("the test's CrossAccountRoles did not go: {left}"));
+    }
     assert!(problems.is_empty(), "{problems:#?}");
 }

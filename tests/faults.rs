@@ -104,14 +104,8 @@ impl Scenario {
     }
 
     fn spawn(&mut self, tag: &str, options: OperatorOptions) -> usize {
-        let log_dir = common::devenv_dir().join("logs");
-        std::fs::create_dir_all(&log_dir).expect("create the log directory");
-        let log_path = log_dir.join(format!("operator-faults-{tag}.log"));
-        let log = std::fs::File::create(&log_path)
-            .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
-        let operator = Operator::start_with(
-            log,
-            log_path,
+        let operator = Operator::start_logged(
+            &format!("faults-{tag}"),
             OperatorOptions {
                 aws_endpoint: Some(self.proxy.endpoint()),
                 ..options

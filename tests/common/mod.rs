@@ -401,19 +401,23 @@ impl Operator {
     }
 
     fn spawn() -> Operator {
-        let log_dir = devenv_dir().join("logs");
-        std::fs::create_dir_all(&log_dir).expect("create target/devenv/logs");
-        let log_path = log_dir.join(format!("operator-{}.log", env!("CARGO_CRATE_NAME")));
-        let log = std::fs::File::create(&log_path)
-            .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
-        Operator::start_with(
-            log,
-            log_path,
+        Operator::start_logged(
+            env!("CARGO_CRATE_NAME"),
             OperatorOptions {
                 aws_endpoint: Some(shared_proxy().endpoint()),
                 ..OperatorOptions::default()
             },
         )
+    }
+
+    /// [`Operator::start_with`] writing its log to `<devenv>/logs/operator-<name>.log`.
+    pub fn start_logged(name: &str, options: OperatorOptions) -> Operator {
+        let log_dir = devenv_dir().join("logs");
+        std::fs::create_dir_all(&log_dir).expect("create target/devenv/logs");
+        let log_path = log_dir.join(format!("operator-{name}.log"));
+        let log = std::fs::File::create(&log_path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
+        Operator::start_with(log, log_path, options)
     }
 
     /// Starts an operator process of this binary's own (`--cluster-name it`, the short resync)
@@ -745,36 +749,13 @@ pub async fn source_iam() -> aws_sdk_iam::Client {
 /// minute for them to go, on a thread and runtime of its own (the test's runtime is blocked in
 /// the drop), so that an operator still running removes their roles before it exits.
 pub fn delete_roles_while_the_operator_runs(namespaces: Vec<String>) {
-    use kube::api::{DeleteParams, ListParams};
-    let _ = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async move {
-                let Ok(client) = Client::try_default().await else {
-                    return;
-                };
-                for ns in &namespaces {
-                    let api = roles_api(&client, ns);
-                    let _ = api
-                        .delete_collection(&DeleteParams::default(), &ListParams::default())
-                        .await;
-                    let _ = try_poll(Duration::from_secs(60), || {
-                        let api = api.clone();
-                        async move {
-                            match api.list(&ListParams::default()).await {
-                                Ok(list) if list.items.is_empty() => Ok(()),
-                                Ok(list) => Err(format!("{} left", list.items.len())),
-                                Err(e) => Err(e.to_string()),
-                            }
-                        }
-                    })
-                    .await;
-                }
-            })
-    })
-    .join();
+    on_own_runtime(async move {
+        if let Ok(client) = Client::try_default().await {
+            for ns in &namespaces {
+                let _ = delete_roles_and_wait(&client, ns, Duration::from_secs(60)).await;
+            }
+        }
+    });
 }
 
 /// The test bed's administrator of the source account (`SOURCE_ADMIN_*` in `target/devenv/env`,
@@ -1062,25 +1043,34 @@ impl Drop for TargetRoleGuard {
 pub fn delete_roles_of(namespace: &str, timeout: Duration) {
     let namespace = namespace.to_owned();
     on_own_runtime(async move {
-        let Ok(client) = Client::try_default().await else {
-            return;
-        };
-        let api = roles_api(&client, &namespace);
-        let _ = api
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await;
-        let _ = try_poll(timeout, || {
-            let api = api.clone();
-            async move {
-                match api.list(&ListParams::default()).await {
-                    Ok(list) if list.items.is_empty() => Ok(()),
-                    Ok(list) => Err(format!("{} left", list.items.len())),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        })
-        .await;
+        if let Ok(client) = Client::try_default().await {
+            let _ = delete_roles_and_wait(&client, &namespace, timeout).await;
+        }
     });
+}
+
+/// Deletes every CrossAccountRole of `namespace` and waits up to `timeout` until they are gone
+/// (an operator running has released them); `Err` says how many were left.
+pub async fn delete_roles_and_wait(
+    client: &Client,
+    namespace: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let api = roles_api(client, namespace);
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .map_err(|e| format!("delete the CrossAccountRoles of {namespace}: {e}"))?;
+    try_poll(timeout, || {
+        let api = api.clone();
+        async move {
+            match api.list(&ListParams::default()).await {
+                Ok(list) if list.items.is_empty() => Ok(()),
+                Ok(list) => Err(format!("{} left in {namespace}", list.items.len())),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await
 }
 
 pub fn on_own_runtime<F>(work: F)
