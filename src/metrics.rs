@@ -112,6 +112,7 @@ pub struct Metrics {
     pub(crate) reconciles: Family<ReconcileLabels, Counter>,
     pub(crate) reconcile_errors: Family<ReconcileErrorLabels, Counter>,
     pub(crate) reconcile_duration: Family<ReconcileLabels, Histogram>,
+    pub(crate) reconcile_queue: Family<ReconcileLabels, Histogram>,
     pub(crate) abandoned_roles: Counter,
 }
 
@@ -152,6 +153,14 @@ impl Metrics {
             "Time taken by one reconcile, by kind",
             reconcile_duration.clone(),
         );
+        let reconcile_queue = Family::<ReconcileLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0])
+        });
+        registry.register(
+            "reconcile_queue_seconds",
+            "Time an object due for reconcile waited for a worker, by kind (CrossAccountRole only)",
+            reconcile_queue.clone(),
+        );
         let abandoned_roles = Counter::default();
         registry.register(
             "abandoned_roles",
@@ -170,6 +179,7 @@ impl Metrics {
             reconciles,
             reconcile_errors,
             reconcile_duration,
+            reconcile_queue,
             abandoned_roles,
         }
     }

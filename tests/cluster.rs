@@ -138,7 +138,7 @@ async fn describe_namespace(client: &Client, name: &str) -> String {
         .map(|list| {
             list.items
                 .iter()
-                .map(|r| format!("{} ({})", r.name_any(), common::describe_role(r)))
+                .map(common::describe_role)
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();

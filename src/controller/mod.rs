@@ -2,8 +2,8 @@
 //! CrossAccountRole controller (`role`: triggers, the reconcile entry, deletion) with its
 //! finalizer handling (`finalizer`), events (`events`), when to look again (`requeue`,
 //! `backoff`), the watch-fed caches (`caches`), the recent-sync memo (`recent_sync`), the
-//! namespaces watched (`scope`) and watch recovery (`watch`); and the AwsAccount controller
-//! (`account`).
+//! namespaces watched (`scope`), the fair queue for workers (`turns`) and watch recovery
+//! (`watch`); and the AwsAccount controller (`account`).
 
 mod account;
 mod backoff;
@@ -14,6 +14,7 @@ mod recent_sync;
 mod requeue;
 mod role;
 mod scope;
+mod turns;
 pub(crate) mod watch;
 
 pub use scope::WatchScope;
@@ -62,16 +63,9 @@ pub async fn run(
     readiness: Readiness,
     stop: signal::Receiver<bool>,
 ) {
-    let (ctx, feeds) = Context::new(
-        client,
-        aws,
-        operator,
-        metrics,
-        settings.resync_interval,
-        settings.instance,
-        settings.scope,
-    );
-    run_controllers(Arc::new(ctx), feeds, settings.concurrency, readiness, stop).await;
+    let concurrency = settings.concurrency;
+    let (ctx, feeds) = Context::new(client, aws, operator, metrics, settings);
+    run_controllers(Arc::new(ctx), feeds, concurrency, readiness, stop).await;
 }
 
 /// Everything a reconcile needs, shared by all reconciles.
@@ -87,33 +81,33 @@ pub(crate) struct Context<A: Aws> {
     caches: caches::Caches,
     recent: recent_sync::RecentSyncs,
     mints: crate::pipeline::credentials::MintBudget,
+    /// Workers for CrossAccountRole reconciles, first come first served.
+    turns: turns::Turns,
 }
 
 impl<A: Aws> Context<A> {
-    /// The context, and the feeds of its caches. `instance` names this replica in the events it
-    /// publishes (the pod name); `scope` says which CrossAccountRoles are its to manage.
+    /// The context, and the feeds of its caches, for controllers that run with `settings`.
     pub(crate) fn new(
         client: Client,
         aws: A,
         operator: OperatorIdentity,
         metrics: Arc<Metrics>,
-        resync_interval: Duration,
-        instance: Option<String>,
-        scope: WatchScope,
+        settings: Settings,
     ) -> (Self, CacheFeeds) {
         let (caches, feeds) = caches::Caches::new(client.clone());
         let ctx = Self {
-            events: events::Events::new(client.clone(), instance),
+            events: events::Events::new(client.clone(), settings.instance),
             client,
             aws,
             operator,
             metrics,
             backoff: backoff::PerObjectBackoff::default(),
-            resync_interval,
-            scope,
+            resync_interval: settings.resync_interval,
+            scope: settings.scope,
             caches,
-            recent: recent_sync::RecentSyncs::new(resync_interval),
+            recent: recent_sync::RecentSyncs::new(settings.resync_interval),
             mints: Default::default(),
+            turns: turns::Turns::new(settings.concurrency),
         };
         (ctx, feeds)
     }
@@ -186,8 +180,16 @@ async fn run_controllers<A: Aws>(
     let stopped = |mut rx: signal::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let (roles, roles_ready) =
-        role::controller(ctx.clone(), feeds, concurrency, stopped(stop.clone()));
+    let (roles, roles_ready) = role::controller(ctx.clone(), feeds, stopped(stop.clone()));
+    // Reconciles still waiting for a worker when the controllers stop are left to the next
+    // leader (graceful shutdown waits only for those under way).
+    tokio::spawn({
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        async move {
+            stopped(stop).await;
+            ctx.turns.close();
+        }
+    });
     let (accounts, accounts_ready) = account::controller(ctx.clone(), concurrency, stopped(stop));
     tokio::spawn(async move {
         let _ = tokio::join!(roles_ready, accounts_ready, ctx.caches.synced());

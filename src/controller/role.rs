@@ -54,7 +54,6 @@ type Guarded = DeserializeGuard<CrossAccountRole>;
 pub(super) fn controller<A: Aws>(
     ctx: Arc<Context<A>>,
     feeds: super::CacheFeeds,
-    concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> (
     impl Stream<Item = ()> + Send,
@@ -103,7 +102,9 @@ pub(super) fn controller<A: Aws>(
                 .filter(move |g| g.namespace().as_deref() == Some(name.as_str()))
                 .map(|g| ObjectRef::from_obj(&*g))
         })
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        // No cap here: kube-runtime's takes held objects in no order, so some can starve under
+        // load; `Turns` gives the workers out in order instead (see `turns.rs`).
+        .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .map(|result| {
@@ -152,6 +153,13 @@ pub(super) async fn reconcile<A: Aws>(
         tracing::debug!(object = %key(&*guarded), "not in a watched namespace; left alone");
         return Ok(Action::await_change());
     }
+    let Some((_turn, waited)) = ctx.turns.take().await else {
+        return Ok(Action::await_change());
+    };
+    ctx.metrics
+        .reconcile_queue
+        .get_or_create(&crate::metrics::ReconcileLabels { kind: KIND })
+        .observe(waited.as_secs_f64());
     let cr = match &guarded.0 {
         Ok(cr) => cr,
         Err(invalid) => return unreadable(&guarded, invalid, &ctx).await,

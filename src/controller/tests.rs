@@ -199,9 +199,12 @@ fn testbed_in(scope: super::WatchScope) -> (Arc<Context<FakeAws>>, ApiServer, Fa
         aws.clone(),
         operator(),
         Metrics::new(),
-        Duration::from_secs(600),
-        Some("operator-0".into()),
-        scope,
+        super::Settings {
+            concurrency: 8,
+            resync_interval: Duration::from_secs(600),
+            instance: Some("operator-0".into()),
+            scope,
+        },
     );
     (Arc::new(ctx), ApiServer(handle), aws)
 }

@@ -2,7 +2,10 @@
 //! to refresh them, is decided here purely (the clock and the jitter are passed in); the
 //! AssumeRole call itself goes through [`AccountApi::assume_role`] of the source account.
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
 
 use jiff::{SignedDuration, Timestamp};
 
@@ -51,79 +54,136 @@ const MINTS_UNDER_WAY_PER_NAMESPACE: usize = 2;
 /// of a short session, a Secret edited over and over).
 pub(crate) const MIN_MINT_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How long a mint is assumed to hold its slot before one has been measured.
+const INITIAL_MINT_TIME: Duration = Duration::from_millis(500);
+/// Bounds of the wait given to an object whose namespace has no free slot.
+const MIN_SLOT_WAIT: Duration = Duration::from_millis(200);
+const MAX_SLOT_WAIT: Duration = Duration::from_secs(30);
+/// An object that has not asked again for this long has left the line (deleted, refused, or
+/// failing before its mint).
+const LEFT_THE_LINE: Duration = Duration::from_secs(2 * 30);
+
 /// Fairness of minting between namespaces and objects.
-#[derive(Default)]
+#[derive(Debug)]
 pub(crate) struct MintBudget {
-    under_way: std::sync::Mutex<std::collections::HashMap<String, usize>>,
-    last_mint: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    namespaces: std::sync::Mutex<HashMap<String, NamespaceMints>>,
+    last_mint: std::sync::Mutex<HashMap<String, Instant>>,
+    /// How long a mint holds its slot, on average (a moving average of the last ones).
+    mint_time: std::sync::Mutex<Duration>,
+}
+
+impl Default for MintBudget {
+    fn default() -> Self {
+        Self {
+            namespaces: Default::default(),
+            last_mint: Default::default(),
+            mint_time: std::sync::Mutex::new(INITIAL_MINT_TIME),
+        }
+    }
+}
+
+/// The mints of one namespace: those under way, and the objects that found no free slot, in the
+/// order they first asked (with when they last asked).
+#[derive(Debug, Default)]
+struct NamespaceMints {
+    under_way: usize,
+    waiting: VecDeque<(String, Instant)>,
 }
 
 /// A mint of `namespace` under way; ends when dropped.
+#[derive(Debug)]
 pub(crate) struct MintSlot<'a> {
     budget: &'a MintBudget,
     namespace: String,
+    since: Instant,
 }
 
 impl Drop for MintSlot<'_> {
     fn drop(&mut self) {
-        let mut under_way = self
-            .budget
-            .under_way
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = under_way.get_mut(&self.namespace) {
-            *n -= 1;
-            if *n == 0 {
-                under_way.remove(&self.namespace);
+        let held = self.since.elapsed();
+        let mut average = lock(&self.budget.mint_time);
+        *average = (*average * 4 + held) / 5;
+        drop(average);
+        let mut namespaces = lock(&self.budget.namespaces);
+        if let Some(mints) = namespaces.get_mut(&self.namespace) {
+            mints.under_way = mints.under_way.saturating_sub(1);
+            if mints.under_way == 0 && mints.waiting.is_empty() {
+                namespaces.remove(&self.namespace);
             }
         }
     }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl MintBudget {
     /// A slot for a mint of object `key` in `namespace` now, or how long to wait: the object
     /// minted less than [`MIN_MINT_INTERVAL`] ago, or its namespace has
-    /// [`MINTS_UNDER_WAY_PER_NAMESPACE`] mints under way.
+    /// [`MINTS_UNDER_WAY_PER_NAMESPACE`] mints under way. Objects that find no free slot join
+    /// their namespace's line and are told to come back when their turn is likely, so that a
+    /// hundred objects applied at once ask again spread out, in the order they came, instead of
+    /// all of them every second. A free slot goes to whoever asks first (none is left idle).
     pub(crate) fn enter(
         &self,
         namespace: &str,
         key: &str,
-        now: std::time::Instant,
+        now: Instant,
     ) -> Result<MintSlot<'_>, Duration> {
-        if let Some(last) = self
-            .last_mint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-        {
+        if let Some(last) = lock(&self.last_mint).get(key) {
             let since = now.saturating_duration_since(*last);
             if since < MIN_MINT_INTERVAL {
                 return Err(MIN_MINT_INTERVAL - since);
             }
         }
-        let mut under_way = self.under_way.lock().unwrap_or_else(|e| e.into_inner());
-        let n = under_way.entry(namespace.to_owned()).or_default();
-        if *n >= MINTS_UNDER_WAY_PER_NAMESPACE {
-            return Err(Duration::from_secs(1));
+        let mint_time = *lock(&self.mint_time);
+        let mut namespaces = lock(&self.namespaces);
+        let mints = namespaces.entry(namespace.to_owned()).or_default();
+        mints
+            .waiting
+            .retain(|(_, asked)| now.saturating_duration_since(*asked) < LEFT_THE_LINE);
+        let place = mints.waiting.iter().position(|(k, _)| k == key);
+        if mints.under_way < MINTS_UNDER_WAY_PER_NAMESPACE {
+            mints.under_way += 1;
+            if let Some(place) = place {
+                mints.waiting.remove(place);
+            }
+            return Ok(MintSlot {
+                budget: self,
+                namespace: namespace.to_owned(),
+                since: now,
+            });
         }
-        *n += 1;
-        Ok(MintSlot {
-            budget: self,
-            namespace: namespace.to_owned(),
-        })
+        let place = match place {
+            Some(place) => {
+                mints.waiting[place].1 = now;
+                place
+            }
+            None => {
+                mints.waiting.push_back((key.to_owned(), now));
+                mints.waiting.len() - 1
+            }
+        };
+        let turns = u32::try_from(place / MINTS_UNDER_WAY_PER_NAMESPACE + 1).unwrap_or(u32::MAX);
+        Err(mint_time
+            .saturating_mul(turns)
+            .clamp(MIN_SLOT_WAIT, MAX_SLOT_WAIT))
     }
 
-    /// Object `key` is gone: its last mint need not be remembered.
+    /// Object `key` is gone: its last mint need not be remembered, nor its place in line.
     pub(crate) fn forget(&self, key: &str) {
-        self.last_mint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        lock(&self.last_mint).remove(key);
+        let mut namespaces = lock(&self.namespaces);
+        namespaces.retain(|_, mints| {
+            mints.waiting.retain(|(k, _)| k != key);
+            mints.under_way > 0 || !mints.waiting.is_empty()
+        });
     }
 
     /// Object `key` minted at `now`; entries older than the interval are dropped on the way.
-    pub(crate) fn minted(&self, key: &str, now: std::time::Instant) {
-        let mut last = self.last_mint.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn minted(&self, key: &str, now: Instant) {
+        let mut last = lock(&self.last_mint);
         last.retain(|_, at| now.saturating_duration_since(*at) < MIN_MINT_INTERVAL);
         last.insert(key.to_owned(), now);
     }
@@ -636,6 +696,89 @@ mod tests {
             !budget.last_mint.lock().unwrap().contains_key("flood/4"),
             "a deleted object's last mint is forgotten"
         );
+    }
+
+    #[test]
+    fn a_namespace_that_floods_is_told_to_come_back_in_turn_and_in_order() {
+        let budget = MintBudget::default();
+        let now = std::time::Instant::now();
+        let a = budget.enter("flood", "flood/a", now).unwrap();
+        let _b = budget.enter("flood", "flood/b", now).unwrap();
+        let waits: Vec<Duration> = (0..6)
+            .map(|i| {
+                budget
+                    .enter("flood", &format!("flood/{i}"), now)
+                    .unwrap_err()
+            })
+            .collect();
+        // Two slots: each pair of those in line waits one mint more than the pair before it.
+        assert_eq!(waits[0], INITIAL_MINT_TIME);
+        assert_eq!(waits[1], INITIAL_MINT_TIME);
+        assert_eq!(waits[2], INITIAL_MINT_TIME * 2);
+        assert_eq!(waits[5], INITIAL_MINT_TIME * 3);
+        assert_eq!(
+            budget.enter("flood", "flood/5", now).unwrap_err(),
+            INITIAL_MINT_TIME * 3,
+            "asking again keeps one's place"
+        );
+        drop(a);
+        let mint_time = *budget.mint_time.lock().unwrap();
+        assert!(
+            mint_time < INITIAL_MINT_TIME,
+            "the mint just measured counts"
+        );
+        let first = budget
+            .enter("flood", "flood/0", now)
+            .expect("a slot came free");
+        assert_eq!(
+            budget.enter("flood", "flood/5", now).unwrap_err(),
+            mint_time * 3,
+            "flood/0 left the line: flood/5 is fifth of five"
+        );
+        drop(first);
+        // Those that stop asking leave the line; a deleted object leaves it at once.
+        budget.forget("flood/1");
+        let later = now + LEFT_THE_LINE;
+        let _c = budget.enter("flood", "flood/c", later).unwrap();
+        assert_eq!(
+            budget.enter("flood", "flood/5", later).unwrap_err(),
+            MIN_SLOT_WAIT.max(*budget.mint_time.lock().unwrap()),
+            "the others left the line"
+        );
+        let namespaces = budget.namespaces.lock().unwrap();
+        assert_eq!(namespaces["flood"].waiting.len(), 1);
+    }
+
+    #[test]
+    fn the_wait_follows_how_long_mints_take_within_bounds() {
+        let budget = MintBudget::default();
+        let now = std::time::Instant::now();
+        *budget.mint_time.lock().unwrap() = Duration::from_millis(10);
+        let _a = budget.enter("ns", "ns/a", now).unwrap();
+        let _b = budget.enter("ns", "ns/b", now).unwrap();
+        assert_eq!(budget.enter("ns", "ns/c", now).unwrap_err(), MIN_SLOT_WAIT);
+        *budget.mint_time.lock().unwrap() = Duration::from_secs(5);
+        for i in 0..20 {
+            let _ = budget.enter("ns", &format!("ns/{i}"), now);
+        }
+        assert_eq!(budget.enter("ns", "ns/19", now).unwrap_err(), MAX_SLOT_WAIT);
+    }
+
+    #[test]
+    fn a_namespace_with_nothing_under_way_or_waiting_is_not_kept() {
+        let budget = MintBudget::default();
+        let now = std::time::Instant::now();
+        let a = budget.enter("ns", "ns/a", now).unwrap();
+        let b = budget.enter("ns", "ns/b", now).unwrap();
+        let _ = budget.enter("ns", "ns/c", now).unwrap_err();
+        drop((a, b));
+        assert!(
+            budget.namespaces.lock().unwrap().contains_key("ns"),
+            "ns/c waits"
+        );
+        let c = budget.enter("ns", "ns/c", now).unwrap();
+        drop(c);
+        assert!(budget.namespaces.lock().unwrap().is_empty());
     }
 
     #[test]

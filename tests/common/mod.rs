@@ -27,7 +27,7 @@ use aws_proxy::{AwsProxy, LoggedRequest};
 use cross_account_operator::api::{AwsAccount, CrossAccountRole};
 use k8s_openapi::{api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
@@ -546,10 +546,15 @@ impl Operator {
     /// The last `lines` lines of the operator's log, headed by the file's path.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
+        // DEBUG lines (every AWS error answer, e.g. the NoSuchEntity of each probe) would
+        // crowd out the warnings that explain a failure.
+        let all: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE "))
+            .collect();
         let tail = all[all.len().saturating_sub(lines)..].join("\n");
         format!(
-            "--- last {lines} lines of {} ---\n{tail}\n--- end of operator log ---",
+            "--- last {lines} lines (INFO and above) of {} ---\n{tail}\n--- end of operator log ---",
             self.log_path.display()
         )
     }
@@ -1202,7 +1207,9 @@ pub fn role_condition<'a>(role: &'a CrossAccountRole, type_: &str) -> Option<&'a
 /// What a failing wait shows about a CrossAccountRole: generation, finalizers and status.
 pub fn describe_role(role: &CrossAccountRole) -> String {
     format!(
-        "generation {:?}, finalizers {:?}, deletionTimestamp {:?}, status {}",
+        "{}/{}: generation {:?}, finalizers {:?}, deletionTimestamp {:?}, status {}",
+        role.namespace().unwrap_or_default(),
+        role.name_any(),
         role.metadata.generation,
         role.metadata.finalizers,
         role.metadata.deletion_timestamp,
