@@ -13,9 +13,10 @@ help: ## List the targets
 build: ## Build the operator and crdgen
 	$(CARGO) build --bins
 
-crds: ## Regenerate crds/ (and the Helm chart's copy) from the Rust API types
+crds: ## Regenerate crds/ (and the Helm chart's copies) from the Rust API types
 	$(CARGO) run -q --bin crdgen -- --out crds
-	cp crds/*.yaml charts/cross-account-operator/crds/
+	cp crds/awsaccounts.yaml crds/crossaccountroles.yaml charts/cross-account-operator/crds/
+	cp crds/admission-policy.yaml charts/cross-account-operator/files/
 
 fmt: ## Check formatting
 	$(CARGO) fmt --all -- --check

@@ -4,6 +4,7 @@
 //! Imports run one way: the binaries -> [`controller`] -> `pipeline` -> `aws` / [`api`]; the AWS
 //! seam imports nothing of Kubernetes, and no pipeline step imports a later one.
 
+pub mod admission;
 pub mod api;
 pub mod aws;
 pub mod config;
@@ -16,6 +17,6 @@ pub mod leader;
 pub mod metrics;
 pub mod naming;
 pub(crate) mod pipeline;
-pub use pipeline::planned_writes_for_new_role;
+pub use pipeline::{guardrail_refusals, planned_writes_for_new_role};
 pub mod startup;
 pub mod telemetry;

@@ -21,10 +21,33 @@ fn kubectl(args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Deletes the guardrails' admission policy `crds/` installs (when dropped, also on a panic):
+/// other test binaries create objects it would refuse, which the operator must refuse itself.
+struct RemoveAdmissionPolicy;
+
+impl Drop for RemoveAdmissionPolicy {
+    fn drop(&mut self) {
+        let name = cross_account_operator::admission::POLICY_NAME;
+        for kind in [
+            "validatingadmissionpolicybinding",
+            "validatingadmissionpolicy",
+        ] {
+            let _ = kubectl(&["delete", kind, name, "--ignore-not-found"]);
+        }
+    }
+}
+
 #[test]
 fn kubectl_apply_crds_succeeds_and_is_idempotent() {
     common::env("KUBECONFIG");
+    let _remove = RemoveAdmissionPolicy;
     let first = kubectl(&["apply", "-f", "crds/"]).unwrap();
+    for object in [
+        "validatingadmissionpolicy.admissionregistration.k8s.io/guardrails.crossaccount.io",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/guardrails.crossaccount.io",
+    ] {
+        assert!(first.contains(object), "{first}");
+    }
     assert!(
         first.contains("crossaccountroles.crossaccount.io"),
         "{first}"

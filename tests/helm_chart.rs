@@ -244,6 +244,16 @@ fn one_of_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     found[0]
 }
 
+fn is_cluster_scoped(kind: &str) -> bool {
+    [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ]
+    .contains(&kind)
+}
+
 fn kinds(docs: &[Value]) -> BTreeSet<String> {
     docs.iter()
         .map(|d| d["kind"].as_str().unwrap_or_default().to_owned())
@@ -357,14 +367,16 @@ fn renders_the_operator_with_leader_election_and_hardening_by_default() {
             "Role",
             "RoleBinding",
             "Service",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
         .map(String::from)
         .into(),
         "the default objects"
     );
     for doc in &docs {
-        if doc["kind"] != "ClusterRole" && doc["kind"] != "ClusterRoleBinding" {
+        if !doc["kind"].as_str().is_some_and(is_cluster_scoped) {
             assert_eq!(doc["metadata"]["namespace"], "ops", "{doc}");
         }
     }
@@ -624,6 +636,64 @@ fn renders_every_optional_part() {
 }
 
 #[test]
+fn the_guardrails_admission_policy_is_the_one_of_crds_named_after_the_release() {
+    let shipped: Value = serde_yaml::from_str(
+        &fs::read_to_string(repo_root().join("crds/admission-policy.yaml")).unwrap(),
+    )
+    .unwrap();
+    let docs = render("cao", "ops", &["--set", "clusterName=x"]);
+    let policy = one_of_kind(&docs, "ValidatingAdmissionPolicy");
+    let binding = one_of_kind(&docs, "ValidatingAdmissionPolicyBinding");
+    let name = "cao-cross-account-operator-guardrails";
+    assert_eq!(policy["metadata"]["name"], name);
+    assert_eq!(binding["metadata"]["name"], name);
+    assert_eq!(binding["spec"]["policyName"], name);
+    assert_eq!(
+        policy["spec"], shipped["items"][0]["spec"],
+        "the policy of crds/"
+    );
+    let mut want = shipped["items"][1]["spec"].clone();
+    want["policyName"] = json!(name);
+    assert_eq!(binding["spec"], want, "every namespace by default");
+    assert_eq!(
+        policy["metadata"]["labels"]["app.kubernetes.io/instance"], "cao",
+        "labelled as the release's"
+    );
+
+    let docs = render(
+        "cao",
+        "ops",
+        &[
+            "--set",
+            "clusterName=x",
+            "--set",
+            "admissionPolicy.namespaceSelector.matchLabels.guardrails=on",
+        ],
+    );
+    assert_eq!(
+        one_of_kind(&docs, "ValidatingAdmissionPolicyBinding")["spec"]["matchResources"],
+        json!({"namespaceSelector": {"matchLabels": {"guardrails": "on"}}})
+    );
+    // Off, or on a cluster without ValidatingAdmissionPolicy (GA in 1.30): not rendered.
+    for extra in [
+        ["--set", "admissionPolicy.enabled=false"],
+        ["--kube-version", "1.29.0"],
+    ] {
+        let mut args = vec!["--set", "clusterName=x"];
+        args.extend_from_slice(&extra);
+        let docs = render("cao", "ops", &args);
+        assert!(
+            of_kind(&docs, "ValidatingAdmissionPolicy").is_empty(),
+            "{extra:?}"
+        );
+        assert!(
+            of_kind(&docs, "ValidatingAdmissionPolicyBinding").is_empty(),
+            "{extra:?}"
+        );
+    }
+}
+
+#[test]
 fn without_leader_election_there_is_no_lease_access_and_one_replica_is_required() {
     let docs = render(
         "cao",
@@ -724,13 +794,16 @@ fn chart_crds_are_the_repository_crds() {
     };
     let repo = repo_root().join("crds");
     let chart = chart_dir().join("crds");
+    // The admission policy is not a CRD: the chart has it in files/, as a template (Helm
+    // installs crds/ once and never upgrades it).
+    let mut crds = list(&repo);
+    assert!(crds.remove("admission-policy.yaml"));
     assert_eq!(
         list(&chart),
-        list(&repo),
-        "charts/cross-account-operator/crds/ must hold the same files as crds/ \
-         (copy them: cp crds/*.yaml charts/cross-account-operator/crds/)"
+        crds,
+        "charts/cross-account-operator/crds/ must hold the CRDs of crds/ (run `make crds`)"
     );
-    for name in list(&repo) {
+    for name in crds {
         let want = fs::read(repo.join(&name)).unwrap();
         let got = fs::read(chart.join(&name)).unwrap();
         assert!(
@@ -1300,6 +1373,11 @@ impl Release {
             "--skip-crds",
             "--timeout",
             "2m",
+            // The guardrails' admission policy is installed but bound to no namespace: the
+            // objects the tests create are the operator's to judge (tests/admission.rs tests
+            // the policy itself).
+            "--set",
+            "admissionPolicy.namespaceSelector.matchLabels.cao-helm-test=nobody",
         ];
         args.extend_from_slice(extra);
         helm_ok(&args);
@@ -1383,7 +1461,9 @@ fn installs_into_a_fresh_namespace_and_uninstalls_cleanly() {
     let status = helm_ok(&["status", &release_name, "--namespace", &namespace.name]);
     assert!(status.contains("STATUS: deployed"), "{status}");
     assert!(
-        status.contains("kubectl apply -f crds/"),
+        status.contains(
+            "helm show crds <chart> --version <version> | kubectl apply --server-side -f -"
+        ),
         "NOTES.txt: {status}"
     );
     let ns = namespace.name.as_str();
@@ -1407,6 +1487,16 @@ fn installs_into_a_fresh_namespace_and_uninstalls_cleanly() {
         assert!(
             exists(&[kind, &fullname]),
             "{kind}/{fullname} was not installed"
+        );
+    }
+    let guardrails = format!("{fullname}-guardrails");
+    for kind in [
+        "validatingadmissionpolicy",
+        "validatingadmissionpolicybinding",
+    ] {
+        assert!(
+            exists(&[kind, &guardrails]),
+            "{kind}/{guardrails} was not installed"
         );
     }
     // kube-controller-manager folds the aggregated roles into Kubernetes' default ones.
@@ -1487,6 +1577,15 @@ fn installs_into_a_fresh_namespace_and_uninstalls_cleanly() {
         assert!(
             !exists(&[kind, &fullname]),
             "{kind}/{fullname} survived the uninstall"
+        );
+    }
+    for kind in [
+        "validatingadmissionpolicy",
+        "validatingadmissionpolicybinding",
+    ] {
+        assert!(
+            !exists(&[kind, &guardrails]),
+            "{kind}/{guardrails} survived the uninstall"
         );
     }
     for suffix in ["view", "edit"] {

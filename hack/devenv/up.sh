@@ -271,7 +271,10 @@ start_kube_controller_manager() {
 
 apply_kubernetes_objects() {
   export KUBECONFIG="$kubeconfig"
-  kubectl apply -f "$crds_dir" >&2
+  # The CRDs only: the guardrails' admission policy (admission-policy.yaml) would refuse the
+  # objects the tests of the operator's own refusals create; tests/admission.rs installs it,
+  # bound to its own namespaces.
+  kubectl apply -f "$crds_dir/awsaccounts.yaml" -f "$crds_dir/crossaccountroles.yaml" >&2
   kubectl wait --for condition=established --timeout=60s \
     crd/awsaccounts.crossaccount.io crd/crossaccountroles.crossaccount.io >&2
   kubectl apply -f - >&2 <<EOF

@@ -671,6 +671,23 @@ fn secrets_of<A: Aws>(io: &Io<'_, A>, cr: &CrossAccountRole) -> Api<Secret> {
     Api::namespaced(io.kube.clone(), &cr.namespace().unwrap_or_default())
 }
 
+/// What the operator says of `cr` against the guardrails of `account`, for a namespace with
+/// `namespace_labels`: each violation as its status would name it, or the one refusal that stops
+/// validation early; empty when the spec is within them. (The admission policy's tests compare
+/// the apiserver's messages with these.)
+pub fn guardrail_refusals(
+    cr: &CrossAccountRole,
+    account: &AwsAccount,
+    namespace_labels: &BTreeMap<String, String>,
+    operator: &OperatorIdentity,
+) -> Vec<String> {
+    let owner = Owner::of(cr, operator);
+    match validate::validate(cr, account, namespace_labels, operator, &owner) {
+        Ok(checked) => checked.violations,
+        Err(refusal) => vec![refusal.message],
+    }
+}
+
 /// The IAM operations the pipeline plans for `cr` when nothing of it exists in AWS yet (what
 /// `make bench` counts as the minimum), or the refusal's message.
 pub fn planned_writes_for_new_role(

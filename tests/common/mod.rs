@@ -80,7 +80,8 @@ impl TestNamespace {
         Self::with_labels(client, prefix, json!({})).await
     }
 
-    async fn with_labels(client: &Client, prefix: &str, labels: Value) -> Self {
+    /// A namespace with exactly `labels`.
+    pub async fn with_labels(client: &Client, prefix: &str, labels: Value) -> Self {
         let name = unique(prefix);
         let ns: Namespace = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": labels}
