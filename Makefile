@@ -5,7 +5,7 @@ CARGO ?= cargo
 ENV_FILE := target/devenv/env
 CONSUMERS_ENV_FILE := target/consumers/env
 
-.PHONY: help build crds fmt lint unit integration test env-up env-down demo demo-repeat bench consumers-deps
+.PHONY: help build crds fmt lint chart-lint unit integration test env-up env-down demo demo-repeat bench consumers-deps
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ fmt: ## Check formatting
 lint: ## Clippy with warnings as errors, and imports that run one way (hack/check-imports.py)
 	$(CARGO) clippy --all-targets -- -D warnings
 	python3 hack/check-imports.py
+
+chart-lint: ## Third-party linters (checkov, kube-score, kubernetes-validate per Kubernetes minor, hadolint) on the chart's renders and the Dockerfile, against hack/chart-lint/baseline.yaml
+	hack/chart-lint/run.sh
 
 unit: ## Pure unit tests (no environment needed); includes the check that crds/ is current
 	$(CARGO) test --lib --bins
@@ -57,7 +60,7 @@ bench: ## Benchmark at BENCH_N objects (default 200) beside the floor and ACK; w
 	    $(CARGO) bench --bench convergence ) || status=$$?; \
 	  hack/devenv/down.sh; exit $$status
 
-test: fmt lint unit consumers-deps ## Everything: checks, unit tests, environment up, integration tests, environment down
+test: fmt lint unit chart-lint consumers-deps ## Everything: checks, unit tests, environment up, integration tests, environment down
 	$(CARGO) build --bins --tests --examples
 	hack/install-helm.sh >/dev/null
 	status=0; hack/devenv/up.sh && $(MAKE) --no-print-directory integration || status=$$?; \

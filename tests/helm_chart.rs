@@ -285,6 +285,14 @@ fn lints_with_its_ci_values_works_as_a_subchart_and_keeps_names_and_versions_val
     let (chart, ci_values) = (chart.to_str().unwrap(), ci_values.to_str().unwrap());
     // chart-testing and scanners lint with the ci/ values: the chart must not be skipped.
     helm_ok(&["lint", "--strict", chart, "-f", ci_values]);
+    let every_option = chart_dir().join("ci/every-option-values.yaml");
+    helm_ok(&[
+        "lint",
+        "--strict",
+        chart,
+        "-f",
+        every_option.to_str().unwrap(),
+    ]);
     // Users of a chart repository upgrade the CRDs from `helm show crds`: it must give both,
     // exactly as crds/ has them, and the apiserver must take them by server-side apply.
     let shown = helm_ok(&["show", "crds", chart]);
