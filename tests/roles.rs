@@ -15,7 +15,11 @@ use std::{collections::BTreeSet, time::Duration};
 use common::{Operator, TestNamespace};
 use cross_account_operator::api::CrossAccountRole;
 use futures::StreamExt;
-use kube::{Client, ResourceExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
 use serde_json::{Value, json};
 
 const S3_READ: &str = "arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess";
@@ -1105,4 +1109,188 @@ async fn aws_outage_is_reported_and_recovered_from() {
     common::delete_role_and_wait(&client, &ns.name, "app", GONE).await;
     assert!(common::get_iam_role(&target, &role_name).await.is_none());
     common::delete_iam_role(&target, &retained_name).await;
+}
+
+const PLAN_ONLY: &str = "crossaccount.io/plan-only";
+
+/// Sets (`Some`) or removes the plan-only annotation of `name`, with an optional spec change.
+async fn set_plan_only(client: &Client, ns: &str, name: &str, value: Option<&str>, spec: Value) {
+    let mut patch = json!({"metadata": {"annotations": {PLAN_ONLY: value}}});
+    if !spec.is_null() {
+        patch["spec"] = spec;
+    }
+    common::roles_api(client, ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap_or_else(|e| panic!("patch {ns}/{name}: {e}"));
+}
+
+/// No IAM write and no mint since `mark`, after the operator read the role `rounds` more times.
+async fn assert_nothing_written_since(
+    mark: &common::aws_proxy::RequestMark,
+    role: &str,
+    rounds: u64,
+) {
+    common::wait_for_role_reads(mark, &[role.to_owned()], rounds, RESYNC_ROUNDS_DEADLINE).await;
+    let requests = common::shared_proxy().requests_since(mark);
+    let written: Vec<_> = requests
+        .iter()
+        .filter(|r| {
+            (common::is_iam_write(r) || common::is_credential_mint(r))
+                && (r.param("RoleName") == Some(role)
+                    || r.param("RoleArn")
+                        .is_some_and(|a| a.ends_with(&format!("/{role}")))
+                    || r.param("PolicyArn").is_some())
+        })
+        .collect();
+    assert!(
+        written.is_empty(),
+        "a plan-only object made writes:\n{}",
+        common::describe_requests(written)
+    );
+}
+
+#[tokio::test]
+async fn a_plan_only_object_shows_its_iam_changes_and_makes_none_until_released() {
+    let _serial = common::serial().await;
+    Operator::shared().await;
+    let client = common::kube_client().await;
+    let ns = TestNamespace::new(&client, "plan").await;
+    let role_name = common::unique("Plan");
+    let _role = common::TargetRoleGuard::new(&role_name);
+    let api = common::roles_api(&client, &ns.name);
+    let mark = common::shared_proxy().mark();
+    let cr: CrossAccountRole = serde_json::from_value(json!({
+        "apiVersion": "crossaccount.io/v1alpha1",
+        "kind": "CrossAccountRole",
+        "metadata": {"name": "app", "namespace": ns.name, "annotations": {PLAN_ONLY: "true"}},
+        "spec": {
+            "accountRef": account_name(),
+            "roleName": role_name,
+            "policies": {"managed": [S3_READ]},
+            "credentials": {},
+        },
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &cr).await.unwrap();
+
+    // The plan, in words, in status; the Reason column says a plan is pending.
+    let planned = common::wait_for_condition(
+        &client,
+        &ns.name,
+        "app",
+        "Ready",
+        "False",
+        Some("PlanPending"),
+        CONVERGE,
+    )
+    .await;
+    let changes = &status_of(&planned).planned_changes;
+    for expected in [
+        format!("create role {role_name}"),
+        format!("attach {S3_READ} to role {role_name}"),
+    ] {
+        assert!(
+            changes.contains(&expected),
+            "{expected:?} not in {changes:?}"
+        );
+    }
+    let ready = common::role_condition(&planned, "Ready").unwrap();
+    assert!(
+        ready
+            .message
+            .contains("remove the annotation to apply them"),
+        "{}",
+        ready.message
+    );
+    let row = kubectl(&["get", "xar", "app", "-n", &ns.name]);
+    assert!(row.contains("PlanPending"), "{row}");
+    // Nothing is written, in IAM or by STS, however often it is looked at; no finalizer (there
+    // is nothing to clean up) and no Secret.
+    assert_nothing_written_since(&mark, &role_name, 3).await;
+    let still = api.get("app").await.unwrap();
+    assert!(still.finalizers().is_empty(), "{:?}", still.finalizers());
+    assert!(
+        common::get_iam_role(&common::target_iam().await, &role_name)
+            .await
+            .is_none()
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        secrets
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // Released: the plan is applied and the credentials issued.
+    set_plan_only(&client, &ns.name, "app", None, Value::Null).await;
+    let synced = wait_ready(&client, &ns.name, "app").await;
+    assert!(status_of(&synced).planned_changes.is_empty());
+    let credentials = common::wait_for_condition(
+        &client,
+        &ns.name,
+        "app",
+        "CredentialsReady",
+        "True",
+        None,
+        CONVERGE,
+    )
+    .await;
+    let issued = status_of(&credentials)
+        .credentials
+        .clone()
+        .expect("credentials status");
+
+    // Plan-only again with a spec change: planned, not applied, and the role's credentials stay.
+    let mark = common::shared_proxy().mark();
+    set_plan_only(
+        &client,
+        &ns.name,
+        "app",
+        Some("true"),
+        json!({"policies": {"managed": [S3_READ, EC2_READ]}}),
+    )
+    .await;
+    let planned = common::wait_for_condition(
+        &client,
+        &ns.name,
+        "app",
+        "Ready",
+        "False",
+        Some("PlanPending"),
+        CONVERGE,
+    )
+    .await;
+    assert_eq!(
+        status_of(&planned).planned_changes,
+        [format!("attach {EC2_READ} to role {role_name}")]
+    );
+    assert!(
+        common::role_condition(&planned, "CredentialsReady").is_some_and(|c| c.status == "True"),
+        "{}",
+        common::describe_role(&planned)
+    );
+    assert_nothing_written_since(&mark, &role_name, 3).await;
+    let target = common::target_iam().await;
+    assert_eq!(
+        common::attached_policies(&target, &role_name).await,
+        BTreeSet::from([S3_READ.to_owned()])
+    );
+    assert_eq!(
+        status_of(&api.get("app").await.unwrap()).credentials,
+        Some(issued),
+        "the held credentials are kept"
+    );
+
+    // Released again ("false" works as removing it does): the change is applied.
+    set_plan_only(&client, &ns.name, "app", Some("false"), Value::Null).await;
+    wait_ready(&client, &ns.name, "app").await;
+    assert_eq!(
+        common::attached_policies(&target, &role_name).await,
+        BTreeSet::from([S3_READ.to_owned(), EC2_READ.to_owned()])
+    );
+    common::delete_role_and_wait(&client, &ns.name, "app", GONE).await;
 }

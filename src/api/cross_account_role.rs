@@ -334,6 +334,10 @@ pub struct CrossAccountRoleStatus {
     /// (the record from which grants dropped from the spec are revoked).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub granted_principals: Vec<String>,
+    /// With the annotation `crossaccount.io/plan-only: "true"`: the IAM changes, in words, that
+    /// would bring the role to the spec and were not made (empty when it is in sync).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub planned_changes: Vec<String>,
     /// Sessions of the role issued before this time are revoked (the AWS console's "Revoke
     /// active sessions", or the `crossaccount.io/revoke-sessions` annotation); the Secret holds
     /// credentials issued after it.

@@ -26,6 +26,8 @@ pub const REQUEST_ANNOTATION: &str = "crossaccount.io/request";
 pub const ADOPT_ANNOTATION: &str = "crossaccount.io/adopt";
 /// On a CrossAccountRole: revoke every session of its role issued before this time (RFC 3339),
 /// or before the annotation was set (`now`).
+/// `"true"`: observe and plan, apply nothing in IAM; the planned changes are written to status.
+pub const PLAN_ONLY_ANNOTATION: &str = "crossaccount.io/plan-only";
 pub const REVOKE_SESSIONS_ANNOTATION: &str = "crossaccount.io/revoke-sessions";
 /// Pod-template annotation bumped on rollout-restart targets when credentials change.
 pub const RESTARTED_AT_ANNOTATION: &str = "crossaccount.io/restartedAt";
@@ -96,6 +98,8 @@ pub enum Reason {
     SessionsRevoked,
     /// A principal the spec grants does not exist in the source account.
     PrincipalNotFound,
+    /// `crossaccount.io/plan-only`: IAM changes are planned and wait to be applied.
+    PlanPending,
 }
 
 impl Reason {
@@ -121,6 +125,7 @@ impl Reason {
             Reason::RolloutRestartFailed => "RolloutRestartFailed",
             Reason::SessionsRevoked => "SessionsRevoked",
             Reason::PrincipalNotFound => "PrincipalNotFound",
+            Reason::PlanPending => "PlanPending",
         }
     }
 }

@@ -321,53 +321,94 @@ impl Change {
         )
     }
 
-    /// Short human description for events and logs (names and ARNs only, no documents).
+    /// Short human description of the change made, for events and logs (names and ARNs only,
+    /// no documents): "created role r".
     pub(crate) fn describe(&self) -> String {
+        self.words(true)
+    }
+
+    /// The same, of a change planned and not made: "create role r".
+    pub(crate) fn describe_planned(&self) -> String {
+        self.words(false)
+    }
+
+    fn words(&self, done: bool) -> String {
+        let v = |made: &'static str, planned: &'static str| if done { made } else { planned };
         match self {
-            Change::CreateRole { role, .. } => format!("created role {role}"),
+            Change::CreateRole { role, .. } => format!("{} role {role}", v("created", "create")),
             Change::UpdateTrustPolicy { role, .. } => {
-                format!("updated the trust policy of role {role}")
+                format!("{} the trust policy of role {role}", v("updated", "update"))
             }
             Change::UpdateRole { role, .. } => {
-                format!("updated description/max session of role {role}")
+                format!(
+                    "{} description/max session of role {role}",
+                    v("updated", "update")
+                )
             }
             Change::PutPermissionsBoundary { role, arn } => {
                 format!("set permissions boundary {arn} on role {role}")
             }
             Change::DeletePermissionsBoundary { role } => {
-                format!("removed the permissions boundary of role {role}")
+                format!(
+                    "{} the permissions boundary of role {role}",
+                    v("removed", "remove")
+                )
             }
-            Change::TagRole { role, tags } => format!("tagged role {role} ({})", keys(tags.keys())),
+            Change::TagRole { role, tags } => {
+                format!("{} role {role} ({})", v("tagged", "tag"), keys(tags.keys()))
+            }
             Change::UntagRole { role, keys: k } => {
-                format!("untagged role {role} ({})", keys(k.iter()))
+                format!(
+                    "{} role {role} ({})",
+                    v("untagged", "untag"),
+                    keys(k.iter())
+                )
             }
-            Change::AttachPolicy { role, arn } => format!("attached {arn} to role {role}"),
-            Change::DetachPolicy { role, arn } => format!("detached {arn} from role {role}"),
+            Change::AttachPolicy { role, arn } => {
+                format!("{} {arn} to role {role}", v("attached", "attach"))
+            }
+            Change::DetachPolicy { role, arn } => {
+                format!("{} {arn} from role {role}", v("detached", "detach"))
+            }
             Change::PutInlinePolicy { role, name, .. } if name == REVOKE_SESSIONS_POLICY => {
-                format!("revoked the earlier sessions of role {role} ({name})")
+                format!(
+                    "{} the earlier sessions of role {role} ({name})",
+                    v("revoked", "revoke")
+                )
             }
             Change::PutInlinePolicy { role, name, .. } => {
                 format!("put inline policy {name} on role {role}")
             }
             Change::DeleteInlinePolicy { role, name } => {
-                format!("deleted inline policy {name} of role {role}")
+                format!(
+                    "{} inline policy {name} of role {role}",
+                    v("deleted", "delete")
+                )
             }
-            Change::DeleteRole { role } => format!("deleted role {role}"),
+            Change::DeleteRole { role } => format!("{} role {role}", v("deleted", "delete")),
             Change::DeleteGrant { principal, .. } => {
                 format!(
-                    "removed the inline grant policy of {}",
+                    "{} the inline grant policy of {}",
+                    v("removed", "remove"),
                     principal.describe()
                 )
             }
             Change::AttachGrantPolicy { principal, scope } => format!(
-                "attached grant policy {} to {} (it may assume the roles tagged {})",
+                "{} grant policy {} to {} (it may assume the roles tagged {})",
+                v("attached", "attach"),
                 scope.policy_name(principal),
                 principal.describe(),
                 GrantScope::tag_key(principal)
             ),
-            Change::CreatePolicy { name, .. } => format!("created policy {name}"),
+            Change::CreatePolicy { name, .. } => {
+                format!("{} policy {name}", v("created", "create"))
+            }
             Change::AttachPrincipalPolicy { principal, arn } => {
-                format!("attached {arn} to {}", principal.describe())
+                format!(
+                    "{} {arn} to {}",
+                    v("attached", "attach"),
+                    principal.describe()
+                )
             }
         }
     }

@@ -20,6 +20,9 @@ pub(crate) struct SyncInputs {
     /// Generation of the AwsAccount (its guardrails shape the desired role; its status does
     /// not).
     pub account_generation: Option<i64>,
+    /// The `crossaccount.io/plan-only` annotation is `"true"` (an annotation, not the spec: its
+    /// change does not move the generation).
+    pub plan_only: bool,
 }
 
 struct Entry {
@@ -83,6 +86,7 @@ mod tests {
         SyncInputs {
             generation: Some(generation),
             account_generation: Some(account),
+            plan_only: false,
         }
     }
 

@@ -49,7 +49,8 @@ pub(crate) fn next_visit(
         (a, b) => a.or(b),
     };
     let own = match &outcome.role {
-        RoleEnding::Synced { .. } | RoleEnding::Refused(_) => {
+        // A plan is kept current (drift, the account's changes) as a synced role is.
+        RoleEnding::Synced { .. } | RoleEnding::Refused(_) | RoleEnding::Planned { .. } => {
             Some(jitter(resync_interval, RESYNC_SPREAD))
         }
         RoleEnding::AccountNotReady { .. } => None,

@@ -223,6 +223,10 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Action,
             AccountLookup::Found(a) => a.meta().generation,
             _ => None,
         },
+        plan_only: cr
+            .annotations()
+            .get(crate::api::names::PLAN_ONLY_ANNOTATION)
+            .is_some_and(|v| v == "true"),
     };
     let recent = ctx.recent.get(&key, &inputs, Instant::now());
     let reused = recent.is_some();
@@ -257,9 +261,12 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Action,
             .recent
             .remember(&key, inputs, role.clone(), Instant::now()),
         // A refusal, or a failure of the IAM part, makes the next reconcile read IAM again.
-        (None, RoleEnding::Refused(_) | RoleEnding::AccountNotReady { .. }) => {
-            ctx.recent.forget(&key)
-        }
+        (
+            None,
+            RoleEnding::Refused(_)
+            | RoleEnding::AccountNotReady { .. }
+            | RoleEnding::Planned { .. },
+        ) => ctx.recent.forget(&key),
         (None, RoleEnding::Failed { .. }) if !reused => ctx.recent.forget(&key),
         _ => {}
     }

@@ -109,6 +109,8 @@ pub(crate) struct Report {
 enum Stop {
     Refused(Refusal),
     Failed(ReconcileError),
+    /// Plan only: these changes (in words) would bring the role to the spec; none was made.
+    Planned(Vec<String>),
 }
 
 impl From<Refusal> for Stop {
@@ -242,6 +244,15 @@ async fn run_steps<A: Aws>(
                     run.errors.push(e);
                     refusal
                 }
+                Err(Stop::Planned(changes)) => Refusal::new(
+                    refusal.reason,
+                    format!(
+                        "{}; plan only ({}), not applied: {}",
+                        refusal.message,
+                        crate::api::names::PLAN_ONLY_ANNOTATION,
+                        changes.join("; ")
+                    ),
+                ),
             };
             return refused(io, cr, refusal, outcome, run).await;
         }
@@ -270,6 +281,7 @@ async fn run_steps<A: Aws>(
                 Err(Stop::Refused(refusal)) => {
                     return refused(io, cr, refusal, outcome, run).await;
                 }
+                Err(Stop::Planned(changes)) => Err(RoleEnding::Planned { changes }),
                 Err(Stop::Failed(e)) => {
                     let ending = RoleEnding::Failed {
                         reason: e.reason(),
@@ -331,7 +343,10 @@ async fn run_steps<A: Aws>(
             None
         }
         (Some(_), None) => Some(CredentialsOutcome::Withheld {
-            reason: Reason::AccountNotReady,
+            reason: match outcome.role {
+                RoleEnding::Planned { .. } => Reason::PlanPending,
+                _ => Reason::AccountNotReady,
+            },
             message: "no credentials yet: the role has not been created".to_owned(),
         }),
         (Some(wanted), Some(role)) => {
@@ -478,12 +493,17 @@ async fn sync_iam<A: Aws>(
         .await
         .unwrap_or(None);
     desired::check_trust_policy_size(&desired, trust_quota)?;
-    // Only now, after a successful read of the target account, is there something to clean up.
-    before_first_write().await?;
     let mut changes = plan::plan_role_changes(&desired, &observed);
     if mode == Mode::Restrict {
         changes.retain(plan::narrows);
     }
+    if spec.plan_only && !changes.is_empty() {
+        return Err(Stop::Planned(
+            changes.iter().map(Change::describe_planned).collect(),
+        ));
+    }
+    // Only now, after a successful read of the target account, is there something to clean up.
+    before_first_write().await?;
     let (done, result) = apply::apply_changes(&target, &source, &changes).await;
     applied.extend(done);
     result?;

@@ -144,6 +144,8 @@ pub(crate) enum RoleEnding {
     AccountNotReady { message: String, first: bool },
     /// Retried with backoff; the message carries no per-attempt detail.
     Failed { reason: Reason, message: String },
+    /// Plan only: the IAM changes (in words) that would bring the role to the spec; none made.
+    Planned { changes: Vec<String> },
 }
 
 impl RoleEnding {
@@ -169,6 +171,18 @@ impl RoleEnding {
                 (false, Reason::AccountNotReady, message.clone())
             }
             RoleEnding::Failed { reason, message } => (false, *reason, message.clone()),
+            RoleEnding::Planned { changes } => (
+                false,
+                Reason::PlanPending,
+                format!(
+                    "plan only ({} is \"true\"): {} IAM change{} planned and not applied: {}; remove the annotation to apply {}",
+                    crate::api::names::PLAN_ONLY_ANNOTATION,
+                    changes.len(),
+                    if changes.len() == 1 { " is" } else { "s are" },
+                    changes.join("; "),
+                    if changes.len() == 1 { "it" } else { "them" },
+                ),
+            ),
         }
     }
 }
@@ -228,6 +242,10 @@ pub(crate) fn derive_status(
         status.external_id = Some(external_id.clone());
         status.principal_arn = Some(principal_arn.to_owned());
     }
+    status.planned_changes = match &outcome.role {
+        RoleEnding::Planned { changes } => changes.clone(),
+        _ => Vec::new(),
+    };
     let (role_ok, why, message) = outcome.role.condition();
     let role_arn = status.role_arn.clone().unwrap_or_default();
     let credentials = outcome
@@ -294,8 +312,11 @@ pub(crate) fn derive_status(
     status.observed_generation = generation;
     if !role_ok && previous(cond::ROLE_SYNCED).as_deref() != Some(why.as_str()) {
         let severity = match outcome.role {
-            // Waiting for an AwsAccount's first verification is a moment, not a failure.
-            RoleEnding::AccountNotReady { first: true, .. } => Severity::Normal,
+            // Waiting for an AwsAccount's first verification is a moment, not a failure; a plan
+            // was asked for.
+            RoleEnding::AccountNotReady { first: true, .. } | RoleEnding::Planned { .. } => {
+                Severity::Normal
+            }
             _ => Severity::Warning,
         };
         notes.push(Note::new(severity, why, message));

@@ -61,6 +61,8 @@ pub(crate) struct ValidatedSpec {
     pub trust_external_id: Option<String>,
     /// The CR may take over an untagged role of the same name.
     pub adopt: bool,
+    /// Plan only (`crossaccount.io/plan-only: "true"`): nothing is written in IAM.
+    pub plan_only: bool,
     /// What of the role others own.
     pub coexistence: Coexistence,
     /// The sessions the CR asks to revoke (`crossaccount.io/revoke-sessions`).
@@ -461,6 +463,7 @@ pub(crate) fn validate(
         tags: spec.tags.clone(),
         permissions_boundary: guard.permissions_boundary_arn.clone(),
         adopt,
+        plan_only: plan_only(cr)?,
         coexistence: Coexistence {
             ignored_tag_keys: guard.ignored_tag_keys.clone(),
             protected_inline_policies: guard.protected_inline_policies.clone(),
@@ -486,6 +489,22 @@ pub(crate) fn validate(
 /// reconcile reads the same time). That time is cut to the second, and so is a session's
 /// `aws:TokenIssueTime`, so `now` revokes up to the end of that second: a session issued in the
 /// same second before the annotation is revoked too (one issued in it just after is, harmlessly).
+/// Whether the object asks for a plan only; a value other than `"true"` or `"false"` is refused.
+fn plan_only(cr: &CrossAccountRole) -> Result<bool, Refusal> {
+    match cr
+        .annotations()
+        .get(names::PLAN_ONLY_ANNOTATION)
+        .map(String::as_str)
+    {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(Refusal::invalid(format!(
+            "metadata.annotations[{}]: {other:?} is neither \"true\" (plan, apply nothing) nor \"false\"",
+            names::PLAN_ONLY_ANNOTATION
+        ))),
+    }
+}
+
 fn revoke_sessions(cr: &CrossAccountRole) -> Result<Option<RevokeSessions>, Refusal> {
     let Some(value) = cr.annotations().get(names::REVOKE_SESSIONS_ANNOTATION) else {
         return Ok(None);
@@ -1026,6 +1045,32 @@ mod tests {
             refusal(check(&cr, &permissive()))
                 .message
                 .starts_with("spec.credentials.sessionPolicy")
+        );
+    }
+
+    #[test]
+    fn plan_only_is_true_false_or_refused() {
+        let acct = permissive();
+        let mut cr = role(json!({"accountRef": "target"}));
+        assert!(!check(&cr, &acct).unwrap().plan_only);
+        let annotate = |cr: &mut CrossAccountRole, value: &str| {
+            cr.metadata.annotations = Some(BTreeMap::from([(
+                names::PLAN_ONLY_ANNOTATION.to_owned(),
+                value.to_owned(),
+            )]));
+        };
+        annotate(&mut cr, "true");
+        assert!(check(&cr, &acct).unwrap().plan_only);
+        annotate(&mut cr, "false");
+        assert!(!check(&cr, &acct).unwrap().plan_only);
+        annotate(&mut cr, "yes");
+        let refused = refusal(check(&cr, &acct));
+        assert_eq!(refused.reason, Reason::InvalidSpec);
+        assert!(
+            refused.message.contains("crossaccount.io/plan-only")
+                && refused.message.contains("\"yes\""),
+            "{}",
+            refused.message
         );
     }
 
