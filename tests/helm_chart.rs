@@ -644,6 +644,39 @@ fn renders_every_optional_part() {
 }
 
 #[test]
+fn the_service_monitor_can_live_with_prometheus_and_relabel() {
+    let values = chart_dir().join("ci/every-option-values.yaml");
+    let docs = render("cao", "ops", &["-f", values.to_str().unwrap()]);
+    let monitor = one_of_kind(&docs, "ServiceMonitor");
+    assert_eq!(monitor["metadata"]["namespace"], "monitoring");
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"],
+        json!({"matchNames": ["ops"]}),
+        "it still scrapes the release's Service"
+    );
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(
+        endpoint["relabelings"],
+        json!([{"targetLabel": "cluster", "replacement": "ci"}])
+    );
+    assert_eq!(endpoint["metricRelabelings"][0]["action"], "drop");
+    // Unset: in the release's namespace, without relabelings.
+    let docs = render(
+        "cao",
+        "ops",
+        &[
+            "--set",
+            "clusterName=x",
+            "--set",
+            "serviceMonitor.enabled=true",
+        ],
+    );
+    let monitor = one_of_kind(&docs, "ServiceMonitor");
+    assert_eq!(monitor["metadata"]["namespace"], "ops");
+    assert!(monitor["spec"]["endpoints"][0].get("relabelings").is_none());
+}
+
+#[test]
 fn the_guardrails_admission_policy_is_the_one_of_crds_named_after_the_release() {
     let shipped: Value = serde_yaml::from_str(
         &fs::read_to_string(repo_root().join("crds/admission-policy.yaml")).unwrap(),
