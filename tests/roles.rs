@@ -1125,6 +1125,20 @@ async fn set_plan_only(client: &Client, ns: &str, name: &str, value: Option<&str
         .unwrap_or_else(|e| panic!("patch {ns}/{name}: {e}"));
 }
 
+/// Waits for Ready=False (reason PlanPending) for the current generation.
+async fn wait_planned(client: &Client, ns: &str, name: &str) -> CrossAccountRole {
+    common::wait_for_condition(
+        client,
+        ns,
+        name,
+        "Ready",
+        "False",
+        Some("PlanPending"),
+        CONVERGE,
+    )
+    .await
+}
+
 /// No IAM write and no mint since `mark`, after the operator read the role `rounds` more times.
 async fn assert_nothing_written_since(
     mark: &common::aws_proxy::RequestMark,
@@ -1175,16 +1189,7 @@ async fn a_plan_only_object_shows_its_iam_changes_and_makes_none_until_released(
     api.create(&PostParams::default(), &cr).await.unwrap();
 
     // The plan, in words, in status; the Reason column says a plan is pending.
-    let planned = common::wait_for_condition(
-        &client,
-        &ns.name,
-        "app",
-        "Ready",
-        "False",
-        Some("PlanPending"),
-        CONVERGE,
-    )
-    .await;
+    let planned = wait_planned(&client, &ns.name, "app").await;
     let changes = &status_of(&planned).planned_changes;
     for expected in [
         format!("create role {role_name}"),
@@ -1254,16 +1259,7 @@ async fn a_plan_only_object_shows_its_iam_changes_and_makes_none_until_released(
         json!({"policies": {"managed": [S3_READ, EC2_READ]}}),
     )
     .await;
-    let planned = common::wait_for_condition(
-        &client,
-        &ns.name,
-        "app",
-        "Ready",
-        "False",
-        Some("PlanPending"),
-        CONVERGE,
-    )
-    .await;
+    let planned = wait_planned(&client, &ns.name, "app").await;
     assert_eq!(
         status_of(&planned).planned_changes,
         [format!("attach {EC2_READ} to role {role_name}")]
