@@ -644,6 +644,61 @@ fn renders_every_optional_part() {
 }
 
 #[test]
+fn renders_as_the_subchart_of_a_parent_chart() {
+    // A parent chart that depends on this one, with the chart unpacked in its charts/ (as
+    // `helm dependency update` leaves it) and its values under the dependency's name.
+    let parent = std::env::temp_dir().join(common::unique("cao-parent"));
+    let charts = parent.join("charts");
+    fs::create_dir_all(&charts).unwrap();
+    let status = std::process::Command::new("cp")
+        .args([
+            "-r",
+            chart_dir().to_str().unwrap(),
+            charts.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fs::write(
+        parent.join("Chart.yaml"),
+        "apiVersion: v2\nname: platform\nversion: 1.0.0\ndependencies:\n  - name: cross-account-operator\n    version: \"*\"\n",
+    )
+    .unwrap();
+    let template = |values: &str| {
+        fs::write(parent.join("values.yaml"), values).unwrap();
+        helm(&[
+            "template",
+            "platform",
+            parent.to_str().unwrap(),
+            "-n",
+            "ops",
+        ])
+    };
+    let out = template(
+        "global:\n  imageRegistry: registry.example.com\ncross-account-operator:\n  clusterName: prod-eu-1\n",
+    );
+    // The subchart's schema holds there too: a misspelled key fails the parent's render.
+    let misspelled = template("cross-account-operator:\n  clusterName: x\n  replicaCont: 3\n");
+    let _ = fs::remove_dir_all(&parent);
+    let rendered = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        rendered.contains("name: platform-cross-account-operator")
+            && rendered.contains("--cluster-name=prod-eu-1"),
+        "{rendered}"
+    );
+    assert!(
+        !misspelled.status.success(),
+        "a misspelled subchart value was accepted"
+    );
+    assert!(
+        text(&misspelled.stderr).contains("replicaCont"),
+        "{}",
+        text(&misspelled.stderr)
+    );
+}
+
+#[test]
 fn the_service_monitor_can_live_with_prometheus_and_relabel() {
     let values = chart_dir().join("ci/every-option-values.yaml");
     let docs = render("cao", "ops", &["-f", values.to_str().unwrap()]);
