@@ -383,6 +383,10 @@ fn start_operator(
             &format!("{resync_seconds}s"),
             "--concurrency",
             &settings.concurrency.to_string(),
+            // Convergence is compared with the floor, which has no budget; moto (about 110
+            // requests a second) bounds both. BENCH_IAM_RATE measures the budget instead.
+            "--iam-rate",
+            &std::env::var("BENCH_IAM_RATE").unwrap_or_else(|_| "1000".into()),
         ])
         .env_clear()
         .env("KUBECONFIG", &env.kubeconfig)

@@ -87,7 +87,16 @@ pub struct Config {
     #[arg(long, env = "ASSUME_ROLE_RATE", default_value_t = 20.0, value_parser = parse_rate)]
     pub assume_role_rate: f64,
 
-    /// How often every object is checked against AWS to correct drift (jittered), e.g. `10m`.
+    /// IAM requests (reads and writes alike) per second into one AWS account at most, with bursts
+    /// of twice as many. IAM throttles each account with token buckets whose rates AWS does not
+    /// publish or raise, shared with the console, the CLI and other automation of that account:
+    /// the default leaves them room. One 10-minute resync of 1,500 roles fits in it (4 reads per
+    /// role); beyond that, resyncs take longer than the interval, never more requests.
+    #[arg(long, env = "IAM_RATE", default_value_t = 10.0, value_parser = parse_iam_rate)]
+    pub iam_rate: f64,
+
+    /// How often every object is checked against AWS to correct drift, e.g. `10m`: each once per
+    /// interval, at a point of it set by the object's uid, so that the checks spread evenly.
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub resync_interval: Duration,
 
@@ -221,6 +230,15 @@ pub fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+pub fn parse_iam_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && (0.1..=1000.0).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "`{text}` is not a rate between 0.1 and 1000 IAM requests a second, e.g. 10"
+        )),
+    }
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -310,6 +328,7 @@ mod tests {
         let config = Config::try_parse_from(["op", "--cluster-name", "dev"]).unwrap();
         assert_eq!(config.concurrency, 8);
         assert_eq!(config.assume_role_rate, 20.0);
+        assert_eq!(config.iam_rate, 10.0);
         assert_eq!(config.resync_interval, Duration::from_secs(600));
         assert!(!config.leader_elect);
         assert_eq!(config.log_format, LogFormat::Text);
@@ -348,6 +367,20 @@ mod tests {
             Config::try_parse_from(["op", "--cluster-name=dev", "--per-object-metrics=no"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_iam_rate_is_a_positive_number_of_requests_a_second() {
+        let rate = |r: &str| {
+            let flag = format!("--iam-rate={r}");
+            Config::try_parse_from(["op", "--cluster-name", "dev", flag.as_str()])
+                .map(|c| c.iam_rate)
+        };
+        assert_eq!(rate("2.5").unwrap(), 2.5);
+        for bad in ["0", "-1", "1001", "NaN", "inf", "fast"] {
+            let err = rate(bad).unwrap_err().to_string();
+            assert!(err.contains("between 0.1 and 1000"), "{bad}: {err}");
+        }
     }
 
     #[test]

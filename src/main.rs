@@ -7,7 +7,7 @@ use aws_config::{BehaviorVersion, timeout::TimeoutConfig};
 use tokio::sync::watch;
 
 use cross_account_operator::{
-    aws::SdkAws,
+    aws::{Rates, SdkAws},
     config::{EndpointArgs, Mode},
     controller, http,
     leader::{self, Ended, LeaseSettings},
@@ -42,7 +42,14 @@ async fn main() -> anyhow::Result<()> {
         .timeout_config(timeouts)
         .load()
         .await;
-    let aws = SdkAws::new(aws_config, metrics.clone(), config.assume_role_rate);
+    let aws = SdkAws::new(
+        aws_config,
+        metrics.clone(),
+        Rates {
+            assume_role: config.assume_role_rate,
+            iam: config.iam_rate,
+        },
+    );
     let operator = OperatorIdentity::discover(
         &aws,
         config.cluster_name.clone(),

@@ -24,6 +24,12 @@ pub struct AwsRequestLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of the request budget an AWS request waited for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AwsBudgetLabels {
+    pub service: &'static str,
+}
+
 /// Labels of one reconcile.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
@@ -113,6 +119,7 @@ pub struct Metrics {
     pub(crate) reconcile_errors: Family<ReconcileErrorLabels, Counter>,
     pub(crate) reconcile_duration: Family<ReconcileLabels, Histogram>,
     pub(crate) reconcile_queue: Family<ReconcileLabels, Histogram>,
+    pub(crate) aws_budget_wait: Family<AwsBudgetLabels, Histogram>,
     pub(crate) abandoned_roles: Counter,
 }
 
@@ -161,6 +168,14 @@ impl Metrics {
             "Time an object due for reconcile waited for a worker, by kind (CrossAccountRole only)",
             reconcile_queue.clone(),
         );
+        let aws_budget_wait = Family::<AwsBudgetLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0])
+        });
+        registry.register(
+            "aws_budget_wait_seconds",
+            "Time an AWS request waited for its account's request budget (--iam-rate), by service; its count is the budget's use",
+            aws_budget_wait.clone(),
+        );
         let abandoned_roles = Counter::default();
         registry.register(
             "abandoned_roles",
@@ -180,6 +195,7 @@ impl Metrics {
             reconcile_errors,
             reconcile_duration,
             reconcile_queue,
+            aws_budget_wait,
             abandoned_roles,
         }
     }
@@ -210,6 +226,12 @@ impl crate::aws::RequestLog for Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    fn budget_wait(&self, service: &'static str, waited: std::time::Duration) {
+        self.aws_budget_wait
+            .get_or_create(&AwsBudgetLabels { service })
+            .observe(waited.as_secs_f64());
     }
 }
 
@@ -259,6 +281,22 @@ mod tests {
             text.contains("# HELP crossaccount_reconcile_duration_seconds"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn budget_waits_count_uses_and_those_that_waited() {
+        use crate::aws::RequestLog;
+        let metrics = Metrics::default();
+        metrics.budget_wait("iam", std::time::Duration::ZERO);
+        metrics.budget_wait("iam", std::time::Duration::from_millis(300));
+        let text = metrics.render();
+        for line in [
+            r#"crossaccount_aws_budget_wait_seconds_count{service="iam"} 2"#,
+            r#"crossaccount_aws_budget_wait_seconds_bucket{le="0.0",service="iam"} 1"#,
+            r#"crossaccount_aws_budget_wait_seconds_bucket{le="0.5",service="iam"} 2"#,
+        ] {
+            assert!(text.contains(line), "no `{line}` in {text}");
+        }
     }
 
     #[test]

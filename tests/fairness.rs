@@ -10,6 +10,10 @@
 //! dozen objects keeps the source account's AssumeRole budget busy for about as many seconds:
 //! an operator that served mints in arrival order would make the quiet namespace wait for all
 //! of them. What was minted, and when, is read from the test's AWS proxy (every attempt).
+//!
+//! The IAM request budget of a target account (`--iam-rate`) is tried the same way: more roles
+//! than it can resync in an interval, and the proxy's log of IAM requests never above the
+//! bucket's bound in any window, while every role still gets Ready.
 
 mod common;
 
@@ -279,5 +283,160 @@ async fn one_namespaces_flood_of_mints_does_not_delay_anothers() {
             .await
             .unwrap_or_else(|left| panic!("the test's CrossAccountRoles did not go: {left}"));
     }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// `--iam-rate` of the budget test's operator (bursts of twice as many).
+const IAM_RATE: f64 = 4.0;
+/// Roles of the budget test: with a 2 s resync they ask for 4 reads each per resync, far more
+/// than the budget (ROLES * 4 / 2 s = 24 requests a second against 4).
+const ROLES: usize = 12;
+
+/// The most requests a token bucket of `rate` with bursts of `2 * rate` lets through in a window
+/// of `seconds`, plus one for the clocks involved (the proxy stamps arrivals, the operator takes
+/// tokens before sending).
+fn budget_bound(seconds: f64) -> f64 {
+    2.0 * IAM_RATE + IAM_RATE * seconds + 1.0
+}
+
+#[tokio::test]
+async fn iam_requests_into_an_account_stay_within_its_budget() {
+    let client = common::kube_client().await;
+    let proxy = AwsProxy::start(&env("AWS_ENDPOINT_URL")).await;
+    let operator = Operator::start_logged(
+        "iam-budget",
+        OperatorOptions {
+            aws_endpoint: Some(proxy.endpoint()),
+            resync: Some(Duration::from_secs(2)),
+            args: vec!["--iam-rate".into(), IAM_RATE.to_string()],
+            ..OperatorOptions::default()
+        },
+    );
+    operator.wait_ready().await;
+    let ns = TestNamespace::new(&client, "budget").await;
+    let account = AccountGuard {
+        name: common::unique("budget"),
+    };
+    let _cleanup = DeleteOnPanic(vec![ns.name.clone()]);
+    common::create_account(
+        &client,
+        &account.name,
+        json!({
+            "accountId": env("TARGET_ACCOUNT_ID"),
+            "managementRoleArn": env("MANAGEMENT_ROLE_ARN"),
+            "allowedNamespaces": {"names": [ns.name]},
+            "allowedPolicyArns": ["arn:aws:iam::aws:policy/*"],
+        }),
+    )
+    .await;
+    common::wait_for_account_ready(&client, &account.name, CONVERGE).await;
+    let roles: Vec<String> = (0..ROLES).map(|_| common::unique("Budget")).collect();
+    let _guards: Vec<TargetRoleGuard> = roles.iter().map(|r| TargetRoleGuard::new(r)).collect();
+    let mark = proxy.mark();
+    for (i, role) in roles.iter().enumerate() {
+        common::create_role(
+            &client,
+            &ns.name,
+            &format!("budget-{i}"),
+            json!({
+                "accountRef": account.name,
+                "roleName": role,
+                "policyArns": ["arn:aws:iam::aws:policy/ReadOnlyAccess"],
+            }),
+        )
+        .await;
+    }
+    // Every role gets Ready through the budget, and resyncs go on after that for a while.
+    for i in 0..ROLES {
+        common::wait_for_condition(
+            &client,
+            &ns.name,
+            &format!("budget-{i}"),
+            "Ready",
+            "True",
+            None,
+            Duration::from_secs(180),
+        )
+        .await;
+    }
+    let ready_at = proxy.now();
+    common::poll(
+        "15 s of resyncs after Ready",
+        Duration::from_secs(60),
+        || {
+            let elapsed = proxy.now().duration_since(ready_at).as_secs_f64();
+            async move {
+                if elapsed >= 15.0 {
+                    Ok(())
+                } else {
+                    Err(format!("{elapsed:.1} s"))
+                }
+            }
+        },
+    )
+    .await;
+
+    // Every IAM request of this operator reached this proxy (one account: the management role's
+    // and the roles' requests share the budget).
+    let iam: Vec<LoggedRequest> = proxy
+        .requests_since(&mark)
+        .into_iter()
+        .filter(|r| r.service == "iam")
+        .collect();
+    let mut problems = Vec::new();
+    let mut worst = (0usize, 0.0f64);
+    for i in 0..iam.len() {
+        for j in i..iam.len() {
+            let seconds = iam[j].arrived.duration_since(iam[i].arrived).as_secs_f64();
+            let count = j - i + 1;
+            if count as f64 > budget_bound(seconds) && count > worst.0 {
+                worst = (count, seconds);
+            }
+        }
+    }
+    if worst.0 > 0 {
+        problems.push(format!(
+            "{} IAM requests within {:.2} s: more than the budget's {:.1}",
+            worst.0,
+            worst.1,
+            budget_bound(worst.1)
+        ));
+    }
+    // The budget was the limit, not the demand: the steady state used most of it.
+    let steady: Vec<&LoggedRequest> = iam.iter().filter(|r| r.arrived >= ready_at).collect();
+    let steady_seconds = proxy.now().duration_since(ready_at).as_secs_f64();
+    let steady_rate = steady.len() as f64 / steady_seconds;
+    if steady_rate < 0.7 * IAM_RATE {
+        problems.push(format!(
+            "{steady_rate:.1} IAM requests a second after Ready: the demand did not reach the \
+             budget of {IAM_RATE}, so the test proves nothing"
+        ));
+    }
+    let metrics = operator.metrics_text().await;
+    let uses = common::metric_sum(
+        &metrics,
+        "crossaccount_aws_budget_wait_seconds_count",
+        &[("service", "iam")],
+    );
+    let unhindered = common::metric_sum(
+        &metrics,
+        "crossaccount_aws_budget_wait_seconds_bucket",
+        &[("service", "iam"), ("le", "0.0")],
+    );
+    if uses < iam.len() as u64 || unhindered >= uses {
+        problems.push(format!(
+            "budget metric: {uses} uses ({unhindered} without a wait) for {} IAM requests",
+            iam.len()
+        ));
+    }
+    eprintln!(
+        "iam budget: {} IAM requests, {steady_rate:.1}/s after Ready (budget {IAM_RATE}/s), \
+         {} of {uses} waited",
+        iam.len(),
+        uses - unhindered
+    );
+    common::delete_roles_and_wait(&client, &ns.name, Duration::from_secs(180))
+        .await
+        .unwrap_or_else(|left| panic!("the test's CrossAccountRoles did not go: {left}"));
     assert!(problems.is_empty(), "{problems:#?}");
 }

@@ -4,7 +4,7 @@
 //! It imports nothing of Kubernetes (no `kube`, `k8s_openapi`, nor the operator's API or
 //! pipeline): a test below reads this folder's sources and fails if it ever does.
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
 use serde_json::Value;
 
@@ -25,12 +25,16 @@ pub(crate) use model::{
     IAM_DEFAULT_MAX_SESSION, IssuedCredentials, MIN_SESSION, ObservedRole, Principal,
     REVOKE_SESSIONS_POLICY,
 };
-pub use sdk::SdkAws;
+pub use sdk::{Rates, SdkAws};
 
 /// Where the SDK implementation reports each request it made and how it ended (`ok` or the
 /// error's category): the operator's metrics.
 pub trait RequestLog: Send + Sync + 'static {
     fn request(&self, service: &'static str, operation: &'static str, outcome: &'static str);
+
+    /// A request of `service` took a token of its account's request budget after `waited` (zero
+    /// when one was free).
+    fn budget_wait(&self, service: &'static str, waited: Duration);
 }
 
 /// IAM and STS in one account, as the reconciler uses them.

@@ -1,5 +1,6 @@
-//! A token bucket that spaces out calls (AssumeRole per source account), so that a burst of
-//! refreshes after an outage does not hit STS's request quota.
+//! A token bucket that spaces out calls (AssumeRole per source account, IAM per target account), so
+//! that a burst of refreshes after an outage, or many resyncs at once, does not hit the quota AWS
+//! throttles with.
 //!
 //! A caller reserves its slot under a short lock and sleeps after releasing it, so waiting
 //! callers never hold up one another's reservations (and slots still go out in the order they
@@ -34,8 +35,8 @@ impl RateLimiter {
         *last = now;
     }
 
-    /// Waits until a call may be made.
-    pub(crate) async fn acquire(&self) {
+    /// Waits until a call may be made; returns how long it waited.
+    pub(crate) async fn acquire(&self) -> Duration {
         let wait = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             self.refill(&mut state, Instant::now());
@@ -46,6 +47,7 @@ impl RateLimiter {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        wait
     }
 
     /// Takes a slot if one is free now; otherwise says how long until one is.

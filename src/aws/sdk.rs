@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::{
     AccountAccess, AccountApi, AssumeRoleRequest, AttachedPolicy, Aws, AwsError, AwsErrorKind,
     Change, IAM_DEFAULT_MAX_SESSION, IssuedCredentials, ObservedRole, Principal, RequestLog,
-    policy, rate_limit::RateLimiter,
+    arn::Arn, policy, rate_limit::RateLimiter,
 };
 
 /// Session name the operator uses when it assumes a management role.
@@ -34,6 +34,8 @@ pub(crate) struct SdkAccount {
     sts: aws_sdk_sts::Client,
     log: Arc<dyn RequestLog>,
     assume_limiter: Arc<RateLimiter>,
+    /// The IAM request budget of the AWS account, shared by every client of it.
+    iam_budget: Arc<RateLimiter>,
     /// One lock per principal whose grants are being changed (see `aws::grants`).
     /// The account's IAM quotas, read once (GetAccountSummary).
     quotas: Arc<tokio::sync::OnceCell<HashMap<String, i64>>>,
@@ -45,6 +47,7 @@ pub(crate) struct SdkAccount {
 pub struct SdkAws {
     base: SdkConfig,
     source: SdkAccount,
+    budgets: IamBudgets,
     /// Clients of target accounts with when they were last used: one unused for
     /// [`IDLE_CLIENT_LIFETIME`] (an AwsAccount deleted, or its management role changed) is dropped.
     targets: Mutex<HashMap<AccountAccess, (SdkAccount, Instant)>>,
@@ -54,14 +57,54 @@ pub struct SdkAws {
 /// How long a target account's client is kept without use.
 const IDLE_CLIENT_LIFETIME: Duration = Duration::from_secs(3600);
 
+/// The rates of the operator's request budgets.
+#[derive(Clone, Copy, Debug)]
+pub struct Rates {
+    /// Credential mints (AssumeRole with the operator's own identity) per second at most, with
+    /// bursts of twice as many.
+    pub assume_role: f64,
+    /// IAM requests (reads and writes alike) per second into one AWS account at most, with bursts
+    /// of twice as many.
+    pub iam: f64,
+}
+
+/// A token bucket with bursts of twice its rate.
+fn bucket(per_second: f64) -> Arc<RateLimiter> {
+    Arc::new(RateLimiter::new(
+        per_second,
+        (2.0 * per_second).ceil().max(1.0) as u32,
+    ))
+}
+
+/// One IAM budget per AWS account: AwsAccounts that reach the same account through different
+/// management roles share it, as IAM's throttling does. The source account's (the operator's own
+/// credentials, no management role) is separate.
+struct IamBudgets {
+    rate: f64,
+    by_account: Mutex<HashMap<String, Arc<RateLimiter>>>,
+}
+
+impl IamBudgets {
+    fn of(&self, account_id: &str) -> Arc<RateLimiter> {
+        self.by_account
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(account_id.to_owned())
+            .or_insert_with(|| bucket(self.rate))
+            .clone()
+    }
+}
+
 impl SdkAws {
-    /// `assume_role_rate`: credential mints (AssumeRole with the operator's own identity) per
-    /// second at most, with bursts of twice as many.
-    pub fn new(base: SdkConfig, log: Arc<dyn RequestLog>, assume_role_rate: f64) -> Self {
-        let source = SdkAccount::new(&base, log.clone(), assume_role_rate);
+    pub fn new(base: SdkConfig, log: Arc<dyn RequestLog>, rates: Rates) -> Self {
+        let source = SdkAccount::new(&base, log.clone(), rates.assume_role, bucket(rates.iam));
         Self {
             base,
             source,
+            budgets: IamBudgets {
+                rate: rates.iam,
+                by_account: Mutex::default(),
+            },
             targets: Mutex::default(),
             log,
         }
@@ -69,15 +112,18 @@ impl SdkAws {
 }
 
 impl SdkAccount {
-    fn new(config: &SdkConfig, log: Arc<dyn RequestLog>, assume_role_rate: f64) -> Self {
+    fn new(
+        config: &SdkConfig,
+        log: Arc<dyn RequestLog>,
+        assume_role_rate: f64,
+        iam_budget: Arc<RateLimiter>,
+    ) -> Self {
         Self {
             iam: aws_sdk_iam::Client::new(config),
             sts: aws_sdk_sts::Client::new(config),
             log,
-            assume_limiter: Arc::new(RateLimiter::new(
-                assume_role_rate,
-                (2.0 * assume_role_rate).ceil().max(1.0) as u32,
-            )),
+            assume_limiter: bucket(assume_role_rate),
+            iam_budget,
             quotas: Arc::default(),
         }
     }
@@ -92,6 +138,12 @@ impl SdkAccount {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
+        // One token per operation; the SDK's own retries of a throttled or failed attempt (with
+        // its backoff) come on top.
+        if service == "iam" {
+            let waited = self.iam_budget.acquire().await;
+            self.log.budget_wait(service, waited);
+        }
         let result = request
             .await
             .map_err(|err| to_aws_error(service, operation, err));
@@ -735,7 +787,17 @@ impl Aws for SdkAws {
             .to_builder()
             .credentials_provider(SharedCredentialsProvider::new(provider))
             .build();
-        let account = SdkAccount::new(&config, self.log.clone(), MANAGEMENT_ASSUME_ROLE_RATE);
+        // The management role's ARN names the account; an unparsable one (refused before this by
+        // the AwsAccount's validation) gets a budget of its own.
+        let account_id = Arn::parse(role_arn)
+            .map(|arn| arn.account().to_owned())
+            .unwrap_or_else(|| role_arn.clone());
+        let account = SdkAccount::new(
+            &config,
+            self.log.clone(),
+            MANAGEMENT_ASSUME_ROLE_RATE,
+            self.budgets.of(&account_id),
+        );
         self.targets
             .lock()
             .unwrap_or_else(|e| e.into_inner())

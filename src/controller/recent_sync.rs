@@ -3,7 +3,7 @@
 //! refresh, a tampered Secret) reuse it instead of reading IAM again; a new generation, a
 //! changed AwsAccount spec, an error, or the passing of half a resync interval make the next
 //! reconcile read IAM in full. Drift is still found at every resync: requeues for resync are at
-//! least 90 % of the interval (`requeue::RESYNC_SPREAD`), beyond the memo's life.
+//! least 60 % of the interval (`requeue::MIN_RESYNC_SHARE`), beyond the memo's life.
 
 use std::{
     collections::HashMap,
@@ -145,9 +145,9 @@ mod tests {
 
     #[test]
     fn resync_requeues_always_outlive_the_memo() {
-        // The earliest resync next_visit schedules, with the jitter it really applies.
+        // The earliest resync next_visit schedules.
         let resync = Duration::from_secs(10);
-        let earliest = resync.mul_f64(1.0 - crate::controller::requeue::RESYNC_SPREAD / 2.0);
+        let earliest = resync.mul_f64(crate::controller::requeue::MIN_RESYNC_SHARE);
         let syncs = RecentSyncs::new(resync);
         assert!(
             syncs.lifetime < earliest,

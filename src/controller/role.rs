@@ -23,7 +23,7 @@ use tracing::info_span;
 use super::{
     Context, finalizer,
     recent_sync::SyncInputs,
-    requeue::{next_visit, retry_delay},
+    requeue::{next_visit, resync_phase, retry_delay},
     scope::WatchScope,
     watch::{NoTriggerBackoff, recovering, scoped_watch},
 };
@@ -275,7 +275,12 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Action,
         return Err(error);
     }
     Ok(
-        match next_visit(&report.outcome, ctx.resync_interval, now) {
+        match next_visit(
+            &report.outcome,
+            ctx.resync_interval,
+            resync_phase(cr.metadata.uid.as_deref().unwrap_or(&key)),
+            now,
+        ) {
             Some(delay) => Action::requeue(delay),
             None => Action::await_change(),
         },

@@ -452,6 +452,9 @@ impl Operator {
             .args(&options.args)
             .env("RUST_LOG", "info,cross_account_operator=debug")
             .env("NO_COLOR", "1")
+            // No IAM budget to speak of (moto answers about 110 requests a second): tests load
+            // one account far beyond the default's. tests/fairness.rs tries the budget itself.
+            .env("IAM_RATE", "1000")
             .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
