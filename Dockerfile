@@ -2,18 +2,24 @@
 # The operator image: a static (musl) binary on distroless/static, running as the non-root user
 # 65532. Build from the repository root:
 #   docker build -t cross-account-operator:0.1.0 --build-arg SOURCE_URL=https://example.com/repo .
-# Needs BuildKit (the default builder of current Docker) for the cache mounts.
+# Needs BuildKit (the default builder of current Docker) for the cache mounts. Several
+# architectures (the builder compiles for the platform it runs on, natively or under emulation):
+#   docker buildx build --platform linux/amd64,linux/arm64 -t ... .
+# Without a container engine, hack/image/build.sh (`make image`) assembles the same image as an
+# OCI layout; docs/image.md compares the two.
+#
+# Both bases are pinned by the digest of their multi-platform index, the tag kept for readers.
+# Digests as published in 2026 (rust:1.95-bookworm, distroless static-debian12:nonroot of
+# 2026-08-26); update both together with `crane digest <image>:<tag>` (or Renovate/Dependabot).
 
-ARG RUST_VERSION=1.95
-
-FROM rust:${RUST_VERSION}-bookworm AS builder
+FROM rust:1.95-bookworm@sha256:6258907abe69656e41cd992e0b705cdcfabcbbe3db374f92ed2d47121282d4a1 AS builder
 # aws-lc-rs (TLS for the Kubernetes and AWS clients) compiles C for the musl target: musl-gcc from
 # musl-tools, with cmake and clang for its build script where it needs them.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools cmake clang \
  && rm -rf /var/lib/apt/lists/*
-RUN rustup target add x86_64-unknown-linux-musl
 ENV CC_x86_64_unknown_linux_musl=musl-gcc \
+    CC_aarch64_unknown_linux_musl=musl-gcc \
     CARGO_TERM_COLOR=never
 WORKDIR /src
 # Only what the build reads (see .dockerignore): the manifest, the lock file and the sources.
@@ -22,10 +28,12 @@ COPY src ./src
 # --locked: exactly the dependency versions of Cargo.lock, or fail.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin cross-account-operator --target x86_64-unknown-linux-musl \
- && install -D -m 0755 target/x86_64-unknown-linux-musl/release/cross-account-operator /out/cross-account-operator
+    target="$(uname -m)-unknown-linux-musl" \
+ && rustup target add "$target" \
+ && cargo build --release --locked --bin cross-account-operator --target "$target" \
+ && install -D -m 0755 "target/$target/release/cross-account-operator" /out/cross-account-operator
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM gcr.io/distroless/static-debian12:nonroot@sha256:afa5c872c891853ca7fcf1f12c3edb23f7eeef36189728842dd51042ff57f7ab
 ARG VERSION=0.1.0
 ARG SOURCE_URL=""
 LABEL org.opencontainers.image.title="cross-account-operator" \

@@ -7,7 +7,6 @@
 set -euo pipefail
 
 version=${HELM_VERSION:-v3.21.4}
-need_go="1.24"
 bin_dir="${XDG_CACHE_HOME:-$HOME/.cache}/cross-account-operator/bin"
 helm="$bin_dir/helm-$version"
 
@@ -16,43 +15,23 @@ if [ -x "$helm" ]; then
   exit 0
 fi
 
-if ! command -v go >/dev/null 2>&1; then
-  echo "error: Go $need_go or newer is needed to build helm (https://go.dev/dl or your package manager)" >&2
-  exit 1
-fi
-
-mkdir -p "$bin_dir"
-# One build at a time: test binaries may ask concurrently; the second one waits and reuses.
-exec 9>"$bin_dir/.helm-$version.lock"
-if command -v flock >/dev/null 2>&1; then
-  flock 9
-fi
-if [ -x "$helm" ]; then
-  echo "$helm"
-  exit 0
-fi
-
-staging=$(mktemp -d "$bin_dir/.helm-build.XXXXXX")
-trap 'rm -rf "$staging"' EXIT
-# Outside any Go module, so that no go.mod around the caller's directory is consulted or changed.
-cd "$staging"
-
 # helm's release builds stamp its version and the Kubernetes version of its client-go (the default
 # for .Capabilities.KubeVersion in `helm template` and `helm lint`); without them helm assumes
 # Kubernetes 1.20. Do the same, reading client-go's version from helm's go.mod.
-gomod=$(go mod download -json "helm.sh/helm/v3@$version" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+if ! command -v go >/dev/null 2>&1; then
+  echo "error: Go 1.24 or newer is needed to build helm (https://go.dev/dl or your package manager)" >&2
+  exit 1
+fi
+gomod=$(cd / && go mod download -json "helm.sh/helm/v3@$version" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
 client_go=$(awk '$1 == "k8s.io/client-go" {print $2}' "$gomod")
 case $client_go in
   v0.*.*) ;;
   *) echo "error: cannot read k8s.io/client-go's version from $gomod (got '$client_go')" >&2; exit 1 ;;
 esac
 k8s_minor=$(echo "$client_go" | cut -d. -f2)
-ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$version"
+ldflags="-X helm.sh/helm/v3/internal/version.version=$version"
 for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
   ldflags="$ldflags -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
 done
 
-echo "building helm $version with go install into $bin_dir; the first build takes several minutes" >&2
-GOBIN="$staging" CGO_ENABLED=0 go install -trimpath -ldflags="$ldflags" "helm.sh/helm/v3/cmd/helm@$version"
-mv "$staging/helm" "$helm"
-echo "$helm"
+GO_TOOL_LDFLAGS="$ldflags" exec "$(dirname "$0")/install-go-tool.sh" helm helm.sh/helm/v3 "$version" ./cmd/helm

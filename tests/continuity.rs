@@ -61,21 +61,7 @@ impl Bench {
         );
         operator.wait_ready().await;
         let ns = TestNamespace::new(&client, tag).await;
-        let account = AccountGuard {
-            name: common::unique(tag),
-        };
-        common::create_account(
-            &client,
-            &account.name,
-            json!({
-                "accountId": env("TARGET_ACCOUNT_ID"),
-                "managementRoleArn": env("MANAGEMENT_ROLE_ARN"),
-                "allowedNamespaces": {"names": [ns.name]},
-                "allowedPolicyArns": ["arn:aws:iam::aws:policy/*"],
-            }),
-        )
-        .await;
-        common::wait_for_account_ready(&client, &account.name, CONVERGE).await;
+        let account = AccountGuard::ready_for(&client, tag, &[&ns.name], CONVERGE).await;
         Bench {
             proxy,
             operator,

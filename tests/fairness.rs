@@ -133,22 +133,9 @@ async fn one_namespaces_flood_of_mints_does_not_delay_anothers() {
     operator.wait_ready().await;
     let flood_ns = TestNamespace::new(&client, "flood").await;
     let quiet_ns = TestNamespace::new(&client, "quiet").await;
-    let account = AccountGuard {
-        name: common::unique("fair"),
-    };
     let _cleanup = DeleteOnPanic(vec![flood_ns.name.clone(), quiet_ns.name.clone()]);
-    common::create_account(
-        &client,
-        &account.name,
-        json!({
-            "accountId": env("TARGET_ACCOUNT_ID"),
-            "managementRoleArn": env("MANAGEMENT_ROLE_ARN"),
-            "allowedNamespaces": {"names": [flood_ns.name, quiet_ns.name]},
-            "allowedPolicyArns": ["arn:aws:iam::aws:policy/*"],
-        }),
-    )
-    .await;
-    common::wait_for_account_ready(&client, &account.name, CONVERGE).await;
+    let account =
+        AccountGuard::ready_for(&client, "fair", &[&flood_ns.name, &quiet_ns.name], CONVERGE).await;
 
     let flood_roles: Vec<String> = (0..FLOOD).map(|_| common::unique("Flood")).collect();
     let quiet_role = common::unique("Quiet");
@@ -314,22 +301,8 @@ async fn iam_requests_into_an_account_stay_within_its_budget() {
     );
     operator.wait_ready().await;
     let ns = TestNamespace::new(&client, "budget").await;
-    let account = AccountGuard {
-        name: common::unique("budget"),
-    };
     let _cleanup = DeleteOnPanic(vec![ns.name.clone()]);
-    common::create_account(
-        &client,
-        &account.name,
-        json!({
-            "accountId": env("TARGET_ACCOUNT_ID"),
-            "managementRoleArn": env("MANAGEMENT_ROLE_ARN"),
-            "allowedNamespaces": {"names": [ns.name]},
-            "allowedPolicyArns": ["arn:aws:iam::aws:policy/*"],
-        }),
-    )
-    .await;
-    common::wait_for_account_ready(&client, &account.name, CONVERGE).await;
+    let account = AccountGuard::ready_for(&client, "budget", &[&ns.name], CONVERGE).await;
     let roles: Vec<String> = (0..ROLES).map(|_| common::unique("Budget")).collect();
     let _guards: Vec<TargetRoleGuard> = roles.iter().map(|r| TargetRoleGuard::new(r)).collect();
     let mark = proxy.mark();

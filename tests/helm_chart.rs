@@ -194,6 +194,12 @@ const EVERY_OPTION: &[&str] = &[
     "operator.operatorRoleArn=arn:aws:iam::123456789012:role/platform/cross-account-operator",
     "--set",
     "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::123456789012:role/platform/cross-account-operator",
+    "--set",
+    "tests.enabled=true",
+    "--set",
+    "tests.image.repository=registry.example.com/mirror/busybox",
+    "--set",
+    "tests.resources.limits.memory=24Mi",
 ];
 
 /// Parts of the chart whose API the local apiserver serves (the ServiceMonitor needs the
@@ -241,6 +247,21 @@ fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
 fn one_of_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     let found = of_kind(docs, kind);
     assert_eq!(found.len(), 1, "expected one {kind}, found {}", found.len());
+    found[0]
+}
+
+/// The `kind` named `name` among `docs`.
+fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let found: Vec<&Value> = of_kind(docs, kind)
+        .into_iter()
+        .filter(|d| d["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {kind} {name}, found {}",
+        found.len()
+    );
     found[0]
 }
 
@@ -372,6 +393,7 @@ fn renders_the_operator_with_leader_election_and_hardening_by_default() {
             "ClusterRoleBinding",
             "Deployment",
             "NetworkPolicy",
+            "Pod",
             "Role",
             "RoleBinding",
             "Service",
@@ -408,6 +430,7 @@ fn renders_the_operator_with_leader_election_and_hardening_by_default() {
             "--http-addr=0.0.0.0:8080",
             "--concurrency=8",
             "--assume-role-rate=20",
+            "--iam-rate=10",
             "--resync-interval=10m",
             "--log-format=json",
             "--leader-elect",
@@ -476,15 +499,20 @@ fn renders_the_operator_with_leader_election_and_hardening_by_default() {
         deployment["spec"]["selector"]["matchLabels"]
     );
 
-    // /metrics names tenants' objects: by default no pod may reach the operator (the kubelet's
-    // probes come from the node, which NetworkPolicies always admit).
-    let policy = one_of_kind(&docs, "NetworkPolicy");
+    // /metrics names tenants' objects: by default no pod but the chart's `helm test` pod may
+    // reach the operator (the kubelet's probes come from the node, which NetworkPolicies always
+    // admit).
+    let policy = named(&docs, "NetworkPolicy", "cao-cross-account-operator");
     assert_eq!(
         policy["spec"]["podSelector"]["matchLabels"],
         deployment["spec"]["selector"]["matchLabels"]
     );
     assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
-    assert_eq!(policy["spec"]["ingress"], json!([]), "{policy}");
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([test_pod_rule("cao")]),
+        "{policy}"
+    );
 }
 
 #[test]
@@ -544,14 +572,11 @@ fn renders_every_optional_part() {
     let budget = one_of_kind(&docs, "PodDisruptionBudget");
     assert_eq!(budget["spec"]["maxUnavailable"], 1);
     assert!(budget["spec"].get("minAvailable").is_none(), "{budget}");
-    for kind in [
-        "ServiceMonitor",
-        "PodDisruptionBudget",
-        "NetworkPolicy",
-        "ConfigMap",
-    ] {
+    for kind in ["ServiceMonitor", "PodDisruptionBudget", "ConfigMap", "Pod"] {
         one_of_kind(&docs, kind);
     }
+    // The operator's and the test pod's.
+    assert_eq!(of_kind(&docs, "NetworkPolicy").len(), 2);
 
     let container = &one_of_kind(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
     let env: BTreeMap<&str, &Value> = container["env"]
@@ -588,11 +613,15 @@ fn renders_every_optional_part() {
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http");
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
 
-    // Ingress only to the HTTP port, only from the listed peers.
-    let policy = one_of_kind(&docs, "NetworkPolicy");
+    // Ingress only to the HTTP port, only from the listed peers (and the test pod).
+    let policy = named(&docs, "NetworkPolicy", "cao-cross-account-operator");
     assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
     let ingress = policy["spec"]["ingress"].as_array().unwrap();
-    assert_eq!(ingress.len(), 1);
+    assert_eq!(
+        ingress.len(),
+        2,
+        "the listed peers and the test pod: {policy}"
+    );
     assert_eq!(
         ingress[0]["ports"],
         json!([{"port": "http", "protocol": "TCP"}])
@@ -601,6 +630,7 @@ fn renders_every_optional_part() {
         ingress[0]["from"],
         json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}])
     );
+    assert_eq!(ingress[1], test_pod_rule("cao"));
     // Per-object metric labels off.
     assert!(
         container["args"]
@@ -731,6 +761,340 @@ fn the_service_monitor_can_live_with_prometheus_and_relabel() {
     assert!(monitor["spec"]["endpoints"][0].get("relabelings").is_none());
 }
 
+// ---------------------------------------------------------------------------------------------
+// The `helm test` hook (rendered only: this test bed has no kubelet to run its pod)
+// ---------------------------------------------------------------------------------------------
+
+/// Whether the label selector `match_labels` (a JSON object, not empty) selects `labels`.
+fn selects(match_labels: &Value, labels: &Value) -> bool {
+    match_labels.as_object().is_some_and(|wanted| {
+        !wanted.is_empty()
+            && wanted
+                .iter()
+                .all(|(key, value)| labels.get(key) == Some(value))
+    })
+}
+
+/// The NetworkPolicy rule that admits the `helm test` pod of `release` to the HTTP port.
+fn test_pod_rule(release: &str) -> Value {
+    json!({
+        "ports": [{"port": "http", "protocol": "TCP"}],
+        "from": [{"podSelector": {"matchLabels": {
+            "app.kubernetes.io/name": "cross-account-operator-test",
+            "app.kubernetes.io/instance": release,
+        }}}],
+    })
+}
+
+/// The value of environment variable `name` of `container`.
+fn env_value<'a>(container: &'a Value, name: &str) -> &'a str {
+    container["env"]
+        .as_array()
+        .and_then(|env| env.iter().find(|e| e["name"] == name))
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("no {name} in {container}"))
+}
+
+#[test]
+fn the_helm_test_hook_asks_the_operator_through_the_metrics_service() {
+    let docs = render("cao", "ops", &["--set", "clusterName=x"]);
+    let pod = one_of_kind(&docs, "Pod");
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["helm.sh/hook"], "test", "{pod}");
+    assert_eq!(
+        annotations["helm.sh/hook-delete-policy"], "before-hook-creation,hook-succeeded",
+        "{pod}"
+    );
+    assert_eq!(pod["metadata"]["name"], "cao-cross-account-operator-test");
+    assert_eq!(pod["metadata"]["namespace"], "ops");
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["command"], json!(["sh", "-c"]));
+    let script = container["args"][0].as_str().expect("the script");
+
+    // It calls the metrics Service on the Service's port, which targets the operator's HTTP port.
+    let service = one_of_kind(&docs, "Service");
+    let deployment = one_of_kind(&docs, "Deployment");
+    let operator = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env_value(container, "OPERATOR_URL"),
+        format!(
+            "http://{}.ops.svc:{}",
+            service["metadata"]["name"].as_str().unwrap(),
+            service["spec"]["ports"][0]["port"]
+        )
+    );
+    assert_eq!(
+        service["spec"]["ports"][0]["targetPort"],
+        operator["ports"][0]["name"]
+    );
+    // The paths: the readiness probe's, and the one the ServiceMonitor scrapes.
+    let readiness = operator["readinessProbe"]["httpGet"]["path"]
+        .as_str()
+        .unwrap();
+    for path in [readiness, "/metrics"] {
+        assert!(
+            script.contains(&format!("wget -q -T 5 -O - \"$OPERATOR_URL{path}\"")),
+            "the hook does not fetch {path}:\n{script}"
+        );
+    }
+    // What it expects is what the operator serves: "ok" from /readyz when ready, and a metric
+    // family it registers (a counter's TYPE line has no _total).
+    let http = fs::read_to_string(repo_root().join("src/http.rs")).unwrap();
+    for served in [
+        ".route(\"/readyz\", get(readyz))",
+        ".route(\"/metrics\", get(metrics_text))",
+        "(StatusCode::OK, \"ok\")",
+    ] {
+        assert!(http.contains(served), "src/http.rs no longer has {served}");
+    }
+    assert!(script.contains("[ \"$answer\" = ok ]"), "{script}");
+    let family = "crossaccount_reconciles";
+    assert!(
+        script.contains(&format!("*\"# TYPE {family} counter\"*")),
+        "{script}"
+    );
+    assert!(OPERATOR_METRICS.contains(&format!("{family}_total").as_str()));
+
+    // Not an operator pod: neither the Service nor the operator's NetworkPolicy selects it.
+    let labels = &pod["metadata"]["labels"];
+    let policy = named(&docs, "NetworkPolicy", "cao-cross-account-operator");
+    assert!(!selects(&service["spec"]["selector"], labels), "{labels}");
+    assert!(
+        !selects(&policy["spec"]["podSelector"]["matchLabels"], labels),
+        "{labels}"
+    );
+    assert_eq!(labels["app.kubernetes.io/instance"], "cao");
+    assert_eq!(labels["app.kubernetes.io/component"], "test");
+
+    // Hardened like the operator's pod, without its ServiceAccount token.
+    let spec = &pod["spec"];
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let security = &container["securityContext"];
+    assert_eq!(security["runAsNonRoot"], true);
+    assert!(
+        security["runAsUser"].as_u64().unwrap() >= 10000,
+        "{security}"
+    );
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+    for kind in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(
+                container["resources"][kind][resource].is_string(),
+                "no {kind}.{resource}: {}",
+                container["resources"]
+            );
+        }
+    }
+    // Pinned by digest by default.
+    assert_eq!(
+        container["image"],
+        "docker.io/library/busybox@sha256:bdf57e528e45e4433820e045b29b4597825a1c9e38353532d90a01445013f82e"
+    );
+    assert_eq!(container["imagePullPolicy"], "IfNotPresent");
+
+    // The URL follows the release, its namespace and the Service's port.
+    let docs = render(
+        "platform",
+        "team-ops",
+        &["--set", "clusterName=x", "--set", "service.port=9090"],
+    );
+    let pod = one_of_kind(&docs, "Pod");
+    assert_eq!(
+        env_value(&pod["spec"]["containers"][0], "OPERATOR_URL"),
+        "http://platform-cross-account-operator-metrics.team-ops.svc:9090"
+    );
+    assert_eq!(
+        one_of_kind(&docs, "Service")["spec"]["ports"][0]["port"],
+        9090
+    );
+}
+
+#[test]
+fn the_network_policies_let_the_test_pod_reach_the_operator_and_nothing_else() {
+    let peer = [
+        "--set",
+        "networkPolicy.from[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+    ];
+    for (with_peers, http_port) in [(false, 8080), (true, 9443)] {
+        let port_value = format!("operator.httpPort={http_port}");
+        let mut args = vec!["--set", "clusterName=x", "--set", &port_value];
+        if with_peers {
+            args.extend_from_slice(&peer);
+        }
+        let docs = render("cao", "ops", &args);
+        let pod = one_of_kind(&docs, "Pod");
+        let labels = &pod["metadata"]["labels"];
+        let deployment = one_of_kind(&docs, "Deployment");
+        let operator_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+        let operator = &deployment["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(operator["ports"][0]["containerPort"], http_port);
+        assert_eq!(of_kind(&docs, "NetworkPolicy").len(), 2);
+
+        // The operator's: exactly one rule admits the test pod, by its labels, in the policy's
+        // (the release's) namespace (a podSelector without namespaceSelector), to the HTTP port.
+        let policy = named(&docs, "NetworkPolicy", "cao-cross-account-operator");
+        let rules = policy["spec"]["ingress"].as_array().unwrap();
+        assert_eq!(rules.len(), if with_peers { 2 } else { 1 }, "{policy}");
+        let admitting: Vec<&Value> = rules
+            .iter()
+            .filter(|rule| {
+                rule["from"].as_array().unwrap().iter().any(|from| {
+                    from.get("namespaceSelector").is_none()
+                        && from.get("ipBlock").is_none()
+                        && selects(&from["podSelector"]["matchLabels"], labels)
+                })
+            })
+            .collect();
+        assert_eq!(admitting.len(), 1, "{policy}");
+        assert_eq!(
+            pod["metadata"]["namespace"],
+            policy["metadata"]["namespace"]
+        );
+        assert_eq!(
+            admitting[0]["ports"],
+            json!([{"port": operator["ports"][0]["name"], "protocol": "TCP"}]),
+            "{policy}"
+        );
+
+        // The test pod's own: nothing may connect to it, and it may reach the operator pods'
+        // HTTP port (the container port: the policy sees the packet after the Service's
+        // translation) and DNS, nothing else.
+        let own = named(&docs, "NetworkPolicy", "cao-cross-account-operator-test");
+        let own_selector = &own["spec"]["podSelector"]["matchLabels"];
+        assert!(selects(own_selector, labels), "{own}");
+        assert!(!selects(own_selector, operator_labels), "{own}");
+        assert_eq!(own["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        assert_eq!(own["spec"]["ingress"], json!([]));
+        let egress = own["spec"]["egress"].as_array().unwrap();
+        assert_eq!(egress.len(), 2, "{own}");
+        assert_eq!(
+            egress[0]["ports"],
+            json!([{"port": http_port, "protocol": "TCP"}])
+        );
+        let to = egress[0]["to"].as_array().unwrap();
+        assert_eq!(to.len(), 1, "{own}");
+        assert!(to[0].get("namespaceSelector").is_none(), "{own}");
+        assert!(
+            selects(&to[0]["podSelector"]["matchLabels"], operator_labels),
+            "{own}"
+        );
+        assert_eq!(
+            egress[1],
+            json!({"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]})
+        );
+    }
+
+    // Without the hook: no test pod, and neither its policy nor a rule for it.
+    let docs = render(
+        "cao",
+        "ops",
+        &["--set", "clusterName=x", "--set", "tests.enabled=false"],
+    );
+    assert!(
+        of_kind(&docs, "Pod").is_empty(),
+        "a test pod with tests.enabled=false"
+    );
+    assert_eq!(
+        one_of_kind(&docs, "NetworkPolicy")["spec"]["ingress"],
+        json!([]),
+        "nobody may reach the operator"
+    );
+    let mut args = vec!["--set", "clusterName=x", "--set", "tests.enabled=false"];
+    args.extend_from_slice(&peer);
+    let docs = render("cao", "ops", &args);
+    let rules = one_of_kind(&docs, "NetworkPolicy")["spec"]["ingress"].clone();
+    assert_eq!(rules.as_array().unwrap().len(), 1, "{rules}");
+    assert!(
+        rules[0]["from"][0].get("namespaceSelector").is_some(),
+        "{rules}"
+    );
+    // Without NetworkPolicies: none for the test pod either.
+    let docs = render(
+        "cao",
+        "ops",
+        &[
+            "--set",
+            "clusterName=x",
+            "--set",
+            "networkPolicy.enabled=false",
+        ],
+    );
+    assert!(of_kind(&docs, "NetworkPolicy").is_empty());
+    one_of_kind(&docs, "Pod");
+}
+
+#[test]
+fn the_test_pods_image_resources_and_scheduling_follow_the_values() {
+    let docs = render(
+        "cao",
+        "ops",
+        &[
+            "--set",
+            "clusterName=x",
+            "--set",
+            "tests.image.repository=registry.example.com/mirror/busybox",
+            "--set",
+            "tests.image.digest=",
+            "--set",
+            "tests.image.pullPolicy=Always",
+            "--set",
+            "tests.resources.limits.memory=24Mi",
+            "--set",
+            "imagePullSecrets[0].name=regcred",
+            "--set",
+            "nodeSelector.pool=system",
+            "--set",
+            "tolerations[0].key=dedicated",
+            "--set",
+            "tolerations[0].operator=Exists",
+            "--set",
+            "commonLabels.team=platform",
+        ],
+    );
+    let pod = one_of_kind(&docs, "Pod");
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(
+        container["image"],
+        "registry.example.com/mirror/busybox:1.37.0"
+    );
+    assert_eq!(container["imagePullPolicy"], "Always");
+    assert_eq!(container["resources"]["limits"]["memory"], "24Mi");
+    // Scheduled and pulled like the operator's pods, labelled like every object.
+    assert_eq!(
+        pod["spec"]["imagePullSecrets"],
+        json!([{"name": "regcred"}])
+    );
+    assert_eq!(pod["spec"]["nodeSelector"], json!({"pool": "system"}));
+    assert_eq!(
+        pod["spec"]["tolerations"],
+        json!([{"key": "dedicated", "operator": "Exists"}])
+    );
+    assert_eq!(pod["metadata"]["labels"]["team"], "platform");
+    // Neither a tag nor a digest: refused with the value's name.
+    let chart = chart_dir();
+    let out = helm_fails(&[
+        "template",
+        "cao",
+        chart.to_str().unwrap(),
+        "--set",
+        "clusterName=x",
+        "--set",
+        "tests.image.tag=",
+        "--set",
+        "tests.image.digest=",
+    ]);
+    assert!(out.contains("tests.image.tag"), "{out}");
+}
+
 #[test]
 fn the_guardrails_admission_policy_is_the_one_of_crds_named_after_the_release() {
     let shipped: Value = serde_yaml::from_str(
@@ -845,7 +1209,7 @@ fn template_fails_with_values(name: &str, values: &str) -> String {
 #[test]
 fn schema_rejects_misspelled_keys_and_wrong_types() {
     // (case, values, words the error must contain)
-    let cases: [(&str, &str, &[&str]); 5] = [
+    let cases: [(&str, &str, &[&str]); 6] = [
         (
             "misspelled",
             "clusterNmae: prod-eu-1\n",
@@ -870,6 +1234,11 @@ fn schema_rejects_misspelled_keys_and_wrong_types() {
             "bad-duration",
             "clusterName: prod-eu-1\noperator:\n  resyncInterval: 10 minutes\n",
             &["resyncInterval"],
+        ),
+        (
+            "test-hook-misspelled",
+            "clusterName: prod-eu-1\ntests:\n  image:\n    pullPolcy: Always\n",
+            &["pullPolcy"],
         ),
     ];
     for (case, values, words) in cases {
@@ -1144,6 +1513,8 @@ const OPERATOR_METRICS: &[&str] = &[
     "crossaccount_reconciles_total",
     "crossaccount_reconcile_errors_total",
     "crossaccount_reconcile_duration_seconds",
+    "crossaccount_reconcile_queue_seconds",
+    "crossaccount_aws_budget_wait_seconds",
     "crossaccount_abandoned_roles_total",
     "crossaccount_credentials_expiry_seconds",
 ];
@@ -1168,6 +1539,7 @@ fn the_alerts_are_promql_on_the_operators_own_metrics() {
         alerts,
         [
             "CrossAccountCredentialsExpiring",
+            "CrossAccountIamBudgetSaturated",
             "CrossAccountOperatorNotReconciling",
             "CrossAccountReconcileErrors",
             "CrossAccountRolesAbandoned",
@@ -1184,8 +1556,13 @@ fn the_alerts_are_promql_on_the_operators_own_metrics() {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
+            // A histogram's series are its family's name with a suffix.
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
             assert!(
-                OPERATOR_METRICS.contains(&name.as_str()),
+                OPERATOR_METRICS.contains(&name.as_str()) || OPERATOR_METRICS.contains(&family),
                 "{}: {name} is not a metric the operator exposes",
                 rule["alert"]
             );
@@ -1326,27 +1703,17 @@ fn dockerfile_builds_the_locked_release_binary_into_a_nonroot_static_image() {
     let run = builds[0];
     let command = &run[run.find("cargo build").unwrap()..];
     let command = command.split("&&").next().unwrap();
-    let words: Vec<&str> = command.split_whitespace().collect();
-    let mut without_target = Vec::new();
-    let mut words_iter = words.iter();
-    let mut target = None;
-    while let Some(word) = words_iter.next() {
-        if *word == "--target" {
-            target = words_iter.next().copied();
-        } else {
-            without_target.push(*word);
-        }
-    }
-    // The documented release build, for a static target.
+    // The documented release build, for the static (musl) target of the builder's own
+    // architecture, which the same RUN adds, and the binary copied from where that build puts it.
     assert_eq!(
-        without_target.join(" "),
-        "cargo build --release --locked --bin cross-account-operator",
+        command.split_whitespace().collect::<Vec<_>>().join(" "),
+        "cargo build --release --locked --bin cross-account-operator --target \"$target\"",
         "{run}"
     );
-    assert_eq!(target, Some("x86_64-unknown-linux-musl"), "{run}");
-    // The binary is copied from where that build puts it.
     assert!(
-        run.contains("target/x86_64-unknown-linux-musl/release/cross-account-operator"),
+        run.contains("target=\"$(uname -m)-unknown-linux-musl\"")
+            && run.contains("rustup target add \"$target\"")
+            && run.contains("\"target/$target/release/cross-account-operator\""),
         "{run}"
     );
     // It is the binary Cargo.toml declares.
@@ -1366,10 +1733,24 @@ fn dockerfile_builds_the_locked_release_binary_into_a_nonroot_static_image() {
         "{}",
         froms[0]
     );
-    assert_eq!(
-        froms[1].as_str(),
-        "FROM gcr.io/distroless/static-debian12:nonroot"
+    assert!(
+        froms[1].starts_with("FROM gcr.io/distroless/static-debian12:nonroot@sha256:"),
+        "{}",
+        froms[1]
     );
+    // Both bases pinned by digest (64 hex digits), the tag kept for readers.
+    for from in &froms {
+        let digest = from
+            .split_whitespace()
+            .nth(1)
+            .and_then(|image| image.split_once("@sha256:"))
+            .map(|(_, digest)| digest)
+            .unwrap_or_else(|| panic!("{from} is not pinned by digest"));
+        assert!(
+            digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{from}"
+        );
+    }
     let final_stage = instructions
         .iter()
         .skip_while(|i| !std::ptr::eq(*i, froms[1]))
@@ -1571,6 +1952,7 @@ fn installs_into_a_fresh_namespace_and_uninstalls_cleanly() {
         ("rolebinding", format!("{fullname}-leader-election")),
         ("poddisruptionbudget", fullname.clone()),
         ("networkpolicy", fullname.clone()),
+        ("networkpolicy", format!("{fullname}-test")),
         ("configmap", format!("{fullname}-dashboard")),
     ];
     for (kind, name) in &namespaced {

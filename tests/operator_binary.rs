@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::process::{Child, Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cross-account-operator");
 
@@ -70,23 +67,7 @@ async fn starts_serves_health_and_exits_cleanly_on_sigterm() {
     let mut child = start(port);
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-
-    let ready = common::poll("/readyz to answer 200", Duration::from_secs(60), || {
-        let http = http.clone();
-        let url = format!("{base}/readyz");
-        let exited = child.try_wait().unwrap();
-        async move {
-            if let Some(status) = exited {
-                panic!("the operator exited early with {status}");
-            }
-            match http.get(&url).send().await {
-                Ok(r) if r.status().is_success() => Ok(r.text().await.unwrap()),
-                Ok(r) => Err(format!("status {}", r.status())),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    })
-    .await;
+    let ready = common::wait_for_readyz(&mut child, &base).await;
     assert_eq!(ready, "ok");
 
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();

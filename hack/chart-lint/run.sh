@@ -7,7 +7,8 @@
 # Kubernetes minor the chart claims (Chart.yaml kubeVersion: 1.28 up to the newest schemas of
 # kubernetes-validate). Linters: checkov (kubernetes and dockerfile), kube-score, kubernetes-validate
 # --strict per minor (and the CRDs), hadolint. All are installed from the registries (PyPI, the Go
-# module proxy) into the user cache, once per version.
+# module proxy) into the user cache, once per version. First of all, the chart's README.md must be
+# what helm-docs generates from README.md.gotmpl and values.yaml (hack/chart-readme.sh --check).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -17,6 +18,9 @@ kube_score_version=v1.20.0
 first_minor=28
 last_minor=37
 out="$root/target/chart-lint"
+
+# Regenerated in a copy and compared; fails with what differs and how to regenerate.
+"$root/hack/chart-readme.sh" --check
 
 mkdir -p "$cache/bin" "$cache/linters"
 exec 9>"$cache/linters/.install.lock"
@@ -33,15 +37,7 @@ if [ ! -e "$venv/.installed" ]; then
   touch "$venv/.installed"
 fi
 
-kube_score="$cache/bin/kube-score-$kube_score_version"
-if [ ! -x "$kube_score" ]; then
-  echo "chart-lint: building kube-score $kube_score_version with go install" >&2
-  staging=$(mktemp -d "$cache/bin/.kube-score.XXXXXX")
-  (cd "$staging" && GOBIN="$staging" CGO_ENABLED=0 go install -trimpath -ldflags='-s -w' \
-    "github.com/zegl/kube-score/cmd/kube-score@$kube_score_version")
-  mv "$staging/kube-score" "$kube_score"
-  rm -rf "$staging"
-fi
+kube_score=$("$root/hack/install-go-tool.sh" kube-score github.com/zegl/kube-score "$kube_score_version" ./cmd/kube-score)
 exec 9>&-
 
 helm=$("$root/hack/install-helm.sh")

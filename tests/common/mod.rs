@@ -1392,9 +1392,57 @@ pub async fn wait_for_account_ready(client: &Client, name: &str, timeout: Durati
     })
 }
 
+/// Waits until the operator process `child` answers `GET <base_url>/readyz` with 200 (within a
+/// minute) and returns the body; fails when the process exits first.
+pub async fn wait_for_readyz(child: &mut std::process::Child, base_url: &str) -> String {
+    let http = reqwest::Client::new();
+    poll("/readyz to answer 200", Duration::from_secs(60), || {
+        let http = http.clone();
+        let url = format!("{base_url}/readyz");
+        let exited = child.try_wait().unwrap();
+        async move {
+            if let Some(status) = exited {
+                panic!("the operator exited early with {status}");
+            }
+            match http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => Ok(r.text().await.unwrap()),
+                Ok(r) => Err(format!("status {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await
+}
+
 /// Deletes AwsAccount `name` when dropped (also when the test panics).
 pub struct AccountGuard {
     pub name: String,
+}
+
+impl AccountGuard {
+    /// A new AwsAccount for the environment's target account that admits `namespaces` and AWS
+    /// managed policies, once it is Ready (within `timeout`).
+    pub async fn ready_for(
+        client: &Client,
+        tag: &str,
+        namespaces: &[&str],
+        timeout: Duration,
+    ) -> AccountGuard {
+        let account = AccountGuard { name: unique(tag) };
+        create_account(
+            client,
+            &account.name,
+            serde_json::json!({
+                "accountId": env("TARGET_ACCOUNT_ID"),
+                "managementRoleArn": env("MANAGEMENT_ROLE_ARN"),
+                "allowedNamespaces": {"names": namespaces},
+                "allowedPolicyArns": ["arn:aws:iam::aws:policy/*"],
+            }),
+        )
+        .await;
+        wait_for_account_ready(client, &account.name, timeout).await;
+        account
+    }
 }
 
 impl Drop for AccountGuard {

@@ -31,18 +31,45 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/*
-Labels on every object of the release.
+The labels of an object of the release: `selector` (its selector labels, as text) and `component`,
+with the chart's and the release's around them and commonLabels last. Called with
+(dict "root" $ "selector" ... "component" ...).
 */}}
-{{- define "cao.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
-{{ include "cao.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/component: operator
+{{- define "cao.labelsOf" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ .selector }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/part-of: cross-account-operator
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-{{- with .Values.commonLabels }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- with .root.Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/*
+Labels on every object of the release (but the test pod).
+*/}}
+{{- define "cao.labels" -}}
+{{- include "cao.labelsOf" (dict "root" . "selector" (include "cao.selectorLabels" .) "component" "operator") -}}
+{{- end -}}
+
+{{/*
+Labels that select the `helm test` pod (the NetworkPolicy admits it by them). Its name differs
+from the operator's: with the operator's selector labels the metrics Service would send the test's
+own request to the test pod, and the operator's NetworkPolicy, PodDisruptionBudget and
+anti-affinity would count it as an operator pod.
+*/}}
+{{- define "cao.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-test" (include "cao.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/*
+Labels of the `helm test` pod.
+*/}}
+{{- define "cao.testLabels" -}}
+{{- include "cao.labelsOf" (dict "root" . "selector" (include "cao.testSelectorLabels" .) "component" "test") -}}
 {{- end -}}
 
 {{/*
@@ -64,14 +91,24 @@ Name of the leader-election Lease.
 {{- end -}}
 
 {{/*
-The operator image: repository:tag, or repository@digest when a digest is given.
+An image reference from values `image` (repository, tag, digest): repository:tag, or
+repository@digest when a digest is given; `defaultTag` stands in for an empty tag. Called with
+(dict "image" ... "defaultTag" ... "what" <the values key, for the error>).
+*/}}
+{{- define "cao.imageRef" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository (required (printf "%s.tag or %s.digest is required" .what .what) (default .defaultTag .image.tag)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The operator image: repository:tag (the chart's appVersion when the tag is empty), or
+repository@digest when a digest is given.
 */}}
 {{- define "cao.image" -}}
-{{- if .Values.image.digest -}}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
-{{- else -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
-{{- end -}}
+{{- include "cao.imageRef" (dict "image" .Values.image "defaultTag" .Chart.AppVersion "what" "image") -}}
 {{- end -}}
 
 {{/*
