@@ -221,22 +221,27 @@ pub fn parse_namespace_list(text: &str) -> Result<Vec<String>, String> {
 }
 
 /// Parses durations such as `90s`, `10m`, `1h` or `250ms`.
-pub fn parse_rate(text: &str) -> Result<f64, String> {
+/// A rate of calls a second, between 0.1 and `max`; `what` names the calls and the example in the
+/// error.
+fn parse_rate_up_to(text: &str, max: f64, what: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
-        Ok(rate) if rate.is_finite() && (0.1..=600.0).contains(&rate) => Ok(rate),
+        Ok(rate) if rate.is_finite() && (0.1..=max).contains(&rate) => Ok(rate),
         _ => Err(format!(
-            "`{text}` is not a rate between 0.1 and 600 (STS's AssumeRole quota per account) calls a second, e.g. 20"
+            "`{text}` is not a rate between 0.1 and {max} {what}"
         )),
     }
 }
 
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    parse_rate_up_to(
+        text,
+        600.0,
+        "(STS's AssumeRole quota per account) calls a second, e.g. 20",
+    )
+}
+
 pub fn parse_iam_rate(text: &str) -> Result<f64, String> {
-    match text.trim().parse::<f64>() {
-        Ok(rate) if rate.is_finite() && (0.1..=1000.0).contains(&rate) => Ok(rate),
-        _ => Err(format!(
-            "`{text}` is not a rate between 0.1 and 1000 IAM requests a second, e.g. 10"
-        )),
-    }
+    parse_rate_up_to(text, 1000.0, "IAM requests a second, e.g. 10")
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
