@@ -121,6 +121,7 @@ pub struct Metrics {
     pub(crate) reconcile_queue: Family<ReconcileLabels, Histogram>,
     pub(crate) aws_budget_wait: Family<AwsBudgetLabels, Histogram>,
     pub(crate) abandoned_roles: Counter,
+    pub(crate) events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -182,6 +183,12 @@ impl Metrics {
             "IAM roles left in AWS because their AwsAccount was deleted before their CrossAccountRole",
             abandoned_roles.clone(),
         );
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_dropped",
+            "Kubernetes events not published because the queue of events waiting for the apiserver was full",
+            events_dropped.clone(),
+        );
         let credentials_expiry = Arc::new(CredentialsExpiry {
             expirations: Mutex::default(),
             per_object,
@@ -197,6 +204,7 @@ impl Metrics {
             reconcile_queue,
             aws_budget_wait,
             abandoned_roles,
+            events_dropped,
         }
     }
 

@@ -530,23 +530,37 @@ async fn events(client: &Client, namespace: &str) -> Vec<k8s_openapi::api::event
         .items
 }
 
-/// Events of `namespace` about CrossAccountRole `name` with `reason`.
+/// Events of `namespace` about CrossAccountRole `name` with `reason`, once there is one: the
+/// operator publishes events from a queue of their own, moments after the status it wrote.
 async fn events_with_reason(
     client: &Client,
     namespace: &str,
     name: &str,
     reason: &str,
 ) -> Vec<k8s_openapi::api::events::v1::Event> {
-    events(client, namespace)
-        .await
-        .into_iter()
-        .filter(|e| {
-            e.reason.as_deref() == Some(reason)
-                && e.regarding.as_ref().is_some_and(|r| {
-                    r.kind.as_deref() == Some("CrossAccountRole") && r.name.as_deref() == Some(name)
+    common::poll(
+        &format!("an event {reason} about {namespace}/{name}"),
+        Duration::from_secs(30),
+        || async {
+            let found: Vec<_> = events(client, namespace)
+                .await
+                .into_iter()
+                .filter(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.regarding.as_ref().is_some_and(|r| {
+                            r.kind.as_deref() == Some("CrossAccountRole")
+                                && r.name.as_deref() == Some(name)
+                        })
                 })
-        })
-        .collect()
+                .collect();
+            if found.is_empty() {
+                Err("none yet".to_owned())
+            } else {
+                Ok(found)
+            }
+        },
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

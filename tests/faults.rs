@@ -312,19 +312,41 @@ async fn wait_all_gone(
     started.elapsed()
 }
 
-async fn events_with_reason(
+/// The names of the objects of `namespace` with an event of `reason` (and of type Warning when
+/// `warnings_only`), once `expected` all have one or after a deadline, whichever is first: the
+/// operator publishes events from a queue of their own, moments after the status it wrote.
+async fn objects_with_event(
     client: &Client,
     namespace: &str,
     reason: &str,
-) -> Vec<k8s_openapi::api::events::v1::Event> {
-    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("list events in {namespace}: {e}"))
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .collect()
+    warnings_only: bool,
+    expected: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let api = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), namespace);
+    let seen = || async {
+        api.list(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("list events in {namespace}: {e}"))
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter(|e| !warnings_only || e.type_.as_deref() == Some("Warning"))
+            .filter_map(|e| e.regarding.and_then(|r| r.name))
+            .collect::<BTreeSet<String>>()
+    };
+    let found = common::try_poll(Duration::from_secs(30), || async {
+        let names = seen().await;
+        if expected.is_subset(&names) {
+            Ok(names)
+        } else {
+            Err(String::new())
+        }
+    })
+    .await;
+    match found {
+        Ok(names) => names,
+        Err(_) => seen().await,
+    }
 }
 
 /// `crossaccount_reconcile_errors_total` of CrossAccountRoles with `category`.
@@ -760,11 +782,8 @@ async fn fifty_roles_converge_under_throttling_and_server_errors() {
     .await;
     // Events are aggregated per (object, reason) for six minutes by kube's recorder, keeping the
     // first note (see docs/reliability.md): each role has its AwsChange event.
-    let changed: BTreeSet<String> = events_with_reason(&client, &ns.name, "AwsChange")
-        .await
-        .iter()
-        .filter_map(|e| e.regarding.as_ref().and_then(|r| r.name.clone()))
-        .collect();
+    let fleet: BTreeSet<String> = members.iter().map(Member::name).collect();
+    let changed = objects_with_event(&client, &ns.name, "AwsChange", false, &fleet).await;
     assert_eq!(
         changed.len(),
         FLEET_SIZE,
@@ -898,12 +917,9 @@ async fn fifty_roles_converge_under_throttling_and_server_errors() {
         not_reporting.len(),
         not_reporting.iter().take(3).collect::<Vec<_>>()
     );
-    let warned: BTreeSet<String> = events_with_reason(&client, &ns.name, "AwsError")
-        .await
-        .iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .filter_map(|e| e.regarding.as_ref().and_then(|r| r.name.clone()))
-        .collect();
+    let throttled_names: BTreeSet<String> =
+        throttled_members.iter().map(|r| r.name_any()).collect();
+    let warned = objects_with_event(&client, &ns.name, "AwsError", true, &throttled_names).await;
     let unwarned: Vec<&&CrossAccountRole> = throttled_members
         .iter()
         .filter(|r| !warned.contains(&r.name_any()))

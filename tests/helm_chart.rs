@@ -1516,6 +1516,7 @@ const OPERATOR_METRICS: &[&str] = &[
     "crossaccount_reconcile_queue_seconds",
     "crossaccount_aws_budget_wait_seconds",
     "crossaccount_abandoned_roles_total",
+    "crossaccount_events_dropped_total",
     "crossaccount_credentials_expiry_seconds",
 ];
 

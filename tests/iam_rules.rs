@@ -744,19 +744,31 @@ async fn revoking_by_annotation_writes_the_consoles_policy_and_reissues() {
         "the new credentials ({issued}) are issued after {}",
         before.0
     );
-    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns.name)
-        .list(&Default::default())
-        .await
-        .unwrap();
-    assert!(
-        events.items.iter().any(|e| {
-            e.reason.as_deref() == Some("SessionsRevoked")
-                && e.note
-                    .as_deref()
-                    .is_some_and(|n| n.contains("incident-responder"))
-        }),
-        "an event says who asked"
-    );
+    // Events are published from a queue of their own, moments after the status.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns.name);
+    common::poll("an event that says who asked", GONE, || async {
+        let listed = events
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        listed
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("SessionsRevoked")
+                    && e.note
+                        .as_deref()
+                        .is_some_and(|n| n.contains("incident-responder"))
+            })
+            .then_some(())
+            .ok_or_else(|| {
+                format!(
+                    "{} events, none SessionsRevoked naming incident-responder",
+                    listed.items.len()
+                )
+            })
+    })
+    .await;
     common::delete_role_and_wait(&client, &ns.name, "app", GONE).await;
 }
 

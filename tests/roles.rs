@@ -287,29 +287,37 @@ async fn seed_role_is_created_with_trust_policy_grant_tags_and_status() {
 
     // Each AWS change has an event of its own that says what was done (not one event whose
     // count grows while later notes are dropped).
-    let notes: BTreeSet<(String, String)> =
-        kube::Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns.name)
+    // Events are published from a queue of their own, moments after the status.
+    let events =
+        kube::Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns.name);
+    let wanted = [
+        ("CreateRole", role_name.as_str()),
+        ("AttachRolePolicy", S3_READ),
+        // The grant is the role's tag and trust entry (in CreateRole); the developer's grant
+        // policy is attached once, by whichever test granted it first.
+    ];
+    common::poll("an AwsChange event for each change", CONVERGE, || async {
+        let notes: BTreeSet<(String, String)> = events
             .list(&Default::default())
             .await
-            .expect("list events")
+            .map_err(|e| e.to_string())?
             .items
             .into_iter()
             .filter(|e| e.reason.as_deref() == Some("AwsChange"))
             .map(|e| (e.action.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect();
-    for (action, mentions) in [
-        ("CreateRole", role_name.as_str()),
-        ("AttachRolePolicy", S3_READ),
-        // The grant is the role's tag and trust entry (in CreateRole); the developer's grant
-        // policy is attached once, by whichever test granted it first.
-    ] {
-        assert!(
-            notes
+        match wanted.iter().find(|(action, mentions)| {
+            !notes
                 .iter()
-                .any(|(a, note)| a == action && note.contains(mentions)),
-            "an AwsChange event with action {action} mentioning {mentions}: {notes:?}"
-        );
-    }
+                .any(|(a, note)| a == action && note.contains(mentions))
+        }) {
+            None => Ok(()),
+            Some((action, mentions)) => Err(format!(
+                "no AwsChange event with action {action} mentioning {mentions}: {notes:?}"
+            )),
+        }
+    })
+    .await;
 
     let listing = kubectl(&["get", "xar", "-n", &ns.name]);
     let line = listing

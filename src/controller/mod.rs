@@ -96,7 +96,11 @@ impl<A: Aws> Context<A> {
     ) -> (Self, CacheFeeds) {
         let (caches, feeds) = caches::Caches::new(client.clone());
         let ctx = Self {
-            events: events::Events::new(client.clone(), settings.instance),
+            events: events::Events::new(
+                client.clone(),
+                settings.instance,
+                metrics.events_dropped.clone(),
+            ),
             client,
             aws,
             operator,

@@ -255,7 +255,7 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Action,
     for change in &report.outcome.applied {
         tracing::info!(operation = change.operation(), "{}", change.describe());
     }
-    ctx.events.publish(&cr.object_ref(&()), &report.notes).await;
+    ctx.events.publish(&cr.object_ref(&()), &report.notes);
     match (&report.synced, &report.outcome.role) {
         (Some(role), _) => ctx
             .recent
@@ -320,7 +320,7 @@ async fn unreadable<A: Aws>(
     );
     tracing::warn!(object = %key(guarded), error = %invalid.error, "unreadable CrossAccountRole");
     let note = Note::new(Severity::Warning, Reason::InvalidSpec, message.clone());
-    ctx.events.publish(&guarded.object_ref(&()), &[note]).await;
+    ctx.events.publish(&guarded.object_ref(&()), &[note]);
     let status =
         status::unreadable_status(guarded.meta().generation, &message, jiff::Timestamp::now());
     let api = api_of(ctx, &guarded.namespace().unwrap_or_default());
@@ -372,7 +372,7 @@ async fn finalize<A: Aws>(
                 Reason::Retained,
                 "deletionPolicy is Retain: the IAM role is left in AWS (its AwsAccount is gone)",
             );
-            ctx.events.publish(&object, &[note]).await;
+            ctx.events.publish(&object, &[note]);
             release(cr, ctx).await?;
             return Ok(Action::await_change());
         }
@@ -391,7 +391,7 @@ async fn finalize<A: Aws>(
             deletion_blocked(cr, ctx, Reason::AccountNotReady, &message).await?;
             ctx.metrics.abandoned_roles.inc();
             let note = Note::new(Severity::Warning, Reason::AccountNotReady, message);
-            ctx.events.publish(&object, &[note]).await;
+            ctx.events.publish(&object, &[note]);
             release(cr, ctx).await?;
             return Ok(Action::await_change());
         }
@@ -414,14 +414,14 @@ async fn finalize<A: Aws>(
             cleanup::retain_role(&ctx.aws, &ctx.operator, cr, &account, &scope, now).await
         }
     };
-    cleanup_notes(ctx, &object, &applied).await;
+    cleanup_notes(ctx, &object, &applied);
     if cr.spec.deletion_policy == DeletionPolicy::Retain && result.is_ok() {
         let note = Note::new(
             Severity::Normal,
             Reason::Retained,
             "deletionPolicy is Retain: the IAM role is left in AWS; the operator no longer trusts itself into it, and a later CrossAccountRole gets it only by adoption",
         );
-        ctx.events.publish(&object, &[note]).await;
+        ctx.events.publish(&object, &[note]);
     }
     if let Err(e) = result {
         let error = ReconcileError::from(e);
@@ -458,7 +458,7 @@ async fn deletion_blocked<A: Aws>(
         .map_err(ReconcileError::kube("writing status"))
 }
 
-async fn cleanup_notes<A: Aws>(
+fn cleanup_notes<A: Aws>(
     ctx: &Context<A>,
     object: &k8s_openapi::api::core::v1::ObjectReference,
     applied: &[crate::aws::Change],
@@ -467,7 +467,7 @@ async fn cleanup_notes<A: Aws>(
         tracing::info!(operation = change.operation(), "{}", change.describe());
     }
     let notes: Vec<Note> = applied.iter().map(Note::change).collect();
-    ctx.events.publish(object, &notes).await;
+    ctx.events.publish(object, &notes);
 }
 
 /// The last step of deletion: the credentials Secret goes (also where no garbage collector runs),

@@ -27,8 +27,10 @@ const CR: &str = "reader";
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-/// The mock apiserver: each call takes the next request and checks it.
-struct ApiServer(Handle);
+/// The mock apiserver: each call takes the next request and checks it. Events reach it through
+/// a client of their own (the second handle), as they are published by a task of their own, in
+/// no fixed order with the reconcile's other requests.
+struct ApiServer(Handle, Handle);
 
 /// One request the apiserver received, with its body as JSON (or `Null`).
 struct Received {
@@ -62,8 +64,12 @@ impl Received {
 
 impl ApiServer {
     async fn next(&mut self) -> Received {
+        Self::next_of(&mut self.0).await
+    }
+
+    async fn next_of(handle: &mut Handle) -> Received {
         let (request, respond) =
-            tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+            tokio::time::timeout(Duration::from_secs(5), handle.next_request())
                 .await
                 .expect("the operator made no further request")
                 .expect("the client is gone");
@@ -113,12 +119,15 @@ impl ApiServer {
     async fn events(&mut self, reasons: &[&str]) -> Vec<Value> {
         let mut seen = Vec::new();
         for reason in reasons {
-            let received = self
-                .expect(
-                    Method::POST,
-                    &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
-                )
-                .await;
+            let received = Self::next_of(&mut self.1).await;
+            assert_eq!(
+                (&received.method, received.path.as_str()),
+                (
+                    &Method::POST,
+                    format!("/apis/events.k8s.io/v1/namespaces/{NS}/events").as_str()
+                ),
+                "unexpected request instead of an event"
+            );
             assert_eq!(received.body["reason"], *reason, "{}", received.body);
             seen.push(received.body.clone());
             let body = received.body.clone();
@@ -129,9 +138,12 @@ impl ApiServer {
 
     /// Nothing more is asked of the apiserver.
     async fn done(mut self) {
-        let more = tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await;
-        if let Ok(Some((request, _))) = more {
-            panic!("unexpected request {} {}", request.method(), request.uri());
+        for handle in [&mut self.0, &mut self.1] {
+            let more =
+                tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
+            if let Ok(Some((request, _))) = more {
+                panic!("unexpected request {} {}", request.method(), request.uri());
+            }
         }
     }
 }
@@ -194,7 +206,8 @@ fn testbed_in(scope: super::WatchScope) -> (Arc<Context<FakeAws>>, ApiServer, Fa
     let source = FakeAccount::new(SOURCE);
     source.add_user("devTest");
     let aws = FakeAws::new(source);
-    let (ctx, _feeds) = Context::new(
+    let (events_service, events_handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (mut ctx, _feeds) = Context::new(
         client,
         aws.clone(),
         operator(),
@@ -206,7 +219,12 @@ fn testbed_in(scope: super::WatchScope) -> (Arc<Context<FakeAws>>, ApiServer, Fa
             scope,
         },
     );
-    (Arc::new(ctx), ApiServer(handle), aws)
+    ctx.events = super::events::Events::new(
+        Client::new(events_service, "default"),
+        Some("operator-0".into()),
+        Default::default(),
+    );
+    (Arc::new(ctx), ApiServer(handle, events_handle), aws)
 }
 
 fn guarded(object: &Value) -> Arc<DeserializeGuard<CrossAccountRole>> {

@@ -209,6 +209,7 @@ async fn run_steps<A: Aws>(
 
     // The role: from a recent sync of the same inputs, else synced now. A spec the guardrails
     // refuse still has its existing role brought back inside them.
+    let mut prefetched = None;
     let role = match (
         checked.refusal(),
         validate::verified(account),
@@ -261,7 +262,19 @@ async fn run_steps<A: Aws>(
         (None, Ok(()), Some(role)) => Ok(role),
         (None, Ok(()), None) => {
             let claim = facts.claim(owner, account, spec.adopt);
-            match sync_iam(
+            // The Secret's read does not depend on IAM: it is made while IAM is synced, not
+            // after (the write that follows is conditional on what was read, so reading earlier
+            // is as safe).
+            let read_secret = async {
+                match &cr.spec.credentials {
+                    Some(wanted) => {
+                        let name = owner.secret_name(wanted.secret_name.as_deref());
+                        Some(secret::read(&secrets_of(io, cr), &name).await)
+                    }
+                    None => None,
+                }
+            };
+            let iam = sync_iam(
                 io,
                 account,
                 spec,
@@ -270,9 +283,10 @@ async fn run_steps<A: Aws>(
                 before_first_write,
                 &mut run.applied,
                 facts.now,
-            )
-            .await
-            {
+            );
+            let (synced, read) = futures::join!(iam, read_secret);
+            prefetched = read;
+            match synced {
                 Ok(Some(role)) => {
                     run.synced = Some(role.clone());
                     Ok(role)
@@ -350,8 +364,10 @@ async fn run_steps<A: Aws>(
             message: "no credentials yet: the role has not been created".to_owned(),
         }),
         (Some(wanted), Some(role)) => {
-            let (credentials, restarts) =
-                sync_credentials(io, cr, owner, account, &role, wanted, facts, run).await;
+            let (credentials, restarts) = sync_credentials(
+                io, cr, owner, account, &role, wanted, facts, prefetched, run,
+            )
+            .await;
             outcome.restarts = restarts;
             Some(credentials)
         }
@@ -527,6 +543,7 @@ async fn sync_iam<A: Aws>(
 /// credentials -> secret -> rollout: keeps valid credentials for `role` in the CR's Secret,
 /// reusing what it holds until its refresh time or until the request changes; restarts the
 /// rollout targets after a mint. A failure is part of the outcome (and of the run's errors).
+/// `prefetched` is the Secret's read if this run made it already.
 #[allow(clippy::too_many_arguments)]
 async fn sync_credentials<A: Aws>(
     io: &Io<'_, A>,
@@ -536,11 +553,16 @@ async fn sync_credentials<A: Aws>(
     role: &SyncedRole,
     wanted: &CredentialsSpec,
     facts: &Facts<'_>,
+    prefetched: Option<Result<Option<Secret>, ReconcileError>>,
     run: &mut Run,
 ) -> (CredentialsOutcome, Vec<(String, RestartResult)>) {
     let secrets = secrets_of(io, cr);
     let name = owner.secret_name(wanted.secret_name.as_deref());
-    let existing = match secret::read(&secrets, &name).await {
+    let read = match prefetched {
+        Some(read) => read,
+        None => secret::read(&secrets, &name).await,
+    };
+    let existing = match read {
         Ok(existing) => existing,
         Err(e) => return (failed(e, None, run), Vec::new()),
     };
