@@ -81,6 +81,8 @@ pub(crate) struct Context<A: Aws> {
     caches: caches::Caches,
     recent: recent_sync::RecentSyncs,
     mints: crate::pipeline::credentials::MintBudget,
+    /// Which principals were seen without an object's legacy grant policy.
+    legacy: crate::pipeline::observe::LegacyProbes,
     /// Workers for CrossAccountRole reconciles, first come first served.
     turns: turns::Turns,
 }
@@ -111,6 +113,7 @@ impl<A: Aws> Context<A> {
             caches,
             recent: recent_sync::RecentSyncs::new(settings.resync_interval),
             mints: Default::default(),
+            legacy: Default::default(),
             turns: turns::Turns::new(settings.concurrency),
         };
         (ctx, feeds)

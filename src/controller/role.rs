@@ -244,6 +244,7 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Action,
         aws: &ctx.aws,
         operator: &ctx.operator,
         mints: &ctx.mints,
+        legacy: &ctx.legacy,
     };
     let api = api_of(ctx, &namespace);
     let now = facts.now;
@@ -404,6 +405,7 @@ async fn finalize<A: Aws>(
     let scope = cleanup::Scope {
         protected: &protected,
         namespace_labels: &labels,
+        legacy: &ctx.legacy,
     };
     let (applied, result) = match cr.spec.deletion_policy {
         DeletionPolicy::Delete => {

@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use super::{
     apply::apply_changes,
     desired::{granted_principals, without_operator},
-    observe::access_of,
+    observe::{LegacyProbes, access_of, holds_legacy},
     ownership::{Claim, Ownership, ownership},
     plan::plan_delete,
     validate::{grant_permitted, grant_principal},
@@ -27,6 +27,8 @@ pub(crate) struct Scope<'a> {
     pub protected: &'a [String],
     /// The labels of the object's namespace (which grants it may revoke).
     pub namespace_labels: &'a BTreeMap<String, String>,
+    /// Which principals were seen without the object's legacy grant policy.
+    pub legacy: &'a LegacyProbes,
 }
 
 /// `Delete`: removes the role of `cr` (reached through `account`) and revokes its grants when the
@@ -71,17 +73,19 @@ pub(crate) async fn cleanup_role<A: Aws>(
     let legacy_name = owner.grant_policy_name();
     let mut legacy = BTreeSet::new();
     for principal in granted {
-        match source.get_principal_policy(&principal, &legacy_name).await {
-            Ok(Some(_)) => {
+        match holds_legacy(&source, scope.legacy, &principal, &legacy_name).await {
+            Ok(true) => {
                 legacy.insert(principal);
             }
-            Ok(None) => {}
-            Err(e) if e.is_not_found() => {}
+            Ok(false) => {}
             Err(e) => return (Vec::new(), Err(e)),
         }
     }
     let changes = plan_delete(&role_name, owned, &legacy, &legacy_name);
     let (applied, result) = apply_changes(&target, &source, &changes).await;
+    if result.is_ok() {
+        scope.legacy.forget(&legacy_name);
+    }
     match result {
         Err(e) if e.kind == AwsErrorKind::Conflict && e.operation == "DeleteRole" => {
             (applied, Err(explain_conflict(&target, &role_name, e).await))

@@ -49,6 +49,8 @@ pub(crate) struct Io<'a, A: Aws> {
     pub operator: &'a OperatorIdentity,
     /// Fairness of minting between objects and namespaces.
     pub mints: &'a credentials::MintBudget,
+    /// Which principals were seen without an object's legacy grant policy.
+    pub legacy: &'a observe::LegacyProbes,
 }
 
 /// What the controller looked up for this run.
@@ -491,8 +493,14 @@ async fn sync_iam<A: Aws>(
     let spec = &spec;
     let mut desired =
         desired::desired_role(spec, claim.owner, io.operator, &account.spec.account_id)?;
-    let observed =
-        observe::observe(&target, &source, &desired, &io.operator.source_account_id).await?;
+    let observed = observe::observe(
+        &target,
+        &source,
+        &desired,
+        &io.operator.source_account_id,
+        io.legacy,
+    )
+    .await?;
     if let Ownership::Foreign(message) = ownership::ownership(observed.role.as_ref(), claim) {
         return Err(Refusal::new(Reason::RoleNotOwned, message).into());
     }

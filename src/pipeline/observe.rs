@@ -1,7 +1,10 @@
 //! Step 3 (AWS reads): the role in the target account, the grant policies of the desired
 //! principals in the source account, and what an earlier reconcile granted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Mutex,
+};
 
 use super::{
     desired::{DesiredRole, granted_principals},
@@ -33,12 +36,73 @@ pub(crate) struct Observed {
     pub previously_granted: BTreeSet<Principal>,
 }
 
+/// The principals this process has seen without an object's legacy inline grant policy, by the
+/// policy's name (one per object). Only operator versions before the managed grant policies
+/// wrote that policy, and this one never does, so once absent it stays absent: the probe
+/// (`GetUserPolicy`/`GetRolePolicy`) is made once per process for each principal and object, not
+/// at every drift resync (it was one of the four or five reads a role costs a resync). A
+/// restarted operator probes again, so a policy an older replica wrote meanwhile is still found.
+#[derive(Debug, Default)]
+pub(crate) struct LegacyProbes(Mutex<HashMap<String, BTreeSet<Principal>>>);
+
+impl LegacyProbes {
+    /// Whether `principal` was seen without the legacy policy `policy`.
+    pub(crate) fn cleared(&self, policy: &str, principal: &Principal) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(policy)
+            .is_some_and(|seen| seen.contains(principal))
+    }
+
+    /// `principal` was seen without the legacy policy `policy`.
+    pub(crate) fn clear(&self, policy: &str, principal: &Principal) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(policy.to_owned())
+            .or_default()
+            .insert(principal.clone());
+    }
+
+    /// Forgets what was seen of the legacy policy `policy` (its object is gone).
+    pub(crate) fn forget(&self, policy: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(policy);
+    }
+}
+
+/// Whether `principal` holds the legacy inline grant policy `policy`: asked of the source
+/// account unless `probes` saw it without.
+pub(crate) async fn holds_legacy<A: AccountApi>(
+    source: &A,
+    probes: &LegacyProbes,
+    principal: &Principal,
+    policy: &str,
+) -> Result<bool, AwsError> {
+    if probes.cleared(policy, principal) {
+        return Ok(false);
+    }
+    let held = match source.get_principal_policy(principal, policy).await {
+        Ok(found) => found.is_some(),
+        Err(e) if e.is_not_found() => false,
+        Err(e) => return Err(e),
+    };
+    if !held {
+        probes.clear(policy, principal);
+    }
+    Ok(held)
+}
+
 /// Reads what the plan compares. The grants are read only when the role exists.
 pub(crate) async fn observe<A: AccountApi>(
     target: &A,
     source: &A,
     desired: &DesiredRole,
     source_account: &str,
+    legacy: &LegacyProbes,
 ) -> Result<Observed, AwsError> {
     let role = target.get_role(&desired.name).await?;
     let Some(existing) = &role else {
@@ -56,10 +120,8 @@ pub(crate) async fn observe<A: AccountApi>(
             && grants::is_attached(source, principal, &desired.grant_scope)
                 .await?
                 .unwrap_or(false);
-        let legacy = source
-            .get_principal_policy(principal, &desired.legacy_grant_policy_name)
-            .await?
-            .is_some();
+        let legacy =
+            holds_legacy(source, legacy, principal, &desired.legacy_grant_policy_name).await?;
         grants.insert(principal.clone(), GrantState { attached, legacy });
     }
     Ok(Observed {
@@ -98,5 +160,48 @@ pub(crate) fn access_of(account: &AwsAccount) -> AccountAccess {
         account_id: account.spec.account_id.clone(),
         management_role_arn: account.spec.management_role_arn.clone(),
         external_id: account.spec.management_external_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::aws::fake::FakeAccount;
+
+    #[tokio::test]
+    async fn the_legacy_probe_is_made_until_the_policy_is_seen_absent_and_again_once_forgotten() {
+        let source = FakeAccount::new("123456789012");
+        source.add_user("devTest");
+        let user = Principal::User("devTest".into());
+        let name = "crossaccount-dev-team-a-reader";
+        let put = |present: bool| {
+            source.edit_principal_policies(|policies| {
+                let key = (user.clone(), name.to_owned());
+                if present {
+                    policies.insert(key, json!({"Version": "2012-10-17", "Statement": []}));
+                } else {
+                    policies.remove(&key);
+                }
+            })
+        };
+        let probes = LegacyProbes::default();
+        put(true);
+        assert!(holds_legacy(&source, &probes, &user, name).await.unwrap());
+        assert!(
+            !probes.cleared(name, &user),
+            "a policy found is probed again"
+        );
+        put(false);
+        assert!(!holds_legacy(&source, &probes, &user, name).await.unwrap());
+        assert!(probes.cleared(name, &user));
+        // Seen absent, it is not asked again: a policy put back behind the operator's back is
+        // not seen (no operator version writes it any more)...
+        put(true);
+        assert!(!holds_legacy(&source, &probes, &user, name).await.unwrap());
+        // ...until the object is gone or the process restarts.
+        probes.forget(name);
+        assert!(holds_legacy(&source, &probes, &user, name).await.unwrap());
     }
 }

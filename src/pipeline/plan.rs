@@ -394,9 +394,15 @@ mod tests {
 
         async fn plan(&self, spec: &ValidatedSpec) -> Vec<Change> {
             let desired = desired_role(spec, &owner(), &operator(), TARGET).unwrap();
-            let observed = observe(&self.target, &self.source, &desired, SOURCE)
-                .await
-                .unwrap();
+            let observed = observe(
+                &self.target,
+                &self.source,
+                &desired,
+                SOURCE,
+                &Default::default(),
+            )
+            .await
+            .unwrap();
             plan_role_changes(&desired, &observed)
         }
 
@@ -769,9 +775,15 @@ mod tests {
             .unwrap();
         assert_eq!(missing, std::slice::from_ref(&user));
         let desired = desired_role(&resolved, &owner(), &operator(), TARGET).unwrap();
-        let observed = observe(&world.target, &world.source, &desired, SOURCE)
-            .await
-            .unwrap();
+        let observed = observe(
+            &world.target,
+            &world.source,
+            &desired,
+            SOURCE,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
         let changes = plan_role_changes(&desired, &observed);
         let (_, result) = apply_changes(&world.target, &world.source, &changes).await;
         result.unwrap();
@@ -951,9 +963,15 @@ mod tests {
             .managed_policies
             .insert("arn:aws:iam::aws:policy/IAMReadOnlyAccess".into());
         let desired = desired_role(&permitted, &owner(), &operator(), TARGET).unwrap();
-        let observed = observe(&world.target, &world.source, &desired, SOURCE)
-            .await
-            .unwrap();
+        let observed = observe(
+            &world.target,
+            &world.source,
+            &desired,
+            SOURCE,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
         let current = observed.role.clone().unwrap();
         let within = within(&desired, &current, &observed, &permitted, &operator());
         let changes: Vec<Change> = plan_role_changes(&within, &observed)
@@ -982,9 +1000,15 @@ mod tests {
         let world = &world;
         let narrowed = |permitted: ValidatedSpec| async move {
             let desired = desired_role(&permitted, &owner(), &operator(), TARGET).unwrap();
-            let observed = observe(&world.target, &world.source, &desired, SOURCE)
-                .await
-                .unwrap();
+            let observed = observe(
+                &world.target,
+                &world.source,
+                &desired,
+                SOURCE,
+                &Default::default(),
+            )
+            .await
+            .unwrap();
             let current = observed.role.clone().unwrap();
             let within = within(&desired, &current, &observed, &permitted, &operator());
             plan_role_changes(&within, &observed)
