@@ -56,13 +56,16 @@ integration: consumers-deps ## Integration tests against a running environment (
 	set -a; . $(ENV_FILE); . $(CONSUMERS_ENV_FILE); set +a; $(CARGO) test --no-fail-fast --test '*' -- --test-threads=4
 
 BENCH_N ?= 200
-bench: ## Benchmark at BENCH_N objects (default 200) beside the floor and ACK; writes target/bench/
+bench: ## Benchmark at BENCH_N objects (default 200) beside the floor and ACK; writes target/bench/ (tables, JSON, PNG plots)
 	$(CARGO) bench --bench convergence --no-run
 	peer=$$(bench/peer/build-ack.sh); \
+	  plot=$$(hack/python-venv.sh bench/plot/requirements.txt bench)/bin/python; \
 	  hack/devenv/down.sh; hack/devenv/up.sh; status=0; \
 	  ( set -a; . $(ENV_FILE); eval "$$peer"; BENCH_N=$(BENCH_N); set +a; \
 	    $(CARGO) bench --bench convergence ) || status=$$?; \
-	  hack/devenv/down.sh; exit $$status
+	  hack/devenv/down.sh; \
+	  if [ $$status = 0 ]; then "$$plot" bench/plot/plot.py "$${BENCH_OUT:-target/bench}/results.json"; fi; \
+	  exit $$status
 
 # The image's test (tests/image.rs) needs only the layout, not the optimised binary: `make test`
 # builds it with the dev profile, which saves about ten minutes of a cold run.

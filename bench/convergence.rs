@@ -478,6 +478,7 @@ async fn operator_phase(
     if credentials {
         // Restart with fresh credentials in every Secret: nothing may be minted again. The new
         // process resyncs every BENCH_RESYNC_SECONDS, for the steady-state window.
+        result.rss_mib_over_time = op.proc.rss_over_time();
         op.proc.stop();
         let before_restart = calls_now(proxy);
         let restart_log = settings.out.join("operator-restart.log");
@@ -532,6 +533,9 @@ async fn operator_phase(
     let before_delete = calls_now(proxy);
     result.delete_seconds = Some(delete_all(&api, CLIENT_PARALLEL, settings.timeout()).await);
     result.delete_calls = Some(calls_between(&before_delete, &calls_now(proxy)));
+    if !credentials {
+        result.rss_mib_over_time = op.proc.rss_over_time();
+    }
     op.proc.stop();
     drop_namespace(client, &ns).await;
     result
@@ -654,7 +658,7 @@ async fn floor_phase(
         credentials,
     };
     let before = calls_now(proxy);
-    let wall = floor::run(clients, &spec, &roles, settings.concurrency).await;
+    let (wall, ready_at_seconds) = floor::run(clients, &spec, &roles, settings.concurrency).await;
     let calls = calls_between(&before, &calls_now(proxy));
     floor::clean(clients, &spec, &roles).await;
     eprintln!("[bench]   {:.1}s", wall.as_secs_f64());
@@ -663,6 +667,7 @@ async fn floor_phase(
         wall_seconds: wall.as_secs_f64(),
         calls_per_object: calls.per_object(settings.n),
         calls,
+        ready_at_seconds,
     }
 }
 
@@ -741,6 +746,7 @@ async fn ack_phase(
     );
     let mut result = PhaseResult::new("ack-roles", convergence, to_ready, settings.n);
     // The steady-state window with the same resync as ours: a restarted controller.
+    result.rss_mib_over_time = ack.rss_over_time();
     ack.stop();
     let metrics_port = free_port();
     let mut ack = peer_ack::start(

@@ -37,15 +37,19 @@ pub async fn run(
     spec: &FloorSpec<'_>,
     roles: &[FloorRole],
     concurrency: usize,
-) -> Duration {
+) -> (Duration, Vec<f64>) {
     let start = Instant::now();
     grant_once(clients, spec).await;
-    stream::iter(roles)
-        .map(|role| one_role(clients, spec, role))
+    let mut done: Vec<f64> = stream::iter(roles)
+        .map(|role| async move {
+            one_role(clients, spec, role).await;
+            start.elapsed().as_secs_f64()
+        })
         .buffer_unordered(concurrency)
-        .collect::<Vec<()>>()
+        .collect()
         .await;
-    start.elapsed()
+    done.sort_by(f64::total_cmp);
+    (start.elapsed(), done)
 }
 
 async fn one_role(clients: &FloorClients, spec: &FloorSpec<'_>, role: &FloorRole) {

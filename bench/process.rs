@@ -4,7 +4,8 @@
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 /// Memory and CPU of one process at one moment.
@@ -49,10 +50,15 @@ pub fn sample(pid: u32) -> Option<Sample> {
     })
 }
 
-/// A running controller process. Peak memory comes from the kernel (`VmHWM`), so no sampler
-/// thread is needed.
+/// How often the resident memory of a measured process is sampled for the plot.
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(500);
+
+/// A running controller process. Peak memory comes from the kernel (`VmHWM`); a sampler thread
+/// records the resident memory over time for the plot (`rss.png`).
 pub struct Measured {
     child: Child,
+    /// (seconds since start, MiB), filled by the sampler until the process is gone.
+    rss: Arc<Mutex<Vec<(f64, f64)>>>,
 }
 
 impl Measured {
@@ -74,7 +80,24 @@ impl Measured {
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("start {:?}: {e}", command.get_program()));
-        Measured { child }
+        let rss: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
+        let (pid, samples) = (child.id(), rss.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            // A process that exited but is not reaped yet has no VmRSS: the end.
+            while let Some(sample) = sample(pid).filter(|s| s.rss > 0) {
+                let at = started.elapsed().as_secs_f64();
+                let mib = sample.rss as f64 / 1048576.0;
+                samples.lock().unwrap().push((at, mib));
+                std::thread::sleep(RSS_SAMPLE_EVERY);
+            }
+        });
+        Measured { child, rss }
+    }
+
+    /// The resident memory sampled so far: (seconds since start, MiB).
+    pub fn rss_over_time(&self) -> Vec<(f64, f64)> {
+        self.rss.lock().unwrap().clone()
     }
 
     pub fn pid(&self) -> u32 {

@@ -147,6 +147,8 @@ pub struct PhaseResult {
     pub restart: Option<Restart>,
     pub delete_seconds: Option<f64>,
     pub delete_calls: Option<AwsCalls>,
+    /// The converging process's resident memory over its life: (seconds since it started, MiB).
+    pub rss_mib_over_time: Vec<(f64, f64)>,
 }
 
 impl PhaseResult {
@@ -161,6 +163,7 @@ impl PhaseResult {
             restart: None,
             delete_seconds: None,
             delete_calls: None,
+            rss_mib_over_time: Vec::new(),
         }
     }
 }
@@ -171,6 +174,8 @@ pub struct FloorResult {
     pub wall_seconds: f64,
     pub calls: AwsCalls,
     pub calls_per_object: f64,
+    /// When each role's calls were done, seconds after the first, in order.
+    pub ready_at_seconds: Vec<f64>,
 }
 
 /// The minimum calls per object, counted from the operator's own plan for the benchmark's spec.
@@ -274,6 +279,11 @@ impl Results {
              of this run with each other, not with other machines. Concurrency {} for every \
              controller and the floor; resync every {} s.\n",
             s.n, self.date, self.machine, s.concurrency, s.resync_seconds
+        );
+        let _ = writeln!(
+            md,
+            "![Objects Ready over time: the operator, the floor and ACK](ready.png)\n\n\
+             ![Resident memory of each controller over its phase](rss.png)\n"
         );
         let _ = writeln!(md, "## Roles only (like for like with ACK)\n");
         let peer = self.peer.as_ref().ok();

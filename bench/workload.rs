@@ -32,6 +32,9 @@ pub struct Convergence {
     pub max_seconds: f64,
     /// How long sending the N create requests took, seconds.
     pub create_requests_seconds: f64,
+    /// When each object was first seen ready, seconds after the first create request, in
+    /// order (the curve of objects Ready over time that `bench/plot/plot.py` draws).
+    pub ready_at_seconds: Vec<f64>,
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -128,6 +131,11 @@ pub async fn converge(
         .collect();
     latencies.sort_by(f64::total_cmp);
     let last = names.iter().map(|n| seen[n]).max().unwrap_or(start);
+    let mut ready_at_seconds: Vec<f64> = names
+        .iter()
+        .map(|n| seen[n].saturating_duration_since(start).as_secs_f64())
+        .collect();
+    ready_at_seconds.sort_by(f64::total_cmp);
     Convergence {
         objects: names.len(),
         all_ready_seconds: last.duration_since(start).as_secs_f64(),
@@ -136,6 +144,7 @@ pub async fn converge(
         p99_seconds: percentile(&latencies, 99.0),
         max_seconds: latencies.last().copied().unwrap_or(0.0),
         create_requests_seconds: create_requests.as_secs_f64(),
+        ready_at_seconds,
     }
 }
 

@@ -27,15 +27,7 @@ exec 9>"$cache/linters/.install.lock"
 command -v flock >/dev/null 2>&1 && flock 9
 
 # Python linters: one virtualenv per set of pinned versions.
-req_hash=$(sha256sum "$here/requirements.txt" | cut -c1-12)
-venv="$cache/linters/py-$req_hash"
-if [ ! -e "$venv/.installed" ]; then
-  echo "chart-lint: installing $(grep -v '^#' "$here/requirements.txt" | tr '\n' ' ')into $venv" >&2
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt"
-  touch "$venv/.installed"
-fi
+venv=$("$root/hack/python-venv.sh" "$here/requirements.txt" linters)
 
 kube_score=$("$root/hack/install-go-tool.sh" kube-score github.com/zegl/kube-score "$kube_score_version" ./cmd/kube-score)
 exec 9>&-
