@@ -83,6 +83,8 @@ pub(crate) struct Context<A: Aws> {
     mints: crate::pipeline::credentials::MintBudget,
     /// Which principals were seen without an object's legacy grant policy.
     legacy: crate::pipeline::observe::LegacyProbes,
+    /// What the source account said lately of each granted principal.
+    principals: crate::pipeline::observe::PrincipalReads,
     /// Workers for CrossAccountRole reconciles, first come first served.
     turns: turns::Turns,
 }
@@ -114,6 +116,7 @@ impl<A: Aws> Context<A> {
             recent: recent_sync::RecentSyncs::new(settings.resync_interval),
             mints: Default::default(),
             legacy: Default::default(),
+            principals: crate::pipeline::observe::PrincipalReads::new(settings.resync_interval),
             turns: turns::Turns::new(settings.concurrency),
         };
         (ctx, feeds)

@@ -245,6 +245,7 @@ async fn sync<A: Aws>(cr: &CrossAccountRole, ctx: &Context<A>) -> Result<Action,
         operator: &ctx.operator,
         mints: &ctx.mints,
         legacy: &ctx.legacy,
+        principals: &ctx.principals,
     };
     let api = api_of(ctx, &namespace);
     let now = facts.now;

@@ -51,6 +51,8 @@ pub(crate) struct Io<'a, A: Aws> {
     pub mints: &'a credentials::MintBudget,
     /// Which principals were seen without an object's legacy grant policy.
     pub legacy: &'a observe::LegacyProbes,
+    /// What the source account said lately of each granted principal.
+    pub principals: &'a observe::PrincipalReads,
 }
 
 /// What the controller looked up for this run.
@@ -489,7 +491,7 @@ async fn sync_iam<A: Aws>(
 ) -> Result<Option<SyncedRole>, Stop> {
     let target = io.aws.target(&observe::access_of(account)).await;
     let source = io.aws.source();
-    let (spec, missing_grants) = observe::resolve_grants(&source, spec).await?;
+    let (spec, missing_grants) = observe::resolve_grants(&source, io.principals, spec).await?;
     let spec = &spec;
     let mut desired =
         desired::desired_role(spec, claim.owner, io.operator, &account.spec.account_id)?;
@@ -499,6 +501,7 @@ async fn sync_iam<A: Aws>(
         &desired,
         &io.operator.source_account_id,
         io.legacy,
+        io.principals,
     )
     .await?;
     if let Ownership::Foreign(message) = ownership::ownership(observed.role.as_ref(), claim) {
@@ -529,6 +532,11 @@ async fn sync_iam<A: Aws>(
     // Only now, after a successful read of the target account, is there something to clean up.
     before_first_write().await?;
     let (done, result) = apply::apply_changes(&target, &source, &changes).await;
+    for change in &changes {
+        if let Change::AttachGrantPolicy { principal, scope } = change {
+            io.principals.attached(principal, scope, result.is_ok());
+        }
+    }
     applied.extend(done);
     result?;
     let created = match &observed.role {

@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::Mutex,
+    time::{Duration, Instant},
 };
 
 use super::{
@@ -12,7 +13,7 @@ use super::{
 };
 use crate::{
     api::AwsAccount,
-    aws::{AccountAccess, AccountApi, AwsError, ObservedRole, Principal, grants},
+    aws::{AccountAccess, AccountApi, AwsError, GrantScope, ObservedRole, Principal, grants},
 };
 
 /// What a principal holds of this role's grant, in the source account.
@@ -96,6 +97,133 @@ pub(crate) async fn holds_legacy<A: AccountApi>(
     Ok(held)
 }
 
+/// What the source account said lately of each granted principal: its ARN (`GetUser`,
+/// `GetRole` or `GetGroup`) and whether its grant policy is attached (`ListAttached*Policies`).
+/// Every role granting a principal asks the same two questions, and the answers are the same for
+/// all of them, so within a short lifetime (a twentieth of the resync interval, 30 s at the
+/// default 10 minutes) one read answers every role's resync: two of the five IAM reads a role's
+/// resync cost become one pair per principal and lifetime. Drift of a principal (its grant
+/// policy detached by hand, the principal deleted or made) is found at most that much later
+/// than the next resync. Attaching the grant policy is the only write to a principal, and
+/// [`PrincipalReads::attached`] records it; a failed attach forgets the principal.
+#[derive(Debug)]
+pub(crate) struct PrincipalReads {
+    arns: Reads<Principal, Option<String>>,
+    /// By principal and grant policy name: `None` when the principal does not exist.
+    attached: Reads<(Principal, String), Option<bool>>,
+    lifetime: Duration,
+}
+
+/// Answers by question, with when they were read.
+type Reads<K, V> = Mutex<HashMap<K, (V, Instant)>>;
+
+/// The share of the resync interval a principal's reads are reused for.
+const PRINCIPAL_READS_SHARE: u32 = 20;
+
+fn fresh<K: Eq + std::hash::Hash, V: Clone>(
+    map: &Reads<K, V>,
+    key: &K,
+    lifetime: Duration,
+    now: Instant,
+) -> Option<V> {
+    let map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.get(key)
+        .filter(|(_, at)| now.saturating_duration_since(*at) < lifetime)
+        .map(|(value, _)| value.clone())
+}
+
+/// Records `value` for `key`; entries past their life are dropped on the way.
+fn record<K: Eq + std::hash::Hash, V>(
+    map: &Reads<K, V>,
+    key: K,
+    value: V,
+    lifetime: Duration,
+    now: Instant,
+) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.retain(|_, (_, at)| now.saturating_duration_since(*at) < lifetime);
+    map.insert(key, (value, now));
+}
+
+/// Reads nothing is reused from (a lifetime of zero).
+impl Default for PrincipalReads {
+    fn default() -> Self {
+        Self::new(Duration::ZERO)
+    }
+}
+
+impl PrincipalReads {
+    /// Reads reused for a twentieth of `resync_interval`.
+    pub(crate) fn new(resync_interval: Duration) -> Self {
+        Self {
+            arns: Mutex::default(),
+            attached: Mutex::default(),
+            lifetime: resync_interval / PRINCIPAL_READS_SHARE,
+        }
+    }
+
+    /// `principal`'s ARN (`None`: it does not exist), read at most once per lifetime.
+    pub(crate) async fn arn<A: AccountApi>(
+        &self,
+        source: &A,
+        principal: &Principal,
+    ) -> Result<Option<String>, AwsError> {
+        if let Some(arn) = fresh(&self.arns, principal, self.lifetime, Instant::now()) {
+            return Ok(arn);
+        }
+        let arn = source.principal_arn(principal).await?;
+        record(
+            &self.arns,
+            principal.clone(),
+            arn.clone(),
+            self.lifetime,
+            Instant::now(),
+        );
+        Ok(arn)
+    }
+
+    /// Whether `principal`'s grant policy of `scope` is attached (`None`: no such principal),
+    /// read at most once per lifetime.
+    pub(crate) async fn is_attached<A: AccountApi>(
+        &self,
+        source: &A,
+        principal: &Principal,
+        scope: &GrantScope,
+    ) -> Result<Option<bool>, AwsError> {
+        let key = (principal.clone(), scope.policy_name(principal));
+        if let Some(attached) = fresh(&self.attached, &key, self.lifetime, Instant::now()) {
+            return Ok(attached);
+        }
+        let attached = grants::is_attached(source, principal, scope).await?;
+        record(&self.attached, key, attached, self.lifetime, Instant::now());
+        Ok(attached)
+    }
+
+    /// The outcome of attaching `principal`'s grant policy of `scope`: attached, or (on failure)
+    /// nothing known of the principal any more.
+    pub(crate) fn attached(&self, principal: &Principal, scope: &GrantScope, ok: bool) {
+        let key = (principal.clone(), scope.policy_name(principal));
+        if ok {
+            record(
+                &self.attached,
+                key,
+                Some(true),
+                self.lifetime,
+                Instant::now(),
+            );
+        } else {
+            self.attached
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            self.arns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(principal);
+        }
+    }
+}
+
 /// Reads what the plan compares. The grants are read only when the role exists.
 pub(crate) async fn observe<A: AccountApi>(
     target: &A,
@@ -103,6 +231,7 @@ pub(crate) async fn observe<A: AccountApi>(
     desired: &DesiredRole,
     source_account: &str,
     legacy: &LegacyProbes,
+    principals: &PrincipalReads,
 ) -> Result<Observed, AwsError> {
     let role = target.get_role(&desired.name).await?;
     let Some(existing) = &role else {
@@ -117,7 +246,8 @@ pub(crate) async fn observe<A: AccountApi>(
     let mut grants = BTreeMap::new();
     for principal in desired.grants.union(&previously_granted) {
         let attached = desired.grants.contains(principal)
-            && grants::is_attached(source, principal, &desired.grant_scope)
+            && principals
+                .is_attached(source, principal, &desired.grant_scope)
                 .await?
                 .unwrap_or(false);
         let legacy =
@@ -136,12 +266,13 @@ pub(crate) async fn observe<A: AccountApi>(
 /// exist left out (returned, to be named in status; their grants are revoked like any other).
 pub(crate) async fn resolve_grants<A: AccountApi>(
     source: &A,
+    principals: &PrincipalReads,
     spec: &ValidatedSpec,
 ) -> Result<(ValidatedSpec, Vec<Principal>), AwsError> {
     let mut resolved = spec.clone();
     let mut missing = Vec::new();
     for principal in &spec.grants {
-        match source.principal_arn(principal).await? {
+        match principals.arn(source, principal).await? {
             Some(arn) => {
                 resolved.grant_arns.insert(principal.clone(), arn);
             }
@@ -169,6 +300,66 @@ mod tests {
 
     use super::*;
     use crate::aws::fake::FakeAccount;
+
+    #[tokio::test]
+    async fn a_principals_reads_answer_every_role_within_their_lifetime_and_a_write_updates_them() {
+        let source = FakeAccount::new("123456789012");
+        source.add_user("devTest");
+        let user = Principal::User("devTest".into());
+        let scope = GrantScope {
+            cluster: "dev".into(),
+        };
+        // Lifetime 30 s, the default resync's share.
+        let reads = PrincipalReads::new(Duration::from_secs(600));
+        assert_eq!(
+            reads.arn(&source, &user).await.unwrap().as_deref(),
+            Some("arn:aws:iam::123456789012:user/devTest")
+        );
+        assert_eq!(
+            reads.is_attached(&source, &user, &scope).await.unwrap(),
+            Some(false)
+        );
+        // Made behind its back: the reads of a moment ago still answer (no IAM call)...
+        source.remove_principal(&user);
+        assert!(reads.arn(&source, &user).await.unwrap().is_some());
+        assert_eq!(
+            reads.is_attached(&source, &user, &scope).await.unwrap(),
+            Some(false)
+        );
+        // ...while a memo of zero lifetime asks IAM every time.
+        let unshared = PrincipalReads::default();
+        assert_eq!(unshared.arn(&source, &user).await.unwrap(), None);
+        assert_eq!(
+            unshared.is_attached(&source, &user, &scope).await.unwrap(),
+            None
+        );
+        // A failed attach forgets the principal: the next reads go to IAM.
+        reads.attached(&user, &scope, false);
+        assert_eq!(reads.arn(&source, &user).await.unwrap(), None);
+        assert_eq!(
+            reads.is_attached(&source, &user, &scope).await.unwrap(),
+            None
+        );
+        // A successful one is what the next resync sees.
+        source.add_user("devTest");
+        let (_, result) = grants::attach(&source, &user, &scope).await;
+        result.unwrap();
+        reads.attached(&user, &scope, true);
+        source.detach_all(&user);
+        assert_eq!(
+            reads.is_attached(&source, &user, &scope).await.unwrap(),
+            Some(true),
+            "within the lifetime, drift waits for the next read"
+        );
+        // Another cluster's grant policy of the same principal is a question of its own.
+        let other = GrantScope {
+            cluster: "prod".into(),
+        };
+        assert_eq!(
+            reads.is_attached(&source, &user, &other).await.unwrap(),
+            Some(false)
+        );
+    }
 
     #[tokio::test]
     async fn the_legacy_probe_is_made_until_the_policy_is_seen_absent_and_again_once_forgotten() {

@@ -400,6 +400,7 @@ mod tests {
                 &desired,
                 SOURCE,
                 &Default::default(),
+                &Default::default(),
             )
             .await
             .unwrap();
@@ -482,9 +483,10 @@ mod tests {
         let mut spec = seed_spec();
         spec.grants.insert(group.clone());
         spec.grants.insert(Principal::Group("ghosts".into()));
-        let (resolved, missing) = crate::pipeline::observe::resolve_grants(&world.source, &spec)
-            .await
-            .unwrap();
+        let (resolved, missing) =
+            crate::pipeline::observe::resolve_grants(&world.source, &Default::default(), &spec)
+                .await
+                .unwrap();
         assert_eq!(missing, [Principal::Group("ghosts".into())]);
         let writes = world.sync(&resolved).await;
         assert_eq!(
@@ -740,9 +742,10 @@ mod tests {
             Principal::User("pathed".into()),
             Principal::User("ghost".into()),
         ]);
-        let (resolved, missing) = crate::pipeline::observe::resolve_grants(&world.source, &spec)
-            .await
-            .unwrap();
+        let (resolved, missing) =
+            crate::pipeline::observe::resolve_grants(&world.source, &Default::default(), &spec)
+                .await
+                .unwrap();
         assert_eq!(missing, [Principal::User("ghost".into())]);
         let desired = desired_role(&resolved, &owner(), &operator(), TARGET).unwrap();
         let trust = desired.trust_policy.to_string();
@@ -770,9 +773,10 @@ mod tests {
         });
         let mut wanted = seed_spec();
         wanted.tags.insert("team".into(), "a".into());
-        let (resolved, missing) = crate::pipeline::observe::resolve_grants(&world.source, &wanted)
-            .await
-            .unwrap();
+        let (resolved, missing) =
+            crate::pipeline::observe::resolve_grants(&world.source, &Default::default(), &wanted)
+                .await
+                .unwrap();
         assert_eq!(missing, std::slice::from_ref(&user));
         let desired = desired_role(&resolved, &owner(), &operator(), TARGET).unwrap();
         let observed = observe(
@@ -780,6 +784,7 @@ mod tests {
             &world.source,
             &desired,
             SOURCE,
+            &Default::default(),
             &Default::default(),
         )
         .await
@@ -969,6 +974,7 @@ mod tests {
             &desired,
             SOURCE,
             &Default::default(),
+            &Default::default(),
         )
         .await
         .unwrap();
@@ -1005,6 +1011,7 @@ mod tests {
                 &world.source,
                 &desired,
                 SOURCE,
+                &Default::default(),
                 &Default::default(),
             )
             .await
