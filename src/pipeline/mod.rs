@@ -521,6 +521,14 @@ async fn sync_iam<A: Aws>(
         .unwrap_or(None);
     desired::check_trust_policy_size(&desired, trust_quota)?;
     let mut changes = plan::plan_role_changes(&desired, &observed);
+    // A grant policy another role's sync saw attached a moment ago is not attached again (its
+    // read is what attaching would make first).
+    changes.retain(|change| match change {
+        Change::AttachGrantPolicy { principal, scope } => {
+            !io.principals.known_attached(principal, scope)
+        }
+        _ => true,
+    });
     if mode == Mode::Restrict {
         changes.retain(plan::narrows);
     }

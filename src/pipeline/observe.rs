@@ -199,6 +199,13 @@ impl PrincipalReads {
         Ok(attached)
     }
 
+    /// Whether `principal`'s grant policy of `scope` was seen attached within the lifetime (no
+    /// IAM call): a new role that grants it need not attach it again.
+    pub(crate) fn known_attached(&self, principal: &Principal, scope: &GrantScope) -> bool {
+        let key = (principal.clone(), scope.policy_name(principal));
+        fresh(&self.attached, &key, self.lifetime, Instant::now()) == Some(Some(true))
+    }
+
     /// The outcome of attaching `principal`'s grant policy of `scope`: attached, or (on failure)
     /// nothing known of the principal any more.
     pub(crate) fn attached(&self, principal: &Principal, scope: &GrantScope, ok: bool) {
@@ -351,6 +358,8 @@ mod tests {
             Some(true),
             "within the lifetime, drift waits for the next read"
         );
+        assert!(reads.known_attached(&user, &scope));
+        assert!(!unshared.known_attached(&user, &scope));
         // Another cluster's grant policy of the same principal is a question of its own.
         let other = GrantScope {
             cluster: "prod".into(),
