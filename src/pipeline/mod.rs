@@ -22,7 +22,7 @@ pub(crate) mod secret;
 pub(crate) mod status;
 pub(crate) mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -37,7 +37,7 @@ use self::{
 };
 use crate::{
     api::{AwsAccount, CredentialsSpec, CrossAccountRole, DEFAULT_MOUNT_PATH, names::Reason},
-    aws::{AccountApi, Aws, AwsError, Change},
+    aws::{AccountApi, Aws, AwsError, Change, Principal},
     error::ReconcileError,
     naming::{OperatorIdentity, Owner},
 };
@@ -523,12 +523,13 @@ async fn sync_iam<A: Aws>(
     let mut changes = plan::plan_role_changes(&desired, &observed);
     // A grant policy another role's sync saw attached a moment ago is not attached again (its
     // read is what attaching would make first).
-    changes.retain(|change| match change {
+    let known_attached = |change: &Change| match change {
         Change::AttachGrantPolicy { principal, scope } => {
-            !io.principals.known_attached(principal, scope)
+            io.principals.known_attached(principal, scope)
         }
-        _ => true,
-    });
+        _ => false,
+    };
+    changes.retain(|change| !known_attached(change));
     if mode == Mode::Restrict {
         changes.retain(plan::narrows);
     }
@@ -539,6 +540,16 @@ async fn sync_iam<A: Aws>(
     }
     // Only now, after a successful read of the target account, is there something to clean up.
     before_first_write().await?;
+    // One attach per principal at a time; who waited may find it attached by then.
+    let attaching: BTreeSet<Principal> = changes
+        .iter()
+        .filter_map(|change| match change {
+            Change::AttachGrantPolicy { principal, .. } => Some(principal.clone()),
+            _ => None,
+        })
+        .collect();
+    let _attaching = io.principals.attaching(&attaching).await;
+    changes.retain(|change| !known_attached(change));
     let (done, result) = apply::apply_changes(&target, &source, &changes).await;
     for change in &changes {
         if let Change::AttachGrantPolicy { principal, scope } = change {

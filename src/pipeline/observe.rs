@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -108,6 +108,9 @@ pub(crate) async fn holds_legacy<A: AccountApi>(
 /// [`PrincipalReads::attached`] records it; a failed attach forgets the principal.
 #[derive(Debug)]
 pub(crate) struct PrincipalReads {
+    /// One attach of a principal's grant policy at a time: the reconciles that wait find it
+    /// attached, instead of each reading and attaching it again.
+    attaching: Mutex<HashMap<Principal, Arc<tokio::sync::Mutex<()>>>>,
     arns: Reads<Principal, Option<String>>,
     /// By principal and grant policy name: `None` when the principal does not exist.
     attached: Reads<(Principal, String), Option<bool>>,
@@ -156,6 +159,7 @@ impl PrincipalReads {
     /// Reads reused for a twentieth of `resync_interval`.
     pub(crate) fn new(resync_interval: Duration) -> Self {
         Self {
+            attaching: Mutex::default(),
             arns: Mutex::default(),
             attached: Mutex::default(),
             lifetime: resync_interval / PRINCIPAL_READS_SHARE,
@@ -204,6 +208,29 @@ impl PrincipalReads {
     pub(crate) fn known_attached(&self, principal: &Principal, scope: &GrantScope) -> bool {
         let key = (principal.clone(), scope.policy_name(principal));
         fresh(&self.attached, &key, self.lifetime, Instant::now()) == Some(Some(true))
+    }
+
+    /// Waits until no other reconcile attaches the grant policy of any of `principals`, and
+    /// holds them until the guards are dropped (taken in order, so that two reconciles never
+    /// wait on each other).
+    pub(crate) async fn attaching(
+        &self,
+        principals: &BTreeSet<Principal>,
+    ) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let locks: Vec<_> = {
+            let mut attaching = self.attaching.lock().unwrap_or_else(|e| e.into_inner());
+            // Locks nobody holds or waits for are dropped on the way.
+            attaching.retain(|_, lock| Arc::strong_count(lock) > 1);
+            principals
+                .iter()
+                .map(|p| attaching.entry(p.clone()).or_default().clone())
+                .collect()
+        };
+        let mut guards = Vec::with_capacity(locks.len());
+        for lock in locks {
+            guards.push(lock.lock_owned().await);
+        }
+        guards
     }
 
     /// The outcome of attaching `principal`'s grant policy of `scope`: attached, or (on failure)
@@ -368,6 +395,30 @@ mod tests {
             reads.is_attached(&source, &user, &other).await.unwrap(),
             Some(false)
         );
+    }
+
+    #[tokio::test]
+    async fn a_principals_grant_is_attached_by_one_reconcile_at_a_time() {
+        let reads = PrincipalReads::default();
+        let dev: BTreeSet<_> = [Principal::User("devTest".into())].into();
+        let both: BTreeSet<_> = [
+            Principal::User("devTest".into()),
+            Principal::User("ops".into()),
+        ]
+        .into();
+        let first = reads.attaching(&dev).await;
+        let mut second = std::pin::pin!(reads.attaching(&both));
+        assert!(futures::poll!(&mut second).is_pending(), "devTest is held");
+        // Another principal is not held up.
+        let ops: BTreeSet<_> = [Principal::User("ops".into())].into();
+        drop(reads.attaching(&ops).await);
+        drop(first);
+        let guards = second.await;
+        assert_eq!(guards.len(), 2);
+        drop(guards);
+        // Nothing is kept once nobody holds or waits.
+        drop(reads.attaching(&BTreeSet::new()).await);
+        assert!(reads.attaching.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
