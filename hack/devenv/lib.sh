@@ -7,6 +7,7 @@ state_dir="$repo_root/target/devenv"   # certs, etcd data, logs, pids, kubeconfi
 venv_dir="$repo_root/target/venv"      # kept across env-down so restarts are fast
 log_dir="$state_dir/logs"
 pid_dir="$state_dir/pids"
+certs_dir="$state_dir/certs"
 
 # The processes we manage, in the order down.sh stops them: the controller manager and the
 # apiserver first, because a kube-apiserver that is still starting up ignores SIGTERM while its
@@ -127,4 +128,28 @@ version_at_least() {
 # sha256 of a file, without depending on sha256sum (Linux) vs shasum (macOS).
 file_sha256() {
   python3 -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$1"
+}
+
+# The controllers of kube-controller-manager that up.sh and restart-apiserver.sh wait for (names of their /healthz
+# checks): the tests rely on garbage collection, namespace deletion, rollouts, and service
+# accounts with their tokens.
+kcm_required_controllers=(
+  garbage-collector-controller namespace-controller deployment-controller replicaset-controller
+  statefulset-controller daemonset-controller serviceaccount-controller serviceaccount-token-controller
+)
+
+# Readiness of the apiserver and the controller manager (their ports come from the state file).
+apiserver_ready() {
+  [ "$(curl -sf --max-time 5 --cacert "$certs_dir/ca.crt" --cert "$certs_dir/admin.crt" \
+        --key "$certs_dir/admin.key" "https://127.0.0.1:$APISERVER_PORT/readyz")" = ok ]
+}
+# /healthz of the controller manager lists one check per started controller: ready once the
+# controllers the tests rely on run (not only once it serves).
+kcm_ready() {
+  local body controller
+  body=$(curl -sf --max-time 5 --cacert "$certs_dir/ca.crt" --cert "$certs_dir/admin.crt" \
+    --key "$certs_dir/admin.key" "https://127.0.0.1:$KCM_PORT/healthz?verbose") || return 1
+  for controller in "${kcm_required_controllers[@]}"; do
+    grep -qx "\[+\]$controller ok" <<<"$body" || return 1
+  done
 }

@@ -12,7 +12,6 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 crds_dir=${CRDS_DIR:-$repo_root/crds}
-certs_dir="$state_dir/certs"
 kubeconfig="$state_dir/kubeconfig"
 kcm_kubeconfig="$state_dir/kube-controller-manager.kubeconfig"
 seed_json="$state_dir/seed.json"
@@ -20,13 +19,6 @@ state_file="$state_dir/state"   # ports and binary dir of the running environmen
 venv_python="$venv_dir/bin/python"
 start=$SECONDS
 
-# The controllers of kube-controller-manager that up.sh waits for (names of their /healthz
-# checks): the tests rely on garbage collection, namespace deletion, rollouts, and service
-# accounts with their tokens.
-kcm_required_controllers=(
-  garbage-collector-controller namespace-controller deployment-controller replicaset-controller
-  statefulset-controller daemonset-controller serviceaccount-controller serviceaccount-token-controller
-)
 # Every controller that is on by default, as on a cluster. Those that cannot run here switch
 # themselves off: the cloud ones (no cloud provider), node IPAM (no --allocate-node-cidrs) and CSR
 # signing (no signing key). The node-related ones (node lifecycle, taint eviction, attach/detach,
@@ -68,20 +60,6 @@ ensure_venv() {
   echo "$want" >"$stamp"
 }
 
-apiserver_ready() {
-  [ "$(curl -sf --max-time 5 --cacert "$certs_dir/ca.crt" --cert "$certs_dir/admin.crt" \
-        --key "$certs_dir/admin.key" "https://127.0.0.1:$APISERVER_PORT/readyz")" = ok ]
-}
-# /healthz of the controller manager lists one check per started controller: ready once the
-# controllers the tests rely on run (not only once it serves).
-kcm_ready() {
-  local body controller
-  body=$(curl -sf --max-time 5 --cacert "$certs_dir/ca.crt" --cert "$certs_dir/admin.crt" \
-    --key "$certs_dir/admin.key" "https://127.0.0.1:$KCM_PORT/healthz?verbose") || return 1
-  for controller in "${kcm_required_controllers[@]}"; do
-    grep -qx "\[+\]$controller ok" <<<"$body" || return 1
-  done
-}
 etcd_ready() { curl -sf --max-time 5 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
 moto_ready() { curl -sf --max-time 5 -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/"; }
 
