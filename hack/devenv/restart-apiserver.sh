@@ -19,27 +19,23 @@ state_file="$state_dir/state"
 # shellcheck source=/dev/null
 . "$state_file"
 
-pid=$(component_pid kube-apiserver) || die "kube-apiserver is not running (make env-up)"
-# The command line, NUL-separated, as the process was started by up.sh.
-mapfile -d '' args <"/proc/$pid/cmdline"
-[ "${#args[@]}" -gt 1 ] || die "cannot read the command line of kube-apiserver ($pid)"
+# restart NAME READY DOWN_SECONDS: stops component NAME, waits DOWN_SECONDS, starts it again with
+# the command line it ran with (read back, NUL-separated, as up.sh started it) and waits for READY.
+restart() {
+  local name=$1 ready=$2 down=$3 pid args
+  pid=$(component_pid "$name") || die "$name is not running (make env-up)"
+  mapfile -d '' args <"/proc/$pid/cmdline"
+  [ "${#args[@]}" -gt 1 ] || die "cannot read the command line of $name ($pid)"
+  log "stopping $name ($pid)"
+  stop_pids "$pid"
+  sleep "$down"
+  log "starting $name again with the same flags"
+  # Keep the log of the run before the restart next to the new one.
+  mv "$log_dir/$name.log" "$log_dir/$name.before-restart.log" 2>/dev/null || true
+  start_component "$name" "${args[@]}"
+  wait_for "$name" 120 "$ready"
+  log "$name is ready again"
+}
 
-log "stopping kube-apiserver ($pid)"
-stop_pids "$pid"
-sleep "$down_seconds"
-log "starting kube-apiserver again with the same flags"
-# Keep the log of the run before the restart next to the new one.
-mv "$log_dir/kube-apiserver.log" "$log_dir/kube-apiserver.before-restart.log" 2>/dev/null || true
-start_component kube-apiserver "${args[@]}"
-wait_for kube-apiserver 120 apiserver_ready
-log "kube-apiserver is ready again"
-
-kcm_pid=$(component_pid kube-controller-manager) || die "kube-controller-manager is not running (make env-up)"
-mapfile -d '' kcm_args <"/proc/$kcm_pid/cmdline"
-[ "${#kcm_args[@]}" -gt 1 ] || die "cannot read the command line of kube-controller-manager ($kcm_pid)"
-log "restarting kube-controller-manager ($kcm_pid) with the same flags"
-stop_pids "$kcm_pid"
-mv "$log_dir/kube-controller-manager.log" "$log_dir/kube-controller-manager.before-restart.log" 2>/dev/null || true
-start_component kube-controller-manager "${kcm_args[@]}"
-wait_for kube-controller-manager 120 kcm_ready
-log "kube-controller-manager is ready again"
+restart kube-apiserver apiserver_ready "$down_seconds"
+restart kube-controller-manager kcm_ready 0

@@ -1,7 +1,37 @@
 //! Step 6 (AWS writes): carries out a plan in order, in the target account or (grants) the source
 //! account. Removing something already gone counts as done.
 
-use crate::aws::{AccountApi, AwsError, Change, grants};
+use std::collections::BTreeSet;
+
+use super::observe::PrincipalReads;
+use crate::aws::{AccountApi, AwsError, Change, Principal, grants};
+
+/// [`apply_changes`] for a role's sync, with `principals` kept in step: one reconcile at a time
+/// attaches a principal's grant policy (a reconcile that waited drops the attach when the one
+/// before it made it), and each attach's outcome is recorded.
+pub(crate) async fn apply_granting<A: AccountApi>(
+    target: &A,
+    source: &A,
+    principals: &PrincipalReads,
+    mut changes: Vec<Change>,
+) -> (Vec<Change>, Result<(), AwsError>) {
+    let attaching: BTreeSet<Principal> = changes
+        .iter()
+        .filter_map(|change| match change {
+            Change::AttachGrantPolicy { principal, .. } => Some(principal.clone()),
+            _ => None,
+        })
+        .collect();
+    let _held = principals.attaching(&attaching).await;
+    principals.drop_known_attached(&mut changes);
+    let (applied, result) = apply_changes(target, source, &changes).await;
+    for change in &changes {
+        if let Change::AttachGrantPolicy { principal, scope } = change {
+            principals.attached(principal, scope, result.is_ok());
+        }
+    }
+    (applied, result)
+}
 
 /// Applies `changes` in order. A failure does not stop the changes that do not depend on it: the
 /// ones after it are still made, except removals (new access is in place before old access goes,

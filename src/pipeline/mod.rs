@@ -22,7 +22,7 @@ pub(crate) mod secret;
 pub(crate) mod status;
 pub(crate) mod validate;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -37,7 +37,7 @@ use self::{
 };
 use crate::{
     api::{AwsAccount, CredentialsSpec, CrossAccountRole, DEFAULT_MOUNT_PATH, names::Reason},
-    aws::{AccountApi, Aws, AwsError, Change, Principal},
+    aws::{AccountApi, Aws, AwsError, Change},
     error::ReconcileError,
     naming::{OperatorIdentity, Owner},
 };
@@ -521,15 +521,7 @@ async fn sync_iam<A: Aws>(
         .unwrap_or(None);
     desired::check_trust_policy_size(&desired, trust_quota)?;
     let mut changes = plan::plan_role_changes(&desired, &observed);
-    // A grant policy another role's sync saw attached a moment ago is not attached again (its
-    // read is what attaching would make first).
-    let known_attached = |change: &Change| match change {
-        Change::AttachGrantPolicy { principal, scope } => {
-            io.principals.known_attached(principal, scope)
-        }
-        _ => false,
-    };
-    changes.retain(|change| !known_attached(change));
+    io.principals.drop_known_attached(&mut changes);
     if mode == Mode::Restrict {
         changes.retain(plan::narrows);
     }
@@ -540,22 +532,7 @@ async fn sync_iam<A: Aws>(
     }
     // Only now, after a successful read of the target account, is there something to clean up.
     before_first_write().await?;
-    // One attach per principal at a time; who waited may find it attached by then.
-    let attaching: BTreeSet<Principal> = changes
-        .iter()
-        .filter_map(|change| match change {
-            Change::AttachGrantPolicy { principal, .. } => Some(principal.clone()),
-            _ => None,
-        })
-        .collect();
-    let _attaching = io.principals.attaching(&attaching).await;
-    changes.retain(|change| !known_attached(change));
-    let (done, result) = apply::apply_changes(&target, &source, &changes).await;
-    for change in &changes {
-        if let Change::AttachGrantPolicy { principal, scope } = change {
-            io.principals.attached(principal, scope, result.is_ok());
-        }
-    }
+    let (done, result) = apply::apply_granting(&target, &source, io.principals, changes).await;
     applied.extend(done);
     result?;
     let created = match &observed.role {

@@ -13,7 +13,9 @@ use super::{
 };
 use crate::{
     api::AwsAccount,
-    aws::{AccountAccess, AccountApi, AwsError, GrantScope, ObservedRole, Principal, grants},
+    aws::{
+        AccountAccess, AccountApi, AwsError, Change, GrantScope, ObservedRole, Principal, grants,
+    },
 };
 
 /// What a principal holds of this role's grant, in the source account.
@@ -208,6 +210,17 @@ impl PrincipalReads {
     pub(crate) fn known_attached(&self, principal: &Principal, scope: &GrantScope) -> bool {
         let key = (principal.clone(), scope.policy_name(principal));
         fresh(&self.attached, &key, self.lifetime, Instant::now()) == Some(Some(true))
+    }
+
+    /// Leaves out of `changes` the grant policies seen attached within the lifetime: another
+    /// role's sync attached or read them a moment ago, and attaching would first read the same.
+    pub(crate) fn drop_known_attached(&self, changes: &mut Vec<Change>) {
+        changes.retain(|change| match change {
+            Change::AttachGrantPolicy { principal, scope } => {
+                !self.known_attached(principal, scope)
+            }
+            _ => true,
+        });
     }
 
     /// Waits until no other reconcile attaches the grant policy of any of `principals`, and
